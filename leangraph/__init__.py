@@ -1,0 +1,24 @@
+"""leangraph: a graph-optimization compiler for neural networks.
+
+    cm = leangraph.optimize(model, example_inputs)
+    cm(*inputs)          # same outputs as model(*inputs)
+    print(cm.report)     # what every pass did
+"""
+
+from leangraph.errors import LeanGraphError
+from leangraph.frontend import capture
+from leangraph.optimize import Tolerance, optimize
+from leangraph.passes import PassRecord, Report
+from leangraph.runtime import CompiledModel
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CompiledModel",
+    "LeanGraphError",
+    "PassRecord",
+    "Report",
+    "Tolerance",
+    "capture",
+    "optimize",
+]

@@ -1,0 +1,132 @@
+"""ONNX file or ModelProto -> IR: read, verify, convert to one opset, infer shapes.
+
+Every failure names the file and what is wrong with it: missing, not ONNX, truncated, a cycle, a
+missing initializer, an unknown op, a shape mismatch the checker finds.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import google.protobuf.message
+import onnx
+import onnx.version_converter
+import onnx_ir as ir
+
+from leangraph.errors import InvalidGraphError, ModelLoadError
+from leangraph.ir import TARGET_OPSET, infer_leangraph_shapes, verify_model
+
+Source = str | os.PathLike | onnx.ModelProto | bytes
+
+
+def _read(source: Source) -> tuple[onnx.ModelProto, str]:
+    """The ModelProto and a name for messages (the file path, or the graph's name)."""
+    if isinstance(source, onnx.ModelProto):
+        return source, source.graph.name or "<ModelProto>"
+    if isinstance(source, bytes):
+        label, data = "<bytes>", source
+    else:
+        path = Path(source)
+        label = str(path)
+        if not path.exists():
+            raise ModelLoadError(
+                f"model file '{path}' does not exist", hint="check the path (relative paths are "
+                f"taken from {os.getcwd()})"
+            )
+        if not path.is_file():
+            raise ModelLoadError(f"model path '{path}' is not a file", hint="pass the .onnx file itself")
+        data = path.read_bytes()
+    if not data:
+        raise ModelLoadError(f"model file '{label}' is empty", hint="re-export or re-download the model")
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except (google.protobuf.message.DecodeError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(
+            f"'{label}' is not a readable ONNX model ({len(data)} bytes): the protobuf decoder "
+            f"says: {exc}. The file is truncated, corrupted, or not ONNX",
+            hint="re-export the model, or check that the file was copied completely",
+        ) from None
+    if not proto.HasField("graph") or (not proto.graph.node and not proto.graph.output):
+        raise ModelLoadError(
+            f"'{label}' holds no ONNX graph ({len(data)} bytes decode to an empty model): "
+            "it is truncated or not an ONNX file",
+            hint="re-export the model, or check that the file was copied completely",
+        )
+    if not isinstance(source, bytes) and not isinstance(source, onnx.ModelProto):
+        base = str(Path(source).parent)
+        try:
+            onnx.load_external_data_for_model(proto, base)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(
+                f"model '{label}' refers to external data that cannot be read: {exc}",
+                hint="keep the external data files next to the .onnx file",
+            ) from None
+    return proto, label
+
+
+def _default_opset(proto: onnx.ModelProto) -> int | None:
+    for opset in proto.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            return opset.version
+    return None
+
+
+def _convert_opset(proto: onnx.ModelProto, label: str, target_opset: int) -> onnx.ModelProto:
+    current = _default_opset(proto)
+    if current is None or current == target_opset:
+        return proto
+    try:
+        return onnx.version_converter.convert_version(proto, target_opset)
+    except Exception as exc:  # the converter raises bare RuntimeErrors from C++
+        raise InvalidGraphError(
+            f"model '{label}' is at ONNX opset {current} and could not be converted to opset "
+            f"{target_opset}: {str(exc).strip().splitlines()[0]}",
+            hint=f"re-export the model at opset {target_opset}, or pass target_opset={current}",
+        ) from None
+
+
+def load_onnx(source: Source, *, target_opset: int = TARGET_OPSET) -> ir.Model:
+    """Read an ONNX model (path, bytes or ModelProto) into the IR at ``target_opset``.
+
+    The graph is checked (ops, value definitions, cycles, then ONNX's checker), topologically
+    sorted, converted to ``target_opset``, and its shapes inferred.
+    """
+    proto, label = _read(source)
+    model = ir.from_proto(proto)
+    if not model.graph.name or model.graph.name == "<ModelProto>":
+        model.graph.name = Path(label).stem if label[0] != "<" else "model"
+    verify_model(model)
+    _check_outputs_produced(model, label)
+    model.graph.sort()
+    proto = ir.to_proto(model)
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:
+        raise InvalidGraphError(
+            f"model '{label}' is not valid ONNX: {str(exc).strip()}",
+            hint="fix the model or re-export it",
+        ) from None
+    proto = _convert_opset(proto, label, target_opset)
+    try:
+        proto = onnx.shape_inference.infer_shapes(proto, check_type=True, data_prop=True)
+    except onnx.shape_inference.InferenceError as exc:
+        raise InvalidGraphError(
+            f"model '{label}' has inconsistent shapes or types: {str(exc).strip()}",
+            hint="the model computes on tensors whose shapes do not fit; fix or re-export it",
+        ) from None
+    model = ir.from_proto(proto)
+    infer_leangraph_shapes(model)
+    model.metadata_props["leangraph.source"] = label
+    return model
+
+
+def _check_outputs_produced(model: ir.Model, label: str) -> None:
+    for value in model.graph.outputs:
+        if value.producer() is None and not value.is_graph_input() and not value.is_initializer():
+            raise InvalidGraphError(
+                f"output '{value.name}' of model '{label}' is produced by no node "
+                "(the file may be truncated, or a node was deleted)",
+                hint="re-export the model",
+            )

@@ -1,0 +1,116 @@
+"""torch.nn.Module -> IR through the torch.onnx dynamo exporter (torch.export underneath).
+
+Dynamic dims are named by input: ``{"input_ids": {0: "batch", 1: "seq"}}``. Each node keeps the
+path of the module that produced it (``encoder.layer.3.attention.self``) as the metadata entry
+``leangraph.module_path``; the output structure (a pytree spec) is kept so a compiled model returns
+what the module returned.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+import torch
+from torch.utils import _pytree as pytree
+
+from leangraph.errors import CaptureError
+from leangraph.ir import TARGET_OPSET, verify_model
+
+MODULE_PATH = "leangraph.module_path"
+OUT_SPEC = "leangraph.out_spec"
+_NAME_SCOPES = "pkg.torch.onnx.name_scopes"
+
+
+def to_torch_args(example_inputs: Sequence[Any]) -> tuple[Any, ...]:
+    return tuple(torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x for x in example_inputs)
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter logs warnings about optional packages and prints progress; users see errors only."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _module_path(node: ir.Node) -> str:
+    scopes = node.metadata_props.get(_NAME_SCOPES)
+    if not scopes:
+        return ""
+    try:
+        names = ast.literal_eval(scopes)
+    except (ValueError, SyntaxError):
+        return ""
+    modules = [n for n in names[:-1] if n and not n.startswith("_")]
+    return modules[-1] if modules else ""
+
+
+def _summarize(exc: BaseException) -> str:
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    text = " ".join(lines[:6])
+    return text[:1200] + (" ..." if len(text) > 1200 else "")
+
+
+def capture_torch(
+    module: torch.nn.Module,
+    example_inputs: Sequence[Any],
+    dynamic_shapes: Mapping[str, Mapping[int, str]] | None = None,
+    *,
+    opset: int = TARGET_OPSET,
+) -> ir.Model:
+    """Export ``module`` called on ``example_inputs`` (positional args) into the IR."""
+    name = type(module).__name__
+    if not isinstance(example_inputs, (tuple, list)):
+        raise CaptureError(
+            f"example_inputs for '{name}' must be a tuple of the forward() arguments, "
+            f"got {type(example_inputs).__name__}",
+            hint="wrap a single input in a tuple: (x,)",
+        )
+    args = to_torch_args(example_inputs)
+    try:
+        with _quiet_exporter(), torch.no_grad():
+            program = torch.onnx.export(
+                module,
+                args,
+                dynamo=True,
+                dynamic_shapes=dynamic_shapes,
+                opset_version=opset,
+                verbose=False,
+                optimize=True,
+            )
+    except Exception as exc:
+        raise CaptureError(
+            f"torch.onnx could not export '{name}': {_summarize(exc)}",
+            hint="check that the model runs on example_inputs, that dynamic_shapes names "
+            "forward() arguments, and that dynamic dims have size >= 2 in the example",
+        ) from exc
+    model = program.model
+    model.graph.name = name
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        path = _module_path(node)
+        if path:
+            node.metadata_props[MODULE_PATH] = path
+    out_spec = program.exported_program.call_spec.out_spec
+    model.meta[OUT_SPEC] = out_spec
+    try:
+        model.metadata_props[OUT_SPEC] = pytree.treespec_dumps(out_spec)
+    except Exception:  # an output type torch cannot serialize: it still works in this process
+        pass
+    model.metadata_props["leangraph.source"] = f"torch:{type(module).__module__}.{name}"
+    verify_model(model)
+    return model

@@ -1,0 +1,54 @@
+"""What optimize() did, pass by pass: the object behind ``cm.report``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass
+class PassRecord:
+    """One pass run: whether it changed the model, node counts around it, time, verification."""
+
+    name: str
+    changed: bool
+    nodes_before: int
+    nodes_after: int
+    seconds: float
+    verified: bool | None = None
+    reverted: bool = False
+    reason: str = ""
+
+
+@dataclasses.dataclass
+class Report:
+    """The record of one optimize() call. ``str()`` is a table of the passes."""
+
+    model_name: str
+    nodes_before: int
+    nodes_after: int
+    backend: str
+    capture_seconds: float = 0.0
+    compile_seconds: float = 0.0
+    records: list[PassRecord] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [
+            f"leangraph report for '{self.model_name}' (backend: {self.backend})",
+            f"  captured in {self.capture_seconds:.2f} s, compiled in {self.compile_seconds:.2f} s; "
+            f"nodes {self.nodes_before} -> {self.nodes_after}",
+        ]
+        if self.records:
+            header = f"  {'pass':<28} {'changed':<8} {'nodes':>15} {'time':>9}  verification"
+            lines += [header, "  " + "-" * (len(header) - 2)]
+            for r in self.records:
+                status = "reverted: " + r.reason if r.reverted else (
+                    "verified" if r.verified else ("not verified" if r.verified is False else "-"))
+                lines.append(
+                    f"  {r.name:<28} {('yes' if r.changed else 'no'):<8} "
+                    f"{f'{r.nodes_before} -> {r.nodes_after}':>15} {r.seconds * 1e3:>7.1f}ms  {status}"
+                )
+        else:
+            lines.append("  no passes were run")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)

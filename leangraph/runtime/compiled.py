@@ -1,0 +1,128 @@
+"""CompiledModel: calls a compiled graph with the signature of the original model.
+
+Inputs are checked against the graph's inputs (count, dtype, rank, static dims, and symbolic dims
+that must agree across inputs) before anything runs; torch tensors in give torch tensors out, numpy
+in gives numpy out; outputs come back in the structure the module returned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from leangraph.backends.base import Executable, copy_model
+from leangraph.errors import InputMismatchError
+from leangraph.ir import lower_to_onnx
+from leangraph.ir.verify import model_name
+
+OUT_SPEC = "leangraph.out_spec"
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | str | None, ...] | None
+
+    @classmethod
+    def of(cls, value: ir.Value) -> InputSpec:
+        shape = None
+        if value.shape is not None:
+            shape = tuple(d if isinstance(d, int) else d.value for d in value.shape)
+        return cls(value.name, np.dtype(value.dtype.numpy()), shape)
+
+    def __str__(self) -> str:
+        dims = "?" if self.shape is None else ", ".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.name}: {self.dtype}[{dims}]"
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.startswith("torch") and hasattr(x, "detach")
+
+
+class CompiledModel:
+    """An optimized model ready to call: ``cm(*inputs)`` as ``model(*inputs)``."""
+
+    def __init__(self, graph: ir.Model, executable: Executable, *, backend: str, report: Any) -> None:
+        self._graph = graph
+        self._executable = executable
+        self.backend = backend
+        self.report = report
+        self.name = model_name(graph)
+        self.inputs = [InputSpec.of(v) for v in graph.graph.inputs]
+        self.output_names = [v.name for v in graph.graph.outputs]
+        self._out_spec = graph.meta.get(OUT_SPEC)
+
+    @property
+    def graph(self) -> ir.Model:
+        """The optimized IR model."""
+        return self._graph
+
+    def to_onnx(self, path: str | os.PathLike) -> None:
+        """Write the optimized graph as a standard ONNX file (leangraph ops lowered to ONNX)."""
+        ir.save(lower_to_onnx(copy_model(self._graph)), os.fspath(path))
+
+    def _signature(self) -> str:
+        return ", ".join(str(s) for s in self.inputs)
+
+    def _check(self, arrays: list[np.ndarray]) -> None:
+        if len(arrays) != len(self.inputs):
+            raise InputMismatchError(
+                f"model '{self.name}' takes {len(self.inputs)} inputs ({self._signature()}); "
+                f"got {len(arrays)}",
+                hint="pass the inputs positionally, in the order of the example inputs",
+            )
+        bound: dict[str, tuple[int, str]] = {}
+        for spec, array in zip(self.inputs, arrays):
+            if array.dtype != spec.dtype:
+                raise InputMismatchError(
+                    f"input '{spec.name}' of model '{self.name}' must be {spec.dtype}; got {array.dtype}",
+                    hint=f"convert it, e.g. x.astype(np.{spec.dtype}) or tensor.to(torch.{spec.dtype})",
+                )
+            if spec.shape is None:
+                continue
+            if array.ndim != len(spec.shape):
+                raise InputMismatchError(
+                    f"input '{spec.name}' of model '{self.name}' must have rank {len(spec.shape)} "
+                    f"({spec}); got shape {list(array.shape)}",
+                    hint="check the input's dimensions",
+                )
+            for axis, (dim, size) in enumerate(zip(spec.shape, array.shape)):
+                if isinstance(dim, int) and dim != size:
+                    raise InputMismatchError(
+                        f"input '{spec.name}' of model '{self.name}' must have size {dim} on axis {axis} "
+                        f"({spec}); got shape {list(array.shape)}",
+                        hint="this dim was captured as static; capture with dynamic_shapes to vary it",
+                    )
+                if isinstance(dim, str):
+                    if dim in bound and bound[dim][0] != size:
+                        size0, where = bound[dim]
+                        raise InputMismatchError(
+                            f"dim '{dim}' of model '{self.name}' is {size0} in {where} but {size} in "
+                            f"input '{spec.name}' axis {axis}",
+                            hint=f"inputs sharing the dim '{dim}' must agree on its size",
+                        )
+                    bound.setdefault(dim, (size, f"input '{spec.name}' axis {axis}"))
+
+    def __call__(self, *inputs: Any) -> Any:
+        as_torch = any(_is_torch(x) for x in inputs)
+        arrays = [x.detach().cpu().numpy() if _is_torch(x) else np.asarray(x) for x in inputs]
+        self._check(arrays)
+        outputs = self._executable(arrays)
+        if as_torch:
+            import torch
+
+            outputs = [torch.from_numpy(np.ascontiguousarray(o)) for o in outputs]
+        if self._out_spec is not None:
+            from torch.utils import _pytree as pytree
+
+            return pytree.tree_unflatten(list(outputs), self._out_spec)
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def __repr__(self) -> str:
+        return f"CompiledModel('{self.name}', backend='{self.backend}', inputs=[{self._signature()}])"
