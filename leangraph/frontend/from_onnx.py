@@ -13,9 +13,14 @@ import google.protobuf.message
 import onnx
 import onnx.version_converter
 import onnx_ir as ir
+import onnx_ir.passes.common
 
 from leangraph.errors import InvalidGraphError, ModelLoadError
+from leangraph.frontend.legacy import fix_per_channel_prelu
 from leangraph.ir import TARGET_OPSET, infer_leangraph_shapes, verify_model
+
+MIN_IR_VERSION = 10
+"""What ONNX Runtime and the checker need for opset-20 graphs whose initializers are not inputs."""
 
 Source = str | os.PathLike | onnx.ModelProto | bytes
 
@@ -77,6 +82,7 @@ def _convert_opset(proto: onnx.ModelProto, label: str, target_opset: int) -> onn
     current = _default_opset(proto)
     if current is None or current == target_opset:
         return proto
+    proto = fix_per_channel_prelu(proto, current)
     try:
         return onnx.version_converter.convert_version(proto, target_opset)
     except Exception as exc:  # the converter raises bare RuntimeErrors from C++
@@ -95,6 +101,10 @@ def load_onnx(source: Source, *, target_opset: int = TARGET_OPSET) -> ir.Model:
     """
     proto, label = _read(source)
     model = ir.from_proto(proto)
+    # Models older than IR version 4 list every initializer as a graph input too; an inference
+    # compiler treats them as the constants they are.
+    ir.passes.common.RemoveInitializersFromInputsPass()(model)
+    model.ir_version = max(model.ir_version or 0, MIN_IR_VERSION)
     if not model.graph.name or model.graph.name == "<ModelProto>":
         model.graph.name = Path(label).stem if label[0] != "<" else "model"
     verify_model(model)
