@@ -17,7 +17,7 @@ import onnx_ir.passes.common
 
 from leangraph.errors import InvalidGraphError, ModelLoadError
 from leangraph.frontend.legacy import fix_per_channel_prelu
-from leangraph.ir import TARGET_OPSET, infer_leangraph_shapes, verify_model
+from leangraph.ir import DOMAIN, TARGET_OPSET, infer_leangraph_shapes, verify_model
 
 MIN_IR_VERSION = 10
 """What ONNX Runtime and the checker need for opset-20 graphs whose initializers are not inputs."""
@@ -120,7 +120,10 @@ def load_onnx(source: Source, *, target_opset: int = TARGET_OPSET) -> ir.Model:
         ) from None
     proto = _convert_opset(proto, label, target_opset)
     try:
-        proto = onnx.shape_inference.infer_shapes(proto, check_type=True, data_prop=True)
+        # strict: a shape conflict inside the model is an error, not a silently dropped shape.
+        # ONNX's inference has no schema for our domain, so models holding leangraph ops skip it.
+        strict = not any(node.domain == DOMAIN for node in proto.graph.node)
+        proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=strict, data_prop=True)
     except onnx.shape_inference.InferenceError as exc:
         raise InvalidGraphError(
             f"model '{label}' has inconsistent shapes or types: {str(exc).strip()}",

@@ -29,7 +29,9 @@ def _oprun_class(opdef: OpDef) -> type[OpRun]:
         values.update({k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()})
         return tuple(opdef.reference(*inputs, **values))
 
-    return type(opdef.name, (OpRun,), {"op_domain": DOMAIN, "_run": _run})
+    # op_schema=None: without it onnx.reference looks the class name up among ONNX's own schemas
+    # (our Attention would pick up ONNX Attention-23's attributes).
+    return type(opdef.name, (OpRun,), {"op_domain": DOMAIN, "op_schema": None, "_run": _run})
 
 
 LEANGRAPH_KERNELS = [_oprun_class(op) for op in all_ops()]

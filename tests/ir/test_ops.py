@@ -1,0 +1,151 @@
+"""Every leangraph op: its numpy reference against its unfused ONNX form (the decomposition), run on
+ONNX's reference evaluator and on ONNX Runtime, and its shape rule against the actual output."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+import torch
+from onnx.reference import ReferenceEvaluator
+
+from leangraph.backends.reference import run_reference
+from leangraph.ir import DOMAIN, TARGET_OPSET, all_ops, infer_leangraph_shapes, lookup, lower_to_onnx
+
+
+def single_op_model(op_type: str, inputs: list[np.ndarray | None], attrs: dict) -> ir.Model:
+    """A model with one leangraph node over graph inputs shaped like ``inputs``."""
+    values = []
+    for i, array in enumerate(inputs):
+        if array is None:
+            values.append(None)
+            continue
+        values.append(ir.val(f"in{i}", ir.DataType.from_numpy(array.dtype), ir.Shape(array.shape)))
+    node = ir.node(op_type, values, attrs, domain=DOMAIN, name=f"{op_type.lower()}_0")
+    graph = ir.Graph(
+        [v for v in values if v is not None], node.outputs, nodes=[node],
+        opset_imports={"": TARGET_OPSET, DOMAIN: 1}, name=op_type,
+    )
+    node.outputs[0].name = "out"
+    model = ir.Model(graph, ir_version=10)
+    infer_leangraph_shapes(model)
+    return model
+
+
+def lowered_proto(model: ir.Model):
+    return ir.to_proto(lower_to_onnx(ir.from_proto(ir.to_proto(model))))
+
+
+def check_op(op_type, inputs, attrs, rtol=1e-5, atol=1e-6):
+    model = single_op_model(op_type, inputs, attrs)
+    feeds = [x for x in inputs if x is not None]
+    fused = run_reference(model, feeds)[0]
+    proto = lowered_proto(model)
+    assert all(n.domain != DOMAIN for n in proto.graph.node), "lowering left a leangraph op"
+    names = [i.name for i in proto.graph.input]
+    unfused_ref = ReferenceEvaluator(proto).run(None, dict(zip(names, feeds)))[0]
+    unfused_ort = ort.InferenceSession(proto.SerializeToString()).run(None, dict(zip(names, feeds)))[0]
+    np.testing.assert_allclose(fused, unfused_ref, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(fused, unfused_ort, rtol=rtol, atol=atol)
+    out = model.graph.outputs[0]
+    assert out.dtype == ir.DataType.from_numpy(fused.dtype)
+    assert tuple(out.shape) == fused.shape, (out.shape, fused.shape)
+    return fused
+
+
+def f32(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def test_every_registered_op_is_covered_here():
+    assert {op.name for op in all_ops()} == {"Attention", "Gelu", "LayerNorm", "MatMulBiasAct", "RMSNorm"}
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu(rng, approximate):
+    x = f32(rng, 3, 7, 16) * 3
+    y = check_op("Gelu", [x], {"approximate": approximate})
+    expected = torch.nn.functional.gelu(torch.from_numpy(x), approximate=approximate).numpy()
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("axis", [-1, -2, 1])
+def test_layer_norm(rng, with_bias, axis):
+    x = f32(rng, 2, 5, 8)
+    norm_shape = x.shape[axis:] if axis < 0 else x.shape[axis:]
+    scale, bias = f32(rng, *norm_shape), f32(rng, *norm_shape)
+    y = check_op("LayerNorm", [x, scale, bias if with_bias else None], {"axis": axis, "epsilon": 1e-5})
+    expected = torch.nn.functional.layer_norm(
+        torch.from_numpy(x), norm_shape, torch.from_numpy(scale),
+        torch.from_numpy(bias) if with_bias else None, eps=1e-5,
+    ).numpy()
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_rms_norm(rng):
+    x, scale = f32(rng, 2, 5, 8), f32(rng, 8)
+    y = check_op("RMSNorm", [x, scale], {"epsilon": 1e-6})
+    expected = torch.nn.functional.rms_norm(torch.from_numpy(x), (8,), torch.from_numpy(scale), eps=1e-6).numpy()
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["none", "relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh"])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_matmul_bias_act(rng, activation, with_bias):
+    a, b, bias = f32(rng, 2, 6, 16), f32(rng, 16, 12), f32(rng, 12)
+    check_op("MatMulBiasAct", [a, b, bias if with_bias else None], {"activation": activation}, rtol=1e-4, atol=1e-5)
+
+
+def _sdpa(q, k, v, mask=None, causal=False, scale=None):
+    return torch.nn.functional.scaled_dot_product_attention(
+        torch.from_numpy(q), torch.from_numpy(k), torch.from_numpy(v),
+        attn_mask=None if mask is None else torch.from_numpy(mask), is_causal=causal, scale=scale,
+    ).numpy()
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "additive"])
+@pytest.mark.parametrize("causal", [0, 1])
+def test_attention(rng, mask_kind, causal):
+    q, k, v = f32(rng, 2, 4, 6, 8), f32(rng, 2, 4, 6, 8), f32(rng, 2, 4, 6, 8)
+    mask = None
+    if mask_kind == "bool":
+        mask = np.ones((2, 1, 6, 6), dtype=bool)
+        mask[0, :, :, 4:] = False  # padding of the first sequence; column 0 stays visible for causal rows
+    elif mask_kind == "additive":
+        mask = np.where(rng.random((2, 1, 1, 6)) < 0.3, -1e4, 0.0).astype(np.float32)
+        mask[..., 0] = 0.0
+    y = check_op("Attention", [q, k, v, mask], {"causal": causal}, rtol=1e-4, atol=1e-5)
+    expected = _sdpa(q, k, v, mask if mask_kind == "bool" or mask is None else mask, causal=bool(causal) and mask is None)
+    if causal and mask is not None:
+        tril = np.tril(np.ones((6, 6), dtype=bool))
+        combined = (tril & mask) if mask.dtype == bool else np.where(tril, mask, -np.inf).astype(np.float32)
+        expected = _sdpa(q, k, v, combined)
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_explicit_scale_and_cross_lengths(rng):
+    q, k, v = f32(rng, 1, 2, 3, 8), f32(rng, 1, 2, 5, 8), f32(rng, 1, 2, 5, 4)
+    y = check_op("Attention", [q, k, v, None], {"scale": 0.5}, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(y, _sdpa(q, k, v, scale=0.5), rtol=1e-4, atol=1e-5)
+    assert y.shape == (1, 2, 3, 4)
+
+
+def test_attention_shape_rule_keeps_symbols():
+    q = ir.val("q", ir.DataType.FLOAT, ir.Shape(["batch", 4, "seq", 8]))
+    k = ir.val("k", ir.DataType.FLOAT, ir.Shape(["batch", 4, "seq", 8]))
+    v = ir.val("v", ir.DataType.FLOAT, ir.Shape(["batch", 4, "seq", 16]))
+    from leangraph.ir.registry import TensorInfo
+
+    (out,) = lookup("Attention").shape_rule([TensorInfo.of(x) for x in (q, k, v)], {"scale": 0.0, "causal": 0})
+    assert out.shape == ("batch", 4, "seq", 16) and out.dtype == ir.DataType.FLOAT
+
+
+def test_default_scale_is_inverse_sqrt_head_size(rng):
+    q, k, v = f32(rng, 1, 1, 2, 9), f32(rng, 1, 1, 2, 9), f32(rng, 1, 1, 2, 9)
+    model = single_op_model("Attention", [q, k, v], {})
+    explicit = single_op_model("Attention", [q, k, v], {"scale": 1 / math.sqrt(9)})
+    np.testing.assert_allclose(run_reference(model, [q, k, v])[0], run_reference(explicit, [q, k, v])[0], rtol=1e-6)
