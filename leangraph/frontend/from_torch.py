@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import logging
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -60,9 +61,18 @@ def _module_path(node: ir.Node) -> str:
     return modules[-1] if modules else ""
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _summarize(exc: BaseException) -> str:
-    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-    text = " ".join(lines[:6])
+    """The exporter's own cause, without its colour codes and generic advice."""
+    text = _ANSI.sub("", str(exc)).strip()
+    if "## Exception summary" in text:
+        text = text.split("## Exception summary", 1)[1]
+        text = text.split("(Refer to the full stack trace", 1)[0]
+        text = text.split("The error above occurred when calling", 1)[0]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    text = " ".join(lines)
     return text[:1200] + (" ..." if len(text) > 1200 else "")
 
 

@@ -1,0 +1,77 @@
+"""Capture from torch: dynamic dims, module paths, output structure, clear capture errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from leangraph.errors import CaptureError
+from leangraph.frontend import capture
+from leangraph.frontend.from_torch import MODULE_PATH
+
+
+class Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attention = torch.nn.Linear(8, 8)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 8))
+
+    def forward(self, x):
+        return x + self.mlp(self.attention(x))
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = torch.nn.ModuleList([Block(), Block()])
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+@pytest.fixture(scope="module")
+def net_ir():
+    torch.manual_seed(0)
+    return capture(Net().eval(), (torch.randn(2, 5, 8),), {"x": {0: "batch", 1: "seq"}})
+
+
+def test_dynamic_dims_are_symbolic(net_ir):
+    assert [str(d) for d in net_ir.graph.inputs[0].shape] == ["batch", "seq", "8"]
+
+
+def test_module_paths_are_kept(net_ir):
+    paths = {n.metadata_props.get(MODULE_PATH) for n in net_ir.graph}
+    assert {"layers.0.attention", "layers.1.mlp.0", "layers.1.mlp.2"} <= paths
+
+
+def test_static_capture_without_dynamic_shapes():
+    model = capture(Net().eval(), (torch.randn(2, 5, 8),))
+    assert [d for d in model.graph.inputs[0].shape] == [2, 5, 8]
+
+
+def test_missing_example_inputs():
+    with pytest.raises(CaptureError, match="needs example_inputs"):
+        capture(Net())
+
+
+def test_example_inputs_must_be_a_tuple():
+    with pytest.raises(CaptureError, match="must be a tuple of the forward"):
+        capture(Net(), torch.randn(2, 5, 8))
+
+
+def test_dynamic_shapes_naming_unknown_argument():
+    with pytest.raises(CaptureError, match="torch.onnx could not export 'Net'"):
+        capture(Net(), (torch.randn(2, 5, 8),), {"y": {0: "batch"}})
+
+
+def test_untraceable_module():
+    class DataDependent(torch.nn.Module):
+        def forward(self, x):
+            if x.sum() > 0:  # control flow on data: torch.export cannot trace it
+                return x * 2
+            return x
+
+    with pytest.raises(CaptureError, match="DataDependent"):
+        capture(DataDependent(), (torch.randn(3),))
