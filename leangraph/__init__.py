@@ -7,7 +7,8 @@
 
 from leangraph.errors import LeanGraphError
 from leangraph.frontend import capture
-from leangraph.optimize import Tolerance, optimize
+from leangraph.optimize import optimize
+from leangraph.passes import Tolerance
 from leangraph.passes import PassRecord, Report
 from leangraph.runtime import CompiledModel
 

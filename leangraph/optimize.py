@@ -1,53 +1,22 @@
-"""optimize(): capture, rewrite, compile, and wrap the result in a CompiledModel."""
+"""optimize(): capture, rewrite (verified pass by pass), compile, and wrap in a CompiledModel."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from leangraph.backends import AVAILABLE, get_backend
+from leangraph.backends.reference import ReferenceExecutable
 from leangraph.errors import OptionError
 from leangraph.frontend import capture
 from leangraph.ir import node_count
 from leangraph.ir.verify import model_name
-from leangraph.passes import Report
+from leangraph.passes import EXACT, PassManager, Report, Tolerance, resolve
+from leangraph.passes.manager import CountsInstrument, DiffInstrument, VerifyInstrument
 from leangraph.runtime import CompiledModel
-
-
-@dataclasses.dataclass(frozen=True)
-class Tolerance:
-    """An output-level error budget: every output within rtol/atol of the reference, and (when
-    set) the cosine similarity of each output to the reference at least ``min_cosine``."""
-
-    rtol: float = 1e-4
-    atol: float = 1e-5
-    min_cosine: float | None = None
-
-
-EXACT = Tolerance()
-PASS_PRESETS = ("default", "none")
-DEFAULT_PIPELINE: tuple[str, ...] = ()
-"""Names of the passes ``passes="default"`` runs, in order."""
-
-
-def _resolve_passes(passes: str | Sequence[Any]) -> list[Any]:
-    if isinstance(passes, str):
-        if passes == "none":
-            return []
-        if passes == "default":
-            return list(DEFAULT_PIPELINE)
-        raise OptionError(
-            f"passes='{passes}' is not a preset (presets: {', '.join(PASS_PRESETS)})",
-            hint="pass 'default', 'none', or a list of pass names",
-        )
-    if passes:
-        raise OptionError(
-            f"passes {list(passes)!r}: no passes are registered in this version of leangraph",
-            hint="use passes='none' or passes='default'",
-        )
-    return []
 
 
 def _resolve_backend(backend: str) -> tuple[str, str]:
@@ -62,20 +31,11 @@ def _resolve_backend(backend: str) -> tuple[str, str]:
     return backend, ""
 
 
-def optimize(
-    model: Any,
-    example_inputs: Sequence[Any] | None = None,
-    *,
-    dynamic_shapes: Mapping[str, Mapping[int, str]] | None = None,
-    backend: str = "auto",
-    passes: str | Sequence[Any] = "default",
-    calibration: Iterable[Sequence[Any]] | None = None,
-    tolerance: Tolerance | None = None,
-    evaluate: Callable[[Any], float] | None = None,
-    max_drop: float = 0.0,
-    cache_dir: str | None = None,
-) -> CompiledModel:
-    """Capture ``model``, optimize it and compile it for ``backend``; see API.md for the contract."""
+def _numpy_inputs(inputs: Sequence[Any]) -> list[np.ndarray]:
+    return [x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x) for x in inputs]
+
+
+def _check_options(tolerance, evaluate, max_drop, cache_dir) -> None:
     if cache_dir is not None:
         raise OptionError(
             "cache_dir: the compiled-artifact cache is not implemented in this version of leangraph",
@@ -91,7 +51,29 @@ def optimize(
             f"tolerance must be a leangraph.Tolerance, got {type(tolerance).__name__}",
             hint="pass leangraph.Tolerance(rtol=..., atol=...)",
         )
-    pipeline = _resolve_passes(passes)
+
+
+def optimize(
+    model: Any,
+    example_inputs: Sequence[Any] | None = None,
+    *,
+    dynamic_shapes: Mapping[str, Mapping[int, str]] | None = None,
+    backend: str = "auto",
+    passes: str | Sequence[Any] = "default",
+    calibration: Iterable[Sequence[Any]] | None = None,
+    tolerance: Tolerance | None = None,
+    evaluate: Callable[[Any], float] | None = None,
+    max_drop: float = 0.0,
+    cache_dir: str | None = None,
+) -> CompiledModel:
+    """Capture ``model``, optimize it and compile it for ``backend``; see API.md for the contract.
+
+    Every pass is verified against the reference interpreter on ``calibration`` (or
+    ``example_inputs``) within ``tolerance`` (default: fp32 round-off); a pass that fails is
+    reverted and the report says why.
+    """
+    _check_options(tolerance, evaluate, max_drop, cache_dir)
+    pipeline = resolve(passes)
     backend_name, why = _resolve_backend(backend)
 
     start = time.perf_counter()
@@ -106,9 +88,28 @@ def optimize(
     )
     if why:
         report.notes.append(why)
-    if not pipeline:
-        report.notes.append(f"passes='{passes}' runs no passes" if isinstance(passes, str) else "no passes")
+    if pipeline:
+        graph, report.records = PassManager(pipeline, instruments=_instruments(graph, example_inputs, calibration,
+                                                                               tolerance or EXACT, report)).run(graph)
+    else:
+        report.notes.append("no passes were run")
+    report.passes_seconds = time.perf_counter() - captured
+    compile_start = time.perf_counter()
     executable = get_backend(backend_name).compile(graph)
-    report.compile_seconds = time.perf_counter() - captured
+    report.compile_seconds = time.perf_counter() - compile_start
     report.nodes_after = node_count(graph)
     return CompiledModel(graph, executable, backend=backend_name, report=report)
+
+
+def _instruments(graph, example_inputs, calibration, tolerance: Tolerance, report: Report):
+    instruments = [CountsInstrument(), DiffInstrument()]
+    input_sets = [_numpy_inputs(x) for x in calibration] if calibration is not None else []
+    if not input_sets and example_inputs is not None:
+        input_sets = [_numpy_inputs(example_inputs)]
+    if not input_sets:
+        report.notes.append("passes were not verified: give example_inputs or calibration to verify them")
+        return instruments
+    oracle = ReferenceExecutable(graph)
+    expected = [oracle(inputs) for inputs in input_sets]
+    instruments.append(VerifyInstrument(input_sets, expected, tolerance))
+    return instruments

@@ -26,7 +26,9 @@ def capture(
     if isinstance(model, (onnx.ModelProto, str, os.PathLike, bytes)):
         return load_onnx(model)
     if isinstance(model, ir.Model):
-        return model
+        clone = model.clone()  # passes rewrite in place; the caller's model stays as it was
+        clone.meta.update(model.meta)
+        return clone
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a dependency

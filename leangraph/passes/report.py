@@ -17,6 +17,14 @@ class PassRecord:
     verified: bool | None = None
     reverted: bool = False
     reason: str = ""
+    group: str = ""
+    """The fixed-point group and round this run belongs to (e.g. ``cleanup#2``), if any."""
+    fired: dict[str, int] = dataclasses.field(default_factory=dict)
+    ops_before: dict[str, int] = dataclasses.field(default_factory=dict)
+    ops_after: dict[str, int] = dataclasses.field(default_factory=dict)
+    diff: str = ""
+    module_paths: list[str] = dataclasses.field(default_factory=list)
+    traceback: str = ""
 
 
 @dataclasses.dataclass
@@ -28,6 +36,7 @@ class Report:
     nodes_after: int
     backend: str
     capture_seconds: float = 0.0
+    passes_seconds: float = 0.0
     compile_seconds: float = 0.0
     records: list[PassRecord] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
@@ -35,7 +44,8 @@ class Report:
     def __str__(self) -> str:
         lines = [
             f"leangraph report for '{self.model_name}' (backend: {self.backend})",
-            f"  captured in {self.capture_seconds:.2f} s, compiled in {self.compile_seconds:.2f} s; "
+            f"  captured in {self.capture_seconds:.2f} s, passes {self.passes_seconds:.2f} s, "
+            f"compiled in {self.compile_seconds:.2f} s; "
             f"nodes {self.nodes_before} -> {self.nodes_after}",
         ]
         if self.records:

@@ -19,15 +19,7 @@ def eager_outputs(model, inputs):
         return [t.numpy() for t in pytree.tree_leaves(model(*inputs)) if isinstance(t, torch.Tensor)]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", list(ZOO))
-def test_capture_and_run_on_reference(name):
-    entry = ZOO[name]
-    model = entry.build()
-    start = time.perf_counter()
-    cm = leangraph.optimize(model, entry.inputs(*entry.shapes[0]), dynamic_shapes=entry.dynamic_shapes,
-                            backend="reference", passes="none")
-    capture_seconds = time.perf_counter() - start
+def assert_matches_eager(name, model, cm, entry):
     for shape in entry.shapes:
         inputs = entry.inputs(*shape)
         got = [t.numpy() for t in pytree.tree_leaves(cm(*inputs)) if isinstance(t, torch.Tensor)]
@@ -36,4 +28,23 @@ def test_capture_and_run_on_reference(name):
         for i, (g, e) in enumerate(zip(got, expected)):
             assert g.shape == e.shape, f"{name} output {i} at {shape}"
             np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5, err_msg=f"{name} output {i} at {shape}")
-    print(f"{name}: captured in {capture_seconds:.1f}s, {cm.report.nodes_before} nodes")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(ZOO))
+def test_capture_and_run_on_reference(name):
+    """Captured as is (no passes), then through the default pipeline: both match eager."""
+    entry = ZOO[name]
+    model = entry.build()
+    example = entry.inputs(*entry.shapes[0])
+    start = time.perf_counter()
+    graph = leangraph.capture(model, example, entry.dynamic_shapes)
+    capture_seconds = time.perf_counter() - start
+    plain = leangraph.optimize(graph, backend="reference", passes="none")
+    assert_matches_eager(name, model, plain, entry)
+    optimized = leangraph.optimize(graph, example, backend="reference", passes="default")
+    assert not any(r.reverted for r in optimized.report.records), str(optimized.report)
+    assert optimized.report.nodes_after <= optimized.report.nodes_before
+    assert_matches_eager(name, model, optimized, entry)
+    print(f"{name}: captured in {capture_seconds:.1f}s, nodes {plain.report.nodes_before} -> "
+          f"{optimized.report.nodes_after}")

@@ -149,3 +149,12 @@ def test_default_scale_is_inverse_sqrt_head_size(rng):
     model = single_op_model("Attention", [q, k, v], {})
     explicit = single_op_model("Attention", [q, k, v], {"scale": 1 / math.sqrt(9)})
     np.testing.assert_allclose(run_reference(model, [q, k, v])[0], run_reference(explicit, [q, k, v])[0], rtol=1e-6)
+
+
+def test_attention_row_with_no_visible_key_is_zero(rng):
+    q, k, v = f32(rng, 1, 1, 3, 4), f32(rng, 1, 1, 3, 4), f32(rng, 1, 1, 3, 4)
+    mask = np.ones((1, 1, 3, 3), dtype=bool)
+    mask[0, 0, 1, :] = False
+    y = check_op("Attention", [q, k, v, mask], {})
+    np.testing.assert_array_equal(y[0, 0, 1], 0.0)
+    np.testing.assert_allclose(y, _sdpa(q, k, v, mask), rtol=1e-5, atol=1e-6)

@@ -4,7 +4,8 @@
 heads) broadcast. ``scale`` = 0 means 1/sqrt(head size). ``mask`` broadcasts to
 [..., q_len, kv_len]: boolean (True = may attend) or additive float. ``causal`` = 1 also hides
 keys after the query's position (top-left aligned, as torch's ``is_causal``). A query row with no
-visible key yields NaN, as the unfused softmax does.
+visible key yields zeros, as torch's scaled_dot_product_attention does (its export guards the
+softmax with ``Where(IsNaN(p), 0, p)``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def _reference(query, key, value, mask=None, scale=0.0, causal=0):
         scores = scores - scores.max(axis=-1, keepdims=True)
         weights = np.exp(scores)
         weights = weights / weights.sum(axis=-1, keepdims=True)
+    weights = np.where(np.isnan(weights), np.zeros((), dtype), weights)
     return ((weights @ value).astype(dtype),)
 
 
@@ -71,6 +73,7 @@ def _decompose(tape, inputs, attrs):
         else:
             scores = tape.op("Add", [scores, mask])
     weights = tape.op("Softmax", [scores], {"axis": -1})
+    weights = tape.op("Where", [tape.op("IsNaN", [weights]), const(tape, 0.0, dtype), weights])
     return [tape.op("MatMul", [weights, value])]
 
 

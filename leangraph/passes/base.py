@@ -1,0 +1,94 @@
+"""What a pass is: a named function over the model that says whether it changed it.
+
+    @graph_pass("dce")
+    def dce(model: ir.Model) -> bool: ...
+
+Rule-based passes are tables of onnxscript rewrite rules (pattern function -> replacement function,
+with a condition); :class:`RulePass` runs the table and reports which rules fired.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import onnx_ir as ir
+import onnx_ir.passes.common
+from onnxscript.rewriter import MatchingTracer, MatchStatus
+from onnxscript.rewriter import pattern as rewriter_pattern
+
+PassFunction = Callable[[ir.Model], "bool | PassResult"]
+
+
+@dataclasses.dataclass
+class PassResult:
+    changed: bool
+    fired: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    """For rule passes: how often each rule rewrote the graph."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Pass:
+    """A named rewrite. ``exact`` passes keep outputs equal up to fp reassociation; lossy ones
+    (quantization, token merging) only run when the user allowed a loss."""
+
+    name: str
+    run: PassFunction
+    doc: str = ""
+    exact: bool = True
+
+    def __call__(self, model: ir.Model) -> PassResult:
+        result = self.run(model)
+        return result if isinstance(result, PassResult) else PassResult(bool(result))
+
+
+def graph_pass(name: str, *, exact: bool = True) -> Callable[[PassFunction], Pass]:
+    """Decorate ``fn(model) -> bool`` into a :class:`Pass` whose doc is the function's docstring."""
+
+    def wrap(fn: PassFunction) -> Pass:
+        return Pass(name, fn, (fn.__doc__ or "").strip(), exact)
+
+    return wrap
+
+
+class RulePass:
+    """Runs a table of rewrite rules, rule by rule, until none fires; counts each rule's rewrites."""
+
+    def __init__(self, name: str, rules: Sequence[rewriter_pattern.RewriteRule], doc: str = "", max_rounds: int = 8):
+        self.name = name
+        self.rules = list(rules)
+        self.doc = doc
+        self.max_rounds = max_rounds
+        for rule in self.rules:
+            if not rule.name:
+                raise ValueError(f"every rule of pass '{name}' needs a name")
+
+    def __call__(self, model: ir.Model) -> PassResult:
+        fired: collections.Counter[str] = collections.Counter()
+        for _ in range(self.max_rounds):
+            round_count = 0
+            for rule in self.rules:
+                count = rewriter_pattern.RewriteRuleSet([rule]).apply_to_model(model)
+                if count:
+                    fired[rule.name] += count
+                    round_count += count
+                    ir.passes.common.RemoveUnusedNodesPass()(model)
+            if not round_count:
+                break
+        return PassResult(bool(fired), fired)
+
+    def explain(self, model: ir.Model) -> list[str]:
+        """Why each rule did or did not match, node by node (onnxscript's matching tracer)."""
+        tracer = MatchingTracer()
+        rewriter_pattern.RewriteRuleSet(self.rules).apply_to_model(model.clone(), tracer=tracer)
+        lines = []
+        for rule, matches in tracer.best_matches_map.items():
+            for info in matches:
+                status = "matched" if info.status == MatchStatus.SUCCESS else f"failed: {info.match_result.reason}"
+                lines.append(f"{rule.name}: at node '{info.root_node.name}' ({info.root_node.op_type}) {status}")
+        return lines
+
+    def as_pass(self, exact: bool = True) -> Pass:
+        return Pass(self.name, self, self.doc, exact)
+

@@ -1,0 +1,1 @@
+"""Exact cleanup passes: they remove work without changing what the graph computes."""

@@ -1,0 +1,119 @@
+"""Algebraic simplification: rewrites that compute the same values with fewer or cheaper nodes.
+
+From onnxscript's rule library: x*1, x+0, x-0, x/1, inference Dropout, Cast to the same type and
+Cast chains, Transpose pairs and identity Transposes, Reshape chains, Expand to the same shape,
+Unsqueeze chains, Slice collapsing, ConstantOfShape+Cast. And our own:
+
+- ``reshape_copy_dims``: ``Reshape(x, Concat(dim0(x), dim1(x), [-1], [32]))`` -> ``Reshape(x, [0, 0, -1, 32])``:
+  a target built from x's own dims at the same positions becomes a constant, and the shape
+  arithmetic feeding it dies.
+- ``transpose_last_two_chain``: ``Reshape(Transpose(Reshape(k, [-1, S, D]), [0, 2, 1]), [..., D, S])``,
+  how torch's exporter transposes the key inside scaled_dot_product_attention, -> ``Transpose(k)``
+  swapping the last two axes.
+
+All rules are exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import onnxscript.rewriter.rules.common as library
+from onnxscript.rewriter import pattern
+
+from leangraph.passes.base import RulePass
+from leangraph.passes.shape_exprs import Dim, elements, same_dim
+
+
+class ReshapeCopyDims(pattern.RewriteRuleClassBase):
+    """Reshape whose target copies x's own dims in place -> Reshape to a constant with 0s."""
+
+    def pattern(self, op, x, shape):
+        return op.Reshape(x, shape, _allow_other_attributes=True)
+
+    def check(self, context, x, shape):
+        result = pattern.MatchResult()
+        parts = elements(shape)
+        if parts is None or not any(isinstance(p, Dim) for p in parts):
+            return result.fail("target is constant or cannot be read off the graph")
+        if x.shape is None:
+            return result.fail("rank of the reshaped value is unknown")
+        resolved = []
+        for position, part in enumerate(parts):
+            if isinstance(part, Dim):
+                if position >= len(x.shape) or not same_dim(part, x, position):
+                    return result.fail(f"element {position} is a runtime dim, not dim {position} of the input")
+                resolved.append(0)
+            elif part == 0:
+                return result.fail("a literal 0 (empty dim under allowzero=1) must stay")
+            else:
+                resolved.append(part)
+        if resolved.count(-1) > 1:
+            return result.fail("more than one -1")
+        self._target = resolved
+        return result
+
+    def rewrite(self, op, x, shape):
+        target = op.Constant(value=ir.tensor(np.array(self._target, dtype=np.int64)))
+        return op.Reshape(x, target, allowzero=0)
+
+
+class TransposeLastTwoChain(pattern.RewriteRuleClassBase):
+    """Reshape -> Transpose(0,2,1) -> Reshape that swaps the last two axes of a value -> one Transpose."""
+
+    def pattern(self, op, k, merged_shape, split_shape):
+        merged = op.Reshape(k, merged_shape, _allow_other_attributes=True)
+        return op.Reshape(op.Transpose(merged, perm=[0, 2, 1]), split_shape, _allow_other_attributes=True)
+
+    def check(self, context, k, merged_shape, split_shape):
+        result = pattern.MatchResult()
+        if k.shape is None or len(k.shape) < 3:
+            return result.fail("rank of the transposed value is unknown or < 3")
+        rank = len(k.shape)
+        merged, split = elements(merged_shape), elements(split_shape)
+        if merged is None or split is None or len(merged) != 3 or len(split) != rank:
+            return result.fail("reshape targets cannot be read off the graph")
+        if merged[0] != -1 or not same_dim(merged[1], k, rank - 2) or not same_dim(merged[2], k, rank - 1):
+            return result.fail("first reshape does not merge the leading dims into one")
+        expected = [*range(rank - 2), rank - 1, rank - 2]
+        if not all(same_dim(part, k, index) for part, index in zip(split, expected)):
+            return result.fail("second reshape does not restore the leading dims with the last two swapped")
+        self._rank = rank
+        return result
+
+    def rewrite(self, op, k, merged_shape, split_shape):
+        rank = self._rank
+        return op.Transpose(k, perm=[*range(rank - 2), rank - 1, rank - 2])
+
+
+def _named(name: str, rules) -> list[pattern.RewriteRule]:
+    """Library rules under our names (the report counts rewrites per rule name)."""
+    rules = rules if isinstance(rules, (list, tuple)) else [rules]
+    for index, rule in enumerate(rules):
+        rule.name = name if len(rules) == 1 else f"{name}[{index}]"
+    return list(rules)
+
+
+RULES = [
+    *_named("mul_by_one", library.mul_by_1_rule.commute()),
+    *_named("add_zero", library.add_0_rule.commute()),
+    *_named("sub_zero", library.sub_0_rule),
+    *_named("div_by_one", library.div_by_1_rule),
+    *_named("dropout_zero", library.dropout_zero_rule),
+    *_named("dropout_inference", library.dropout_inference_rule),
+    *_named("cast_identity", library.no_op_cast_rule),
+    *_named("cast_cast", library.cast_cast_rule),
+    *_named("transpose_identity", library.no_op_transpose_rule),
+    *_named("transpose_transpose", library.transpose_transpose_rule),
+    *_named("reshape_reshape", library.reshape_reshape_rule),
+    *_named("expand_identity", library.no_op_expand_rule),
+    *_named("unsqueeze_unsqueeze", library.unsqueeze_unsqueeze_rule),
+    *_named("collapse_slice", library.collapse_slice_rule),
+    *_named("collapse_slice2", library.collapse_slice2_rule),
+    *_named("cast_constant_of_shape", library.cast_constant_of_shape_rule),
+    *_named("cast_constant_of_shape_no_value", library.cast_constant_of_shape_without_value_rule),
+    ReshapeCopyDims.rule(name="reshape_copy_dims"),
+    TransposeLastTwoChain.rule(name="transpose_last_two_chain"),
+]
+
+ALGEBRAIC = RulePass("algebraic", RULES, __doc__).as_pass()

@@ -1,0 +1,23 @@
+"""Constant folding: evaluates nodes whose inputs are all constant (weights, shape arithmetic on
+static dims) and replaces them by initializers, including shape computations that the symbolic
+shapes make static (onnxscript's folder). Exact: the folded values are what the nodes computed.
+
+Shape folding trusts the symbolic dims recorded in the graph; they come from torch.export or ONNX
+shape inference, and verification runs the result on real inputs.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+import onnxscript.optimizer
+
+from leangraph.passes.base import graph_pass
+
+
+@graph_pass("constant_folding")
+def constant_folding(model: ir.Model) -> bool:
+    """Fold constant subgraphs and static shape arithmetic into initializers."""
+    result = onnxscript.optimizer.fold_constants(model)
+    if result.modified:
+        onnxscript.optimizer.remove_unused_nodes(model)
+    return bool(result.modified)

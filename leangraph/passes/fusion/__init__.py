@@ -1,0 +1,1 @@
+"""Fusion passes: subgraphs the exporter emits, rewritten into single `leangraph` ops."""

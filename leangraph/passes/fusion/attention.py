@@ -1,0 +1,96 @@
+"""Scaled dot-product attention -> leangraph::Attention.
+
+Matches ``MatMul(softmax(scores), v)`` where ``scores`` is ``q @ k^T`` scaled by constants, in the
+forms torch's exporter writes:
+
+- scale split between q and k (``(q * s) @ (k^T * s)``, how scaled_dot_product_attention exports),
+  or applied after the product (``(q @ k^T) * s`` or ``/ s``, eager attention in older models);
+- with an additive mask (``+ mask``: BERT padding, GPT-2/Llama causal+padding, as the model builds
+  it) or without;
+- with the exporter's NaN guard ``Where(IsNaN(p), 0, p)`` after the softmax, which the op's
+  semantics include (rows with no visible key give 0). Without a guard only mask-free attention is
+  fused, since a mask could hide every key of a row and the op would turn that row's NaN into 0.
+
+``k^T`` must be a Transpose (the algebraic pass turns the exporter's Reshape/Transpose/Reshape
+chain into one, often merged with the head-split Transpose): ``k`` is then the same input under the
+permutation with its last two entries swapped, which the rewrite emits unless it is the identity.
+The mask stays a graph value. Exact up to round-off.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from onnxscript.rewriter import pattern
+
+from leangraph.passes.base import RulePass
+from leangraph.passes.fusion._checks import rank, scalar
+
+D = "leangraph"
+
+
+class AttentionFusion(pattern.RewriteRuleClassBase):
+    def __init__(self, name: str, scale_style: str, masked: bool, nan_guard: bool):
+        super().__init__(name)
+        self._scale_style, self._masked, self._nan_guard = scale_style, masked, nan_guard
+
+    def pattern(self, op, q, k_source, v, mask, s1, s2, zero):
+        kt = op.Transpose(k_source, _allow_other_attributes=True, _outputs=["kt"])
+        if self._scale_style == "split":
+            scores = op.MatMul(op.Mul(q, s1), op.Mul(kt, s2))
+        elif self._scale_style == "mul":
+            scores = op.Mul(op.MatMul(q, kt), s1)
+        elif self._scale_style == "div":
+            scores = op.Div(op.MatMul(q, kt), s1)
+        else:
+            scores = op.MatMul(q, kt)
+        if self._masked:
+            scores = op.Add(scores, mask)
+        probs = op.Softmax(scores, _allow_other_attributes=True, _outputs=["probs"])
+        if self._nan_guard:
+            probs = op.Where(op.IsNaN(probs), zero, probs)
+        return op.MatMul(probs, v)
+
+    def check(self, context, q, k_source, v, mask=None, s1=None, s2=None, zero=None, kt=None, probs=None):
+        result = pattern.MatchResult()
+        k_rank = rank(k_source)
+        perm = list(kt.producer().attributes.get_ints("perm", []))
+        if k_rank is None or k_rank < 2 or len(perm) != k_rank:
+            return result.fail("rank of the key is unknown")
+        self._key_perm = [*perm[:-2], perm[-1], perm[-2]]
+        axis = probs.producer().attributes.get_int("axis", -1)
+        if axis not in (-1, k_rank - 1):
+            return result.fail("softmax is not over the last axis")
+        if self._nan_guard and scalar(zero) != 0.0:
+            return result.fail("NaN guard does not substitute 0")
+        if not self._nan_guard and self._masked:
+            return result.fail("masked attention without NaN guard is not fused (see module doc)")
+        if self._scale_style == "split":
+            a, b = scalar(s1), scalar(s2)
+            scale = None if a is None or b is None else a * b
+        elif self._scale_style == "mul":
+            scale = scalar(s1)
+        elif self._scale_style == "div":
+            scale = None if not scalar(s1) else 1.0 / scalar(s1)
+        else:
+            scale = 1.0
+        if scale is None or scale <= 0:
+            return result.fail("scale is not a positive constant")
+        self._scale = scale
+        return result
+
+    def rewrite(self, op, q, k_source, v, mask=None, s1=None, s2=None, zero=None, kt=None, probs=None):
+        identity = self._key_perm == list(range(len(self._key_perm)))
+        k = k_source if identity else op.Transpose(k_source, perm=self._key_perm)
+        inputs = [q, k, v] + ([mask] if self._masked else [])
+        return op.Attention(*inputs, _domain=D, scale=self._scale, causal=0)
+
+
+def _rules():
+    for style, masked, guard in itertools.product(("split", "mul", "div", "none"), (True, False), (True, False)):
+        name = f"sdpa_{style}_scale{'_masked' if masked else ''}{'_nan_guard' if guard else ''}"
+        rule = AttentionFusion.rule(name, style, masked, guard)
+        yield from (rule.commute() if masked else [rule])
+
+
+FUSE_ATTENTION = RulePass("fuse_attention", list(_rules()), __doc__).as_pass()

@@ -1,0 +1,165 @@
+"""Linear layers -> leangraph::MatMulBiasAct, then activations folded into them.
+
+- ``MatMul(x, W) + b`` with constant W (2-D) and b -> ``MatMulBiasAct(x, W, b)``.
+- ``Gemm(x, W, b)`` (alpha = beta = 1, no transA) with constant W -> ``MatMulBiasAct`` (W transposed
+  once at compile time when transB = 1).
+- ``Reshape(Gemm(Reshape(x, [-1, K]), W, b), [..., N])`` (how the exporter writes GPT-2's Conv1D
+  and addmm on 3-D inputs) -> ``MatMulBiasAct(x, W, b)`` when the outer reshape restores x's
+  leading dims.
+- ``act(MatMulBiasAct(...))`` for act in Relu, Sigmoid, Tanh, leangraph Gelu, x*Sigmoid(x) (SiLU)
+  -> ``MatMulBiasAct(..., activation=act)`` when nothing else reads the linear output.
+
+Exact up to round-off.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+from onnxscript.rewriter import pattern
+
+from leangraph.passes.base import RulePass
+from leangraph.passes.fusion._checks import rank, single_use
+from leangraph.passes.shape_exprs import elements, same_dim
+
+D = "leangraph"
+
+
+def _const_matrix(value: ir.Value) -> bool:
+    return value.const_value is not None and len(value.const_value.shape) == 2
+
+
+class MatMulAdd(pattern.RewriteRuleClassBase):
+    def pattern(self, op, x, w, b):
+        return op.Add(op.MatMul(x, w), b)
+
+    def check(self, context, x, w, b):
+        result = pattern.MatchResult()
+        if not _const_matrix(w) or b.const_value is None:
+            return result.fail("weight must be a constant matrix and bias a constant")
+        n = w.const_value.shape[1]
+        if list(b.const_value.shape) not in ([n], [1, n]) or rank(x) is None or rank(x) < 2:
+            return result.fail("bias must be a row vector of the output width")
+        return result
+
+    def rewrite(self, op, x, w, b):
+        return op.MatMulBiasAct(x, w, b, _domain=D, activation="none")
+
+
+def _gemm_weight(op, w, trans_b: int):
+    if not trans_b:
+        return w
+    array = w.const_value.numpy().T.copy()
+    return op.initializer(ir.tensor(array, name=f"{w.name}_T"))
+
+
+class GemmLinear(pattern.RewriteRuleClassBase):
+    def __init__(self, name, with_bias: bool):
+        super().__init__(name)
+        self._with_bias = with_bias
+
+    def pattern(self, op, x, w, b):
+        if self._with_bias:
+            return op.Gemm(x, w, b, _allow_other_attributes=True, _outputs=["y"])
+        return op.Gemm(x, w, _allow_other_attributes=True, _outputs=["y"])
+
+    def check(self, context, x, w, b=None, y=None):
+        result = pattern.MatchResult()
+        attrs = y.producer().attributes
+        if attrs.get_float("alpha", 1.0) != 1.0 or attrs.get_float("beta", 1.0) != 1.0 or attrs.get_int("transA", 0):
+            return result.fail("alpha/beta must be 1 and A not transposed")
+        if not _const_matrix(w) or (b is not None and b.const_value is None):
+            return result.fail("weight and bias must be constants")
+        self._trans_b = attrs.get_int("transB", 0)
+        return result
+
+    def rewrite(self, op, x, w, b=None, y=None):
+        inputs = [x, _gemm_weight(op, w, self._trans_b)] + ([b] if b is not None else [])
+        return op.MatMulBiasAct(*inputs, _domain=D, activation="none")
+
+
+class ReshapedGemm(pattern.RewriteRuleClassBase):
+    def __init__(self, name, with_bias: bool):
+        super().__init__(name)
+        self._with_bias = with_bias
+
+    def pattern(self, op, x, flat_shape, w, b, out_shape):
+        flat = op.Reshape(x, flat_shape, _allow_other_attributes=True)
+        if self._with_bias:
+            gemm = op.Gemm(flat, w, b, _allow_other_attributes=True, _outputs=["y"])
+        else:
+            gemm = op.Gemm(flat, w, _allow_other_attributes=True, _outputs=["y"])
+        return op.Reshape(gemm, out_shape, _allow_other_attributes=True)
+
+    def check(self, context, x, flat_shape, w, b=None, out_shape=None, y=None):
+        result = pattern.MatchResult()
+        attrs = y.producer().attributes
+        if attrs.get_float("alpha", 1.0) != 1.0 or attrs.get_float("beta", 1.0) != 1.0 or attrs.get_int("transA", 0):
+            return result.fail("alpha/beta must be 1 and A not transposed")
+        if not _const_matrix(w) or (b is not None and b.const_value is None) or not single_use(y):
+            return result.fail("weight and bias must be constants, the Gemm read once")
+        self._trans_b = attrs.get_int("transB", 0)
+        k = w.const_value.shape[1 if self._trans_b else 0]
+        n = w.const_value.shape[0 if self._trans_b else 1]
+        flat, out = elements(flat_shape), elements(out_shape)
+        x_rank = rank(x)
+        if flat is None or out is None or x_rank is None or flat[-1:] != [k] or len(out) != x_rank:
+            return result.fail("reshapes do not flatten x's leading dims and restore them")
+        if flat[0] != -1 or out[-1] != n or not all(same_dim(e, x, i) for i, e in enumerate(out[:-1])):
+            return result.fail("outer reshape does not restore x's leading dims")
+        return result
+
+    def rewrite(self, op, x, flat_shape, w, b=None, out_shape=None, y=None):
+        inputs = [x, _gemm_weight(op, w, self._trans_b)] + ([b] if b is not None else [])
+        return op.MatMulBiasAct(*inputs, _domain=D, activation="none")
+
+
+class FoldActivation(pattern.RewriteRuleClassBase):
+    """act(MatMulBiasAct(a, b, bias, activation=none)) -> MatMulBiasAct(..., activation=act)."""
+
+    def __init__(self, name, activation: str, with_bias: bool):
+        super().__init__(name)
+        self._activation, self._with_bias = activation, with_bias
+
+    def pattern(self, op, a, b, bias):
+        inputs = (a, b, bias) if self._with_bias else (a, b)
+        linear = op.MatMulBiasAct(*inputs, _domain=D, activation="none", _outputs=["linear"])
+        if self._activation == "silu":
+            return op.Mul(linear, op.Sigmoid(linear))
+        if self._activation in ("gelu", "gelu_tanh"):
+            return op.Gelu(linear, _domain=D, approximate="none" if self._activation == "gelu" else "tanh")
+        return {"relu": op.Relu, "sigmoid": op.Sigmoid, "tanh": op.Tanh}[self._activation](linear)
+
+    def check(self, context, a, b, bias=None, linear=None):
+        uses = len(linear.uses())
+        expected = 2 if self._activation == "silu" else 1
+        if uses != expected or linear.is_graph_output():
+            return pattern.MatchResult().fail("the linear output is also read elsewhere")
+        return pattern.MatchResult()
+
+    def rewrite(self, op, a, b, bias=None, linear=None):
+        inputs = (a, b, bias) if self._with_bias else (a, b)
+        return op.MatMulBiasAct(*inputs, _domain=D, activation=self._activation)
+
+
+FUSE_MATMUL_BIAS = RulePass(
+    "fuse_matmul_bias",
+    [
+        *MatMulAdd.rule(name="matmul_add").commute(),
+        ReshapedGemm.rule("reshaped_gemm_bias", with_bias=True),
+        ReshapedGemm.rule("reshaped_gemm", with_bias=False),
+        GemmLinear.rule("gemm_bias", with_bias=True),
+        GemmLinear.rule("gemm", with_bias=False),
+    ],
+    __doc__,
+).as_pass()
+
+FUSE_MATMUL_ACTIVATION = RulePass(
+    "fuse_matmul_activation",
+    [
+        FoldActivation.rule(f"fold_{act}{'' if bias else '_no_bias'}", act, bias)
+        for act in ("relu", "sigmoid", "tanh", "gelu", "gelu_tanh", "silu")
+        for bias in (True, False)
+    ],
+    "Activations folded into the leangraph::MatMulBiasAct that feeds them (see fuse_matmul_bias).",
+).as_pass()

@@ -1,0 +1,68 @@
+"""Every pass by name, and the default pipeline. A new pass: one module, one line here."""
+
+from __future__ import annotations
+
+from leangraph.errors import OptionError
+from leangraph.passes.base import Pass
+from leangraph.passes.cleanup.algebraic import ALGEBRAIC
+from leangraph.passes.cleanup.constant_folding import constant_folding
+from leangraph.passes.cleanup.cse import cse
+from leangraph.passes.cleanup.dce import dce
+from leangraph.passes.fusion.attention import FUSE_ATTENTION
+from leangraph.passes.fusion.gelu import FUSE_GELU
+from leangraph.passes.fusion.layer_norm import FUSE_LAYER_NORM
+from leangraph.passes.fusion.matmul_bias import FUSE_MATMUL_ACTIVATION, FUSE_MATMUL_BIAS
+from leangraph.passes.fusion.rms_norm import FUSE_RMS_NORM
+from leangraph.passes.manager import FixedPoint, PipelineItem
+
+PASSES: dict[str, Pass] = {}
+
+
+def register(pass_: Pass) -> Pass:
+    """Make ``pass_`` addressable by name in ``optimize(passes=[...])`` and the CLI."""
+    if pass_.name in PASSES and PASSES[pass_.name] is not pass_:
+        raise OptionError(f"a pass named '{pass_.name}' is already registered", hint="choose another name")
+    PASSES[pass_.name] = pass_
+    return pass_
+
+
+for _pass in (
+    dce, cse, constant_folding, ALGEBRAIC,
+    FUSE_LAYER_NORM, FUSE_RMS_NORM, FUSE_GELU, FUSE_ATTENTION, FUSE_MATMUL_BIAS, FUSE_MATMUL_ACTIVATION,
+):
+    register(_pass)
+
+
+def cleanup() -> FixedPoint:
+    return FixedPoint("cleanup", (PASSES["constant_folding"], PASSES["algebraic"], PASSES["cse"], PASSES["dce"]))
+
+
+def default_pipeline() -> list[PipelineItem]:
+    """Cleanup to a fixed point, the fusions (norms and GELU before the linear layers that absorb
+    activations), then cleanup again."""
+    fusions = ["fuse_layer_norm", "fuse_rms_norm", "fuse_gelu", "fuse_attention", "fuse_matmul_bias",
+               "fuse_matmul_activation"]
+    return [cleanup(), *(PASSES[name] for name in fusions), cleanup()]
+
+
+def get_pass(name_or_pass: str | Pass) -> Pass:
+    if isinstance(name_or_pass, Pass):
+        return name_or_pass
+    try:
+        return PASSES[name_or_pass]
+    except KeyError:
+        raise OptionError(
+            f"no pass named '{name_or_pass}' (registered: {', '.join(sorted(PASSES))})",
+            hint="check the name, or register your pass with leangraph.passes.register",
+        ) from None
+
+
+def resolve(passes) -> list[PipelineItem]:
+    """A pipeline from 'default', 'none', or a list of pass names / Pass objects."""
+    if isinstance(passes, str):
+        if passes == "default":
+            return default_pipeline()
+        if passes == "none":
+            return []
+        return [get_pass(name.strip()) for name in passes.split(",") if name.strip()]
+    return [item if isinstance(item, FixedPoint) else get_pass(item) for item in passes]

@@ -1,0 +1,61 @@
+"""Output-level comparison of a candidate graph against the reference: the error budget and the
+check every pass goes through."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerance:
+    """An output-level error budget: every output within rtol/atol of the reference, and (when
+    set) the cosine similarity of each output to the reference at least ``min_cosine``."""
+
+    rtol: float = 1e-4
+    atol: float = 1e-5
+    min_cosine: float | None = None
+
+    @property
+    def is_exact(self) -> bool:
+        """Whether this budget allows no more than fp32 round-off (no lossy passes)."""
+        return self.rtol <= EXACT.rtol and self.atol <= EXACT.atol and self.min_cosine in (None, 1.0)
+
+
+EXACT = Tolerance()
+
+
+def compare_outputs(
+    got: Sequence[np.ndarray], expected: Sequence[np.ndarray], names: Sequence[str], tolerance: Tolerance
+) -> str | None:
+    """None when ``got`` is within ``tolerance`` of ``expected``, else why not (for the report)."""
+    if len(got) != len(expected):
+        return f"{len(got)} outputs, expected {len(expected)}"
+    for name, g, e in zip(names, got, expected):
+        g, e = np.asarray(g), np.asarray(e)
+        if g.shape != e.shape:
+            return f"output '{name}' has shape {list(g.shape)}, expected {list(e.shape)}"
+        if e.dtype.kind not in "fc":
+            if not np.array_equal(g, e):
+                return f"output '{name}' differs in {int(np.sum(g != e))} of {e.size} elements"
+            continue
+        g64, e64 = g.astype(np.float64), e.astype(np.float64)
+        same_nan = np.isnan(g64) == np.isnan(e64)
+        if not same_nan.all():
+            return f"output '{name}' has NaN in different places ({int((~same_nan).sum())} elements)"
+        finite = ~np.isnan(e64)
+        error = np.abs(g64 - e64)[finite]
+        allowed = tolerance.atol + tolerance.rtol * np.abs(e64)[finite]
+        if error.size and (error > allowed).any():
+            worst = int(np.argmax(error - allowed))
+            return (f"output '{name}': max |diff| {error.max():.3g} exceeds atol {tolerance.atol:g} + "
+                    f"rtol {tolerance.rtol:g}*|ref| ({int((error > allowed).sum())} of {error.size} elements; "
+                    f"worst {error[worst]:.3g} vs allowed {allowed[worst]:.3g})")
+        if tolerance.min_cosine is not None:
+            a, b = g64.reshape(-1), e64.reshape(-1)
+            cosine = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+            if cosine < tolerance.min_cosine:
+                return f"output '{name}': cosine {cosine:.6f} below {tolerance.min_cosine}"
+    return None
