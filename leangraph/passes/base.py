@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 import onnx_ir as ir
 import onnx_ir.passes.common
+import onnxscript.optimizer
 from onnxscript.rewriter import MatchingTracer, MatchStatus
 from onnxscript.rewriter import pattern as rewriter_pattern
 
@@ -66,6 +67,9 @@ class RulePass:
 
     def __call__(self, model: ir.Model) -> PassResult:
         fired: collections.Counter[str] = collections.Counter()
+        # Rules read constants through Value.const_value, which Constant nodes' outputs only carry
+        # once propagated.
+        onnxscript.optimizer.basic_constant_propagation(ir.traversal.RecursiveGraphIterator(model.graph))
         for _ in range(self.max_rounds):
             round_count = 0
             for rule in self.rules:

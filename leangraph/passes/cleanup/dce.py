@@ -1,5 +1,5 @@
-"""Dead-code elimination: removes nodes whose outputs nothing reads, unused initializers and
-unused model-local functions. Always exact."""
+"""Dead-code elimination: removes Identity nodes (rewiring their readers), nodes whose outputs
+nothing reads, unused initializers and unused model-local functions. Always exact."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from leangraph.passes.base import graph_pass
 
 @graph_pass("dce")
 def dce(model: ir.Model) -> bool:
-    """Remove nodes, initializers and functions that no graph output depends on."""
+    """Remove Identity nodes, and nodes, initializers and functions no graph output depends on."""
     nodes, initializers = node_count(model), len(model.graph.initializers)
     functions = len(model.functions)
+    common.IdentityEliminationPass()(model)
     common.RemoveUnusedNodesPass()(model)
     common.RemoveUnusedFunctionsPass()(model)
     return (node_count(model), len(model.graph.initializers), len(model.functions)) != (nodes, initializers, functions)

@@ -1,0 +1,194 @@
+"""Cleanup passes: each rewrite fires where it must and leaves alone what it must not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.passes._build import model_from_text, ops, run_pass
+
+HEADER = '<ir_version: 10, opset_import: ["" : 20]>\n'
+X = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
+
+
+def test_dce_removes_unused_nodes():
+    model = model_from_text(HEADER + """g (float[2,3,4] x) => (float[2,3,4] y) {
+        dead = Relu(x)
+        y = Neg(x)
+    }""")
+    model, record = run_pass("dce", model, [X])
+    assert record.changed and ops(model) == ["Neg"]
+
+
+def test_dce_keeps_everything_used():
+    model = model_from_text(HEADER + "g (float[2,3,4] x) => (float[2,3,4] y) { a = Relu(x)\n y = Neg(a) }")
+    _, record = run_pass("dce", model, [X])
+    assert not record.changed
+
+
+def test_cse_merges_duplicates():
+    model = model_from_text(HEADER + """g (float[2,3,4] x) => (float[2,3,4] y) {
+        a = Relu(x)
+        b = Relu(x)
+        y = Add(a, b)
+    }""")
+    model, record = run_pass("cse", model, [X])
+    assert record.changed and ops(model) == ["Relu", "Add"]
+
+
+def test_cse_keeps_different_attributes():
+    model = model_from_text(HEADER + """g (float[2,3,4] x) => (float[2,3,4] y) {
+        a = Softmax<axis=-1>(x)
+        b = Softmax<axis=1>(x)
+        y = Add(a, b)
+    }""")
+    _, record = run_pass("cse", model, [X])
+    assert not record.changed
+
+
+def test_constant_folding_folds_weight_arithmetic():
+    model = model_from_text(HEADER + """g (float[2,3,4] x) => (float[2,3,4] y) {
+        two = Constant<value = float[1] {2.0}>()
+        w2 = Mul(w, two)
+        y = Add(x, w2)
+    }""", {"w": np.ones(4, np.float32)})
+    model, record = run_pass("constant_folding", model, [X])
+    assert record.changed and ops(model) == ["Add"]
+
+
+def test_constant_folding_leaves_runtime_values():
+    model = model_from_text(HEADER + "g (float[2,3,4] x) => (float[2,3,4] y) { y = Relu(x) }")
+    _, record = run_pass("constant_folding", model, [X])
+    assert not record.changed
+
+
+def test_constant_folding_makes_static_shape_computation_constant():
+    model = model_from_text(HEADER + """g (float[2,3,4] x) => (float[6,4] y) {
+        s = Shape<start=0, end=2>(x)
+        p = ReduceProd<keepdims=1>(s)
+        four = Constant<value = int64[1] {4}>()
+        t = Concat<axis=0>(p, four)
+        y = Reshape(x, t)
+    }""")
+    model, record = run_pass("constant_folding", model, [X])
+    assert record.changed and ops(model) == ["Reshape"]
+
+
+# Algebraic rules: (rule name, graph where it fires, graph where it must not).
+ALGEBRAIC_CASES = {
+    "mul_by_one[0]": (
+        "one = Constant<value = float {1.0}>()\n y = Mul(x, one)",
+        "two = Constant<value = float {2.0}>()\n y = Mul(x, two)",
+    ),
+    "add_zero[0]": (
+        "z = Constant<value = float {0.0}>()\n y = Add(x, z)",
+        "z = Constant<value = float {0.5}>()\n y = Add(x, z)",
+    ),
+    "sub_zero": ("z = Constant<value = float {0.0}>()\n y = Sub(x, z)", "z = Constant<value = float {1.0}>()\n y = Sub(x, z)"),
+    "div_by_one": ("o = Constant<value = float {1.0}>()\n y = Div(x, o)", "o = Constant<value = float {3.0}>()\n y = Div(x, o)"),
+    "cast_identity": ("y = Cast<to=1>(x)", "h = Cast<to=11>(x)\n y = Cast<to=1>(h)"),
+    "transpose_identity": ("y = Transpose<perm=[0,1,2]>(x)", "y2 = Transpose<perm=[0,2,1]>(x)\n y = Transpose<perm=[0,2,1]>(y2)"),
+    "transpose_transpose": ("a = Transpose<perm=[1,0,2]>(x)\n y = Transpose<perm=[1,0,2]>(a)",
+                            "a = Transpose<perm=[1,0,2]>(x)\n b = Relu(a)\n y = Transpose<perm=[1,0,2]>(b)"),
+    "expand_identity": ("s = Constant<value = int64[3] {2,3,4}>()\n y = Expand(x, s)",
+                        "s = Constant<value = int64[4] {2,2,3,4}>()\n e = Expand(x, s)\n y = ReduceSum<keepdims=0>(e, zero)"),
+}
+
+
+def _algebraic_graph(body: str) -> str:
+    return HEADER + "g (float[2,3,4] x) => (float[2,3,4] y) {\n zero = Constant<value = int64[1] {0}>()\n" + body + "\n}"
+
+
+@pytest.mark.parametrize("rule", list(ALGEBRAIC_CASES))
+def test_algebraic_rule_fires(rule):
+    fires, _ = ALGEBRAIC_CASES[rule]
+    _, record = run_pass("algebraic", model_from_text(_algebraic_graph(fires)), [X])
+    assert record.fired.get(rule), record.fired
+
+
+@pytest.mark.parametrize("rule", list(ALGEBRAIC_CASES))
+def test_algebraic_rule_does_not_fire(rule):
+    _, does_not = ALGEBRAIC_CASES[rule]
+    _, record = run_pass("algebraic", model_from_text(_algebraic_graph(does_not)), [X])
+    assert not record.fired.get(rule), record.fired
+
+
+RESHAPE_BODY = """
+    s = Shape(x)
+    b = Slice(s, zero, one)
+    t = Slice(s, one, two)
+    minus = Constant<value = int64[1] {-1}>()
+    target = Concat<axis=0>({first}, t, minus)
+    y = Reshape<allowzero=1>(x, target)
+"""
+
+
+def _reshape_model(first: str):
+    return model_from_text(HEADER + """g (float[batch,seq,4] x) => (float[batch,seq,4] y) {
+    zero = Constant<value = int64[1] {0}>()
+    one = Constant<value = int64[1] {1}>()
+    two = Constant<value = int64[1] {2}>()
+    """ + RESHAPE_BODY.replace("{first}", first) + "}")
+
+
+def test_reshape_copy_dims_fires_on_own_dims():
+    model, record = run_pass("algebraic", _reshape_model("b"), [X])
+    assert record.fired.get("reshape_copy_dims") == 1
+    reshape = next(n for n in model.graph if n.op_type == "Reshape")
+    assert reshape.inputs[1].const_value.numpy().tolist() == [0, 0, -1]
+
+
+def test_reshape_copy_dims_does_not_fire_on_dims_moved():
+    # the target swaps batch and seq: the runtime dims are not copied in place
+    model = model_from_text(HEADER + """g (float[batch,seq,4] x) => (float[seq,batch,4] y) {
+        zero = Constant<value = int64[1] {0}>()
+        one = Constant<value = int64[1] {1}>()
+        two = Constant<value = int64[1] {2}>()
+        s = Shape(x)
+        b = Slice(s, zero, one)
+        t = Slice(s, one, two)
+        four = Constant<value = int64[1] {4}>()
+        target = Concat<axis=0>(t, b, four)
+        y = Reshape<allowzero=1>(x, target)
+    }""")
+    _, record = run_pass("algebraic", model, [X])
+    assert not record.fired.get("reshape_copy_dims")
+
+
+def _key_chain(split_last: str) -> str:
+    return HEADER + """g (float[batch,2,seq,8] k) => (float[batch,2,8,seq] y) {
+        s = Shape(k)
+        lo = Constant<value = int64[1] {-9223372036854775807}>()
+        m2 = Constant<value = int64[1] {-2}>()
+        m1 = Constant<value = int64[1] {-1}>()
+        hi = Constant<value = int64[1] {9223372036854775807}>()
+        last = Slice(s, m1, hi)
+        second = Slice(s, m2, m1)
+        lead = Slice(s, lo, m2)
+        merged_shape = Concat<axis=0>(m1, second, last)
+        merged = Reshape(k, merged_shape)
+        t = Transpose<perm=[0,2,1]>(merged)
+        split_shape = Concat<axis=0>(lead, """ + split_last + """)
+        y = Reshape(t, split_shape)
+    }"""
+
+
+def test_transpose_last_two_chain_fires():
+    k = np.random.default_rng(1).standard_normal((2, 2, 5, 8)).astype(np.float32)
+    model, record = run_pass("algebraic", model_from_text(_key_chain("last, second")), [k])
+    assert record.fired.get("transpose_last_two_chain") == 1
+    assert ops(model) == ["Transpose"]
+
+
+def test_transpose_last_two_chain_does_not_fire_when_not_a_transpose():
+    # restoring [.., seq, 8] after transposing the [seq, 8] blocks reinterprets the data: no transpose
+    k = np.random.default_rng(1).standard_normal((2, 2, 5, 8)).astype(np.float32)
+    text = _key_chain("second, last").replace("float[batch,2,8,seq] y", "float[batch,2,seq,8] y")
+    _, record = run_pass("algebraic", model_from_text(text), [k])
+    assert not record.fired.get("transpose_last_two_chain")
+
+
+def test_dce_removes_identity():
+    model = model_from_text(HEADER + "g (float[2,3,4] x) => (float[2,3,4] y) { a = Identity(x)\n y = Neg(a) }")
+    model, record = run_pass("dce", model, [X])
+    assert record.changed and ops(model) == ["Neg"]

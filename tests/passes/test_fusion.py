@@ -1,0 +1,182 @@
+"""Fusion rules: each fires on the form it targets (outputs verified against the reference) and
+stays away from a near miss."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from tests.passes._build import model_from_text, run_pass
+
+HEADER = '<ir_version: 10, opset_import: ["" : 20]>\n'
+rng = np.random.default_rng(0)
+W = {"w": rng.standard_normal((8, 6)).astype(np.float32), "b": rng.standard_normal(6).astype(np.float32),
+     "wt": rng.standard_normal((6, 8)).astype(np.float32), "scale": rng.standard_normal(8).astype(np.float32),
+     "bias": rng.standard_normal(8).astype(np.float32)}
+
+
+def graph(inputs: str, output: str, body: str) -> str:
+    return HEADER + f"g ({inputs}) => ({output}) {{\n{body}\n}}"
+
+
+X = "float[2,5,8] x"
+SQRT2 = math.sqrt(2)
+ROOT = math.sqrt(2 / math.pi)
+
+CASES = {
+    # rule: (pass, inputs, output, body that fires, body that must not)
+    "onnx_layer_norm": ("fuse_layer_norm", X, "float[2,5,8] y",
+                        "y = LayerNormalization<axis=-1, epsilon=1e-5>(x, scale, bias)",
+                        "n, mean, inv = LayerNormalization<axis=-1, epsilon=1e-5>(x, scale, bias)\n y = Add(n, mean)"),
+    "decomposed_layer_norm": ("fuse_layer_norm", X, "float[2,5,8] y", """
+        ax = Constant<value = int64[1] {-1}>()
+        two = Constant<value = float {2.0}>()
+        eps = Constant<value = float {1e-5}>()
+        m = ReduceMean<keepdims=1>(x, ax)
+        c = Sub(x, m)
+        v = ReduceMean<keepdims=1>(Pow(c, two), ax)
+        n = Div(c, Sqrt(Add(v, eps)))
+        y = Add(Mul(n, scale), bias)""", """
+        ax = Constant<value = int64[1] {-1}>()
+        three = Constant<value = float {3.0}>()
+        eps = Constant<value = float {1e-5}>()
+        m = ReduceMean<keepdims=1>(x, ax)
+        c = Sub(x, m)
+        v = ReduceMean<keepdims=1>(Pow(c, three), ax)
+        n = Div(c, Sqrt(Add(v, eps)))
+        y = Add(Mul(n, scale), bias)"""),
+    "rms_norm_scale_first_reciprocal": ("fuse_rms_norm", X, "float[2,5,8] y", """
+        two = Constant<value = float {2.0}>()
+        ax = Constant<value = int64[1] {-1}>()
+        eps = Constant<value = float {1e-6}>()
+        r = Reciprocal(Sqrt(Add(ReduceMean<keepdims=1>(Pow(x, two), ax), eps)))
+        y = Mul(scale, Mul(x, r))""", """
+        two = Constant<value = float {2.0}>()
+        ax = Constant<value = int64[1] {1}>()
+        eps = Constant<value = float {1e-6}>()
+        r = Reciprocal(Sqrt(Add(ReduceMean<keepdims=1>(Pow(x, two), ax), eps)))
+        y = Mul(scale, Mul(x, r))"""),
+    "onnx_gelu": ("fuse_gelu", X, "float[2,5,8] y", "y = Gelu(x)", "y = Elu(x)"),
+    "erf_gelu": ("fuse_gelu", X, "float[2,5,8] y", f"""
+        r2 = Constant<value = float {{{SQRT2}}}>()
+        one = Constant<value = float {{1.0}}>()
+        half = Constant<value = float {{0.5}}>()
+        y = Mul(Mul(x, half), Add(Erf(Div(x, r2)), one))""", f"""
+        r2 = Constant<value = float {{{SQRT2}}}>()
+        one = Constant<value = float {{1.0}}>()
+        half = Constant<value = float {{0.25}}>()
+        y = Mul(Mul(x, half), Add(Erf(Div(x, r2)), one))"""),
+    "tanh_gelu": ("fuse_gelu", X, "float[2,5,8] y", f"""
+        half = Constant<value = float {{0.5}}>()
+        three = Constant<value = float {{3.0}}>()
+        c = Constant<value = float {{0.044715}}>()
+        root = Constant<value = float {{{ROOT}}}>()
+        one = Constant<value = float {{1.0}}>()
+        inner = Mul(Add(x, Mul(Pow(x, three), c)), root)
+        y = Mul(Mul(x, half), Add(Tanh(inner), one))""", f"""
+        half = Constant<value = float {{0.5}}>()
+        three = Constant<value = float {{2.0}}>()
+        c = Constant<value = float {{0.044715}}>()
+        root = Constant<value = float {{{ROOT}}}>()
+        one = Constant<value = float {{1.0}}>()
+        inner = Mul(Add(x, Mul(Pow(x, three), c)), root)
+        y = Mul(Mul(x, half), Add(Tanh(inner), one))"""),
+    "matmul_add": ("fuse_matmul_bias", X, "float[2,5,6] y", "y = Add(MatMul(x, w), b)", "y = Add(MatMul(x, w), MatMul(x, w))"),
+    "gemm_bias": ("fuse_matmul_bias", "float[5,8] x", "float[5,6] y", "y = Gemm<transB=1>(x, wt, b)",
+                  "y = Gemm<transB=1, alpha=2.0>(x, wt, b)"),
+    "reshaped_gemm": ("fuse_matmul_bias", X, "float[a,b,6] y", """
+        flat = Constant<value = int64[2] {-1, 8}>()
+        out = Constant<value = int64[3] {2, 5, 6}>()
+        y = Reshape(Gemm(Reshape(x, flat), w), out)""", """
+        flat = Constant<value = int64[2] {-1, 8}>()
+        out = Constant<value = int64[3] {5, 2, 6}>()
+        y = Reshape(Gemm(Reshape(x, flat), w), out)"""),
+}
+
+
+def _model(case: str, which: int):
+    _, inputs, output, *bodies = CASES[case]
+    return model_from_text(graph(inputs, output, bodies[which]), W)
+
+
+def _input(case: str):
+    shape = (5, 8) if CASES[case][1].startswith("float[5,8]") else (2, 5, 8)
+    return [np.random.default_rng(1).standard_normal(shape).astype(np.float32)]
+
+
+@pytest.mark.parametrize("rule", list(CASES))
+def test_rule_fires(rule):
+    _, record = run_pass(CASES[rule][0], _model(rule, 0), _input(rule))
+    assert any(name.startswith(rule) for name in record.fired), record.fired
+    assert record.verified
+
+
+@pytest.mark.parametrize("rule", list(CASES))
+def test_rule_does_not_fire_on_near_miss(rule):
+    _, record = run_pass(CASES[rule][0], _model(rule, 1), _input(rule))
+    assert not any(name.startswith(rule) for name in record.fired), record.fired
+
+
+def _attention_graph(scale_body: str, guard: bool = True, mask: bool = True) -> str:
+    tail = "p2 = Where(IsNaN(p), zero, p)\n y = MatMul(p2, v)" if guard else "y = MatMul(p, v)"
+    scores = "Add(s, mask)" if mask else "s"
+    return graph("float[2,4,5,8] q, float[2,4,5,8] k, float[2,4,5,8] v, float[2,1,5,5] mask", "float[2,4,5,8] y", f"""
+        zero = Constant<value = float {{0.0}}>()
+        kt = Transpose<perm=[0,1,3,2]>(k)
+        {scale_body}
+        p = Softmax<axis=-1>({scores})
+        {tail}""")
+
+
+SPLIT = """sc = Constant<value = float {0.5946}>()
+        s = MatMul(Mul(q, sc), Mul(kt, sc))"""
+AFTER = """sc = Constant<value = float {0.3536}>()
+        s = Mul(MatMul(q, kt), sc)"""
+
+
+def _attention_inputs():
+    g = np.random.default_rng(2)
+    q, k, v = (g.standard_normal((2, 4, 5, 8)).astype(np.float32) for _ in range(3))
+    mask = np.where(g.random((2, 1, 5, 5)) < 0.3, -1e9, 0.0).astype(np.float32)
+    return [q, k, v, mask]
+
+
+@pytest.mark.parametrize(("body", "guard", "mask", "rule"), [
+    (SPLIT, True, True, "sdpa_split_scale_masked_nan_guard"),
+    (AFTER, True, True, "sdpa_mul_scale_masked_nan_guard"),
+    (AFTER, False, False, "sdpa_mul_scale"),
+])
+def test_attention_fires(body, guard, mask, rule):
+    model, record = run_pass("fuse_attention", model_from_text(_attention_graph(body, guard, mask)), _attention_inputs())
+    assert any(name.startswith(rule) for name in record.fired), record.fired
+    (node,) = [n for n in model.graph if n.op_type == "Attention"]
+    assert node.domain == "leangraph"
+
+
+def test_attention_not_fused_with_mask_but_without_nan_guard():
+    _, record = run_pass("fuse_attention", model_from_text(_attention_graph(AFTER, guard=False, mask=True)), _attention_inputs())
+    assert not record.fired
+
+
+def test_attention_not_fused_when_softmax_is_over_another_axis():
+    text = _attention_graph(AFTER).replace("Softmax<axis=-1>", "Softmax<axis=2>")
+    _, record = run_pass("fuse_attention", model_from_text(text), _attention_inputs())
+    assert not record.fired
+
+
+@pytest.mark.parametrize(("act_body", "rule"), [("y = Relu(h)", "fold_relu"), ("y = Tanh(h)", "fold_tanh")])
+def test_activation_folds_into_linear(act_body, rule):
+    text = graph(X, "float[2,5,6] y", f"h = Add(MatMul(x, w), b)\n {act_body}")
+    model = model_from_text(text, W)
+    model, _ = run_pass("fuse_matmul_bias", model, _input("matmul_add"))
+    _, record = run_pass("fuse_matmul_activation", model, _input("matmul_add"))
+    assert record.fired == {rule: 1}
+
+
+def test_activation_not_folded_when_linear_output_is_reused():
+    text = graph(X, "float[2,5,6] y", "h = Add(MatMul(x, w), b)\n r = Relu(h)\n y = Add(r, h)")
+    model, _ = run_pass("fuse_matmul_bias", model_from_text(text, W), _input("matmul_add"))
+    _, record = run_pass("fuse_matmul_activation", model, _input("matmul_add"))
+    assert not record.fired
