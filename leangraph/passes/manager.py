@@ -68,8 +68,8 @@ class CountsInstrument(Instrument):
 class DiffInstrument(Instrument):
     """A unified diff of the printed IR, and the module paths of the nodes the pass touched."""
 
-    def __init__(self, context: int = 2, max_lines: int = 4000) -> None:
-        self.context, self.max_lines = context, max_lines
+    def __init__(self, context: int = 2, max_lines: int = 4000, max_region: int = 60) -> None:
+        self.context, self.max_lines, self.max_region = context, max_lines, max_region
 
     def before_pass(self, pass_, model):
         self._before = format_model(model)
@@ -83,19 +83,33 @@ class DiffInstrument(Instrument):
             diff = diff[: self.max_lines] + [f"... ({len(diff) - self.max_lines} more lines)"]
         record.diff = "\n".join(diff)
         after_nodes = _node_signatures(model)
-        touched = (self._before_nodes.keys() ^ after_nodes.keys())
-        paths = {self._before_nodes.get(sig) or after_nodes.get(sig) for sig in touched}
-        record.module_paths = sorted(p for p in paths if p)
+        removed = [self._before_nodes[s] for s in self._before_nodes.keys() - after_nodes.keys()]
+        added = [after_nodes[s] for s in after_nodes.keys() - self._before_nodes.keys()]
+        record.module_paths = sorted({n.module for n in removed + added if n.module})
+        record.region_before = sorted(removed, key=lambda n: n.order)[: self.max_region]
+        record.region_after = sorted(added, key=lambda n: n.order)[: self.max_region]
 
 
-def _node_signatures(model: ir.Model) -> dict[str, str]:
-    """Each node's (op, inputs, outputs) signature -> its module path; what changed is the symmetric difference."""
+@dataclasses.dataclass(frozen=True)
+class RegionNode:
+    """A node as the report draws it: op, value names in and out, module, position in the graph."""
+
+    op: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    module: str
+    order: int
+
+
+def _node_signatures(model: ir.Model) -> dict[str, RegionNode]:
+    """Each node's (op, inputs, outputs) signature; what a pass changed is the symmetric difference."""
     signatures = {}
-    for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        sig = f"{node.domain}::{node.op_type}({','.join(v.name if v else '' for v in node.inputs)})->" + ",".join(
-            v.name for v in node.outputs
-        )
-        signatures[sig] = node.metadata_props.get(MODULE_PATH, "")
+    for order, node in enumerate(ir.traversal.RecursiveGraphIterator(model.graph)):
+        inputs = tuple(v.name if v is not None else "" for v in node.inputs)
+        outputs = tuple(v.name for v in node.outputs)
+        op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+        signatures[f"{op}({','.join(inputs)})->{','.join(outputs)}"] = RegionNode(
+            op, inputs, outputs, node.metadata_props.get(MODULE_PATH, ""), order)
     return signatures
 
 

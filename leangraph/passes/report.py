@@ -24,6 +24,10 @@ class PassRecord:
     ops_after: dict[str, int] = dataclasses.field(default_factory=dict)
     diff: str = ""
     module_paths: list[str] = dataclasses.field(default_factory=list)
+    region_before: list = dataclasses.field(default_factory=list)
+    """The nodes the pass removed (RegionNode), for the report's picture."""
+    region_after: list = dataclasses.field(default_factory=list)
+    """The nodes the pass added."""
     traceback: str = ""
 
 
@@ -62,3 +66,11 @@ class Report:
             lines.append("  no passes were run")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+    def to_html(self, path) -> None:
+        """Write one self-contained HTML file: the table, and for every pass that changed the
+        model its rules, module paths, pictures of the changed region and the IR diff."""
+        from leangraph.passes.html_report import render
+
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(render(self))

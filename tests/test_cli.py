@@ -1,0 +1,68 @@
+"""`leangraph inspect`: the table, --diff, --html; user errors exit non-zero without a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+
+from tests.helpers import add_relu_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, cwd=ROOT):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "leangraph", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=600)
+
+
+def test_inspect_torch_factory_with_html_and_diff(tmp_path):
+    html = tmp_path / "report.html"
+    result = run_cli("inspect", "tests.models_for_cli:tiny_bert", "--html", str(html), "--diff")
+    assert result.returncode == 0, result.stderr
+    assert "fuse_attention" in result.stdout and "verified" in result.stdout
+    assert "=== algebraic cleanup#1 ===" in result.stdout
+    page = html.read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<svg" in page and "encoder.layer.0.attention" in page
+    assert "src=" not in page and "href=\"http" not in page  # self-contained
+
+
+def test_inspect_onnx_file_with_named_passes(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(add_relu_model(), path)
+    result = run_cli("inspect", str(path), "--passes", "cse,dce", "--example-shapes", "x=4x3")
+    assert result.returncode == 0, result.stderr
+    assert "cse" in result.stdout and "fuse_attention" not in result.stdout
+
+
+def test_missing_file_is_a_clean_error(tmp_path):
+    result = run_cli("inspect", str(tmp_path / "missing.onnx"))
+    assert result.returncode == 2
+    assert "leangraph: error: model file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_garbage_file_is_a_clean_error(tmp_path):
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(b"\x00\x01garbage" * 100)
+    result = run_cli("inspect", str(path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "bad.onnx" in result.stderr
+
+
+def test_unknown_pass_and_bad_factory(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(add_relu_model(), path)
+    result = run_cli("inspect", str(path), "--passes", "nope")
+    assert result.returncode == 2 and "no pass named 'nope'" in result.stderr
+    result = run_cli("inspect", "tests.models_for_cli:not_a_pair")
+    assert result.returncode == 2 and "must return (module, example_inputs)" in result.stderr
+    result = run_cli("inspect", "tests.nowhere:model")
+    assert result.returncode == 2 and "cannot load model factory" in result.stderr
+
+
+def test_verbose_shows_traceback(tmp_path):
+    result = run_cli("-v", "inspect", str(tmp_path / "missing.onnx"))
+    assert result.returncode == 2 and "Traceback" in result.stderr
