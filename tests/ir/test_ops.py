@@ -61,7 +61,7 @@ def f32(rng, *shape):
 
 
 def test_every_registered_op_is_covered_here():
-    assert {op.name for op in all_ops()} == {"Attention", "Gelu", "LayerNorm", "MatMulBiasAct", "RMSNorm"}
+    assert {op.name for op in all_ops()} == {"Attention", "Gelu", "LayerNorm", "MatMulBiasAct", "MultiHeadAttention", "RMSNorm"}
 
 
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
@@ -158,3 +158,13 @@ def test_attention_row_with_no_visible_key_is_zero(rng):
     y = check_op("Attention", [q, k, v, mask], {})
     np.testing.assert_array_equal(y[0, 0, 1], 0.0)
     np.testing.assert_allclose(y, _sdpa(q, k, v, mask), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_multi_head_attention(rng, with_mask):
+    q, k, v = f32(rng, 2, 5, 16), f32(rng, 2, 7, 16), f32(rng, 2, 7, 8)
+    mask = np.where(rng.random((2, 1, 1, 7)) < 0.3, -1e9, 0.0).astype(np.float32) if with_mask else None
+    y = check_op("MultiHeadAttention", [q, k, v, mask], {"num_heads": 4}, rtol=1e-4, atol=1e-5)
+    split = lambda x: x.reshape(2, x.shape[1], 4, -1).transpose(0, 2, 1, 3)  # noqa: E731
+    expected = _sdpa(split(q), split(k), split(v), mask).transpose(0, 2, 1, 3).reshape(2, 5, 8)
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)

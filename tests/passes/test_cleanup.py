@@ -192,3 +192,24 @@ def test_dce_removes_identity():
     model = model_from_text(HEADER + "g (float[2,3,4] x) => (float[2,3,4] y) { a = Identity(x)\n y = Neg(a) }")
     model, record = run_pass("dce", model, [X])
     assert record.changed and ops(model) == ["Neg"]
+
+
+def test_reshape_leading_inferred_fires_when_minus_one_is_the_batch():
+    model = model_from_text(HEADER + """g (float[batch,3,4] x) => (float[batch,3,2,2] y) {
+        t = Constant<value = int64[4] {-1, 3, 2, 2}>()
+        y = Reshape<allowzero=1>(x, t)
+    }""")
+    model, record = run_pass("algebraic", model, [X])
+    assert record.fired.get("reshape_leading_inferred") == 1
+    reshape = next(n for n in model.graph if n.op_type == "Reshape")
+    assert reshape.inputs[1].const_value.numpy().tolist() == [0, 3, 2, 2]
+
+
+def test_reshape_leading_inferred_does_not_fire_when_trailing_dims_are_dynamic():
+    # flattening [batch, seq, 4] to [-1, 4]: the -1 is batch*seq, not a copy of the first dim
+    model = model_from_text(HEADER + """g (float[batch,seq,4] x) => (float[n,4] y) {
+        t = Constant<value = int64[2] {-1, 4}>()
+        y = Reshape<allowzero=1>(x, t)
+    }""")
+    _, record = run_pass("algebraic", model, [X])
+    assert not record.fired.get("reshape_leading_inferred")

@@ -180,3 +180,38 @@ def test_activation_not_folded_when_linear_output_is_reused():
     model, _ = run_pass("fuse_matmul_bias", model_from_text(text, W), _input("matmul_add"))
     _, record = run_pass("fuse_matmul_activation", model, _input("matmul_add"))
     assert not record.fired
+
+
+def test_heads_fold_into_multi_head_attention():
+    text = graph("float[2,5,16] xq, float[2,5,16] xk, float[2,5,16] xv, float[2,1,1,5] mask", "float[2,5,16] y", """
+        split = Constant<value = int64[4] {0, 0, 4, 4}>()
+        merge = Constant<value = int64[3] {0, 0, -1}>()
+        q = Transpose<perm=[0,2,1,3]>(Reshape(xq, split))
+        kt = Transpose<perm=[0,2,3,1]>(Reshape(xk, split))
+        v = Transpose<perm=[0,2,1,3]>(Reshape(xv, split))
+        zero = Constant<value = float {0.0}>()
+        sc = Constant<value = float {0.5}>()
+        p = Softmax<axis=-1>(Add(Mul(MatMul(q, kt), sc), mask))
+        o = MatMul(Where(IsNaN(p), zero, p), v)
+        y = Reshape(Transpose<perm=[0,2,1,3]>(o), merge)""")
+    g = np.random.default_rng(3)
+    inputs = [g.standard_normal((2, 5, 16)).astype(np.float32) for _ in range(3)]
+    inputs.append(np.where(g.random((2, 1, 1, 5)) < 0.3, -1e9, 0.0).astype(np.float32))
+    model, record = run_pass("fuse_attention", model_from_text(text), inputs)
+    assert record.fired.get("attention_heads_masked") == 1
+    (node,) = [n for n in model.graph if n.op_type == "MultiHeadAttention"]
+    assert node.attributes["num_heads"].value == 4 and len(list(model.graph)) <= 3
+
+
+def test_heads_not_folded_when_output_keeps_heads_apart():
+    text = graph("float[2,5,16] xq, float[2,5,16] xk, float[2,5,16] xv", "float[2,5,4,4] y", """
+        split = Constant<value = int64[4] {0, 0, 4, 4}>()
+        q = Transpose<perm=[0,2,1,3]>(Reshape(xq, split))
+        kt = Transpose<perm=[0,2,3,1]>(Reshape(xk, split))
+        v = Transpose<perm=[0,2,1,3]>(Reshape(xv, split))
+        sc = Constant<value = float {0.5}>()
+        p = Softmax<axis=-1>(Mul(MatMul(q, kt), sc))
+        y = Reshape(Transpose<perm=[0,2,1,3]>(MatMul(p, v)), split)""")
+    inputs = [np.random.default_rng(4).standard_normal((2, 5, 16)).astype(np.float32) for _ in range(3)]
+    model, record = run_pass("fuse_attention", model_from_text(text), inputs)
+    assert not any(k.startswith("attention_heads") for k in record.fired), record.fired

@@ -1,3 +1,3 @@
 """The `leangraph` ops. Importing this package registers every one of them."""
 
-from leangraph.ir.ops import attention, gelu, layer_norm, matmul_bias_act, rms_norm  # noqa: F401
+from leangraph.ir.ops import attention, gelu, layer_norm, matmul_bias_act, multi_head_attention, rms_norm  # noqa: F401

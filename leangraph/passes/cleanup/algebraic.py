@@ -7,6 +7,7 @@ Unsqueeze chains, Slice collapsing, ConstantOfShape+Cast. And our own:
 - ``reshape_copy_dims``: ``Reshape(x, Concat(dim0(x), dim1(x), [-1], [32]))`` -> ``Reshape(x, [0, 0, -1, 32])``:
   a target built from x's own dims at the same positions becomes a constant, and the shape
   arithmetic feeding it dies.
+- ``reshape_leading_inferred``: ``Reshape(x[b, 17, 32], [-1, 17, 4, 8])`` -> ``Reshape(x, [0, 17, 4, 8])``.
 - ``transpose_last_two_chain``: ``Reshape(Transpose(Reshape(k, [-1, S, D]), [0, 2, 1]), [..., D, S])``,
   how torch's exporter transposes the key inside scaled_dot_product_attention, -> ``Transpose(k)``
   swapping the last two axes.
@@ -51,6 +52,33 @@ class ReshapeCopyDims(pattern.RewriteRuleClassBase):
         if resolved.count(-1) > 1:
             return result.fail("more than one -1")
         self._target = resolved
+        return result
+
+    def rewrite(self, op, x, shape):
+        target = op.Constant(value=ir.tensor(np.array(self._target, dtype=np.int64)))
+        return op.Reshape(x, target, allowzero=0)
+
+
+class ReshapeLeadingInferred(pattern.RewriteRuleClassBase):
+    """Reshape(x, [-1, *rest]) with prod(rest) == prod(x.shape[1:]) (static) -> Reshape(x, [0, *rest]).
+
+    The -1 can only be x's first dim then; a copied dim (0) says so without arithmetic, which the
+    attention rules rely on to see a head split or merge."""
+
+    def pattern(self, op, x, shape):
+        return op.Reshape(x, shape, _allow_other_attributes=True)
+
+    def check(self, context, x, shape):
+        result = pattern.MatchResult()
+        target = shape.const_value.numpy().tolist() if shape.const_value is not None else None
+        if not target or target[0] != -1 or 0 in target[1:] or -1 in target[1:] or x.shape is None or len(x.shape) < 2:
+            return result.fail("not a constant [-1, ...] target without other 0/-1")
+        dims = list(x.shape)
+        if not all(isinstance(d, int) for d in dims[1:]):
+            return result.fail("x's dims after the first are not static")
+        if int(np.prod(target[1:])) != int(np.prod(dims[1:])):
+            return result.fail("the -1 would not be x's first dim")
+        self._target = [0, *target[1:]]
         return result
 
     def rewrite(self, op, x, shape):
@@ -113,6 +141,7 @@ RULES = [
     *_named("cast_constant_of_shape", library.cast_constant_of_shape_rule),
     *_named("cast_constant_of_shape_no_value", library.cast_constant_of_shape_without_value_rule),
     ReshapeCopyDims.rule(name="reshape_copy_dims"),
+    ReshapeLeadingInferred.rule(name="reshape_leading_inferred"),
     TransposeLastTwoChain.rule(name="transpose_last_two_chain"),
 ]
 

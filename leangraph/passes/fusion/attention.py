@@ -11,6 +11,11 @@ forms torch's exporter writes:
   semantics include (rows with no visible key give 0). Without a guard only mask-free attention is
   fused, since a mask could hide every key of a row and the op would turn that row's NaN into 0.
 
+Then, where the heads are split by ``Transpose(Reshape(x, [0, 0, H, D]), [0, 2, 1, 3])`` for q, k
+and v and merged back by ``Reshape(Transpose(out, [0, 2, 1, 3]), [0, 0, -1])``, the split and merge
+fold into ``leangraph::MultiHeadAttention(x_q, x_k, x_v, mask, num_heads=H)`` (rule
+``attention_heads``).
+
 ``k^T`` must be a Transpose (the algebraic pass turns the exporter's Reshape/Transpose/Reshape
 chain into one, often merged with the head-split Transpose): ``k`` is then the same input under the
 permutation with its last two entries swapped, which the rewrite emits unless it is the identity.
@@ -86,6 +91,70 @@ class AttentionFusion(pattern.RewriteRuleClassBase):
         return op.Attention(*inputs, _domain=D, scale=self._scale, causal=0)
 
 
+def _split_heads(op, x, shape, name):
+    return op.Transpose(op.Reshape(x, shape, _allow_other_attributes=True, _outputs=[name]), perm=[0, 2, 1, 3])
+
+
+def _copies_zeros(*reshaped) -> bool:
+    """Whether the Reshapes producing these values read 0 as "copy the dim" (allowzero = 0)."""
+    return all(v.producer().attributes.get_int("allowzero", 0) == 0 for v in reshaped)
+
+
+def _keeps_leading_dims(target: list[int], x) -> bool:
+    """Whether a reshape target keeps x's first two dims (0 = copy, or the same static size)."""
+    return all(t == 0 or (isinstance(x.shape[i], int) and t == x.shape[i]) for i, t in enumerate(target[:2]))
+
+
+def _heads(shape_value, x) -> int | None:
+    """H when ``shape_value`` is a constant [0, 0, H, D] split of the rank-3 value ``x``."""
+    target = shape_value.const_value.numpy().tolist() if shape_value.const_value is not None else None
+    if target is None or len(target) != 4 or rank(x) != 3 or not _keeps_leading_dims(target, x):
+        return None
+    heads, size = target[2], target[3]
+    width = x.shape[2] if isinstance(x.shape[2], int) else None
+    if heads == -1 and size > 0 and width is not None and width % size == 0:
+        return width // size
+    if heads > 0 and (size == -1 or width is None or heads * size == width):
+        return heads
+    return None
+
+
+class HeadsFusion(pattern.RewriteRuleClassBase):
+    """Split heads -> leangraph::Attention -> merge heads  =>  leangraph::MultiHeadAttention."""
+
+    def __init__(self, name: str, masked: bool):
+        super().__init__(name)
+        self._masked = masked
+
+    def pattern(self, op, xq, xk, xv, sq, sk, sv, mask, merge_shape):
+        inputs = [_split_heads(op, xq, sq, "rq"), _split_heads(op, xk, sk, "rk"), _split_heads(op, xv, sv, "rv")]
+        if self._masked:
+            inputs.append(mask)
+        out = op.Attention(*inputs, _domain=D, _allow_other_attributes=True, _outputs=["attended"])
+        return op.Reshape(op.Transpose(out, perm=[0, 2, 1, 3]), merge_shape, _allow_other_attributes=True,
+                          _outputs=["merged"])
+
+    def check(self, context, xq, xk, xv, sq, sk, sv, mask=None, merge_shape=None, attended=None, rq=None, rk=None,
+              rv=None, merged=None):
+        result = pattern.MatchResult()
+        if not _copies_zeros(rq, rk, rv, merged):
+            return result.fail("a head reshape has allowzero=1")
+        heads = {_heads(sq, xq), _heads(sk, xk), _heads(sv, xv)}
+        if len(heads) != 1 or None in heads:
+            return result.fail("q, k and v are not split into the same number of heads")
+        merge = merge_shape.const_value.numpy().tolist() if merge_shape.const_value is not None else None
+        if merge is None or len(merge) != 3 or not _keeps_leading_dims(merge, xq) or merge[2] not in (-1, xv.shape[2]):
+            return result.fail("heads are not merged back into the last dim")
+        attrs = attended.producer().attributes
+        self._attrs = {"num_heads": heads.pop(), "scale": attrs.get_float("scale", 0.0),
+                       "causal": attrs.get_int("causal", 0)}
+        return result
+
+    def rewrite(self, op, xq, xk, xv, sq, sk, sv, mask=None, merge_shape=None, attended=None, **_):
+        inputs = [xq, xk, xv] + ([mask] if self._masked else [])
+        return op.MultiHeadAttention(*inputs, _domain=D, **self._attrs)
+
+
 def _rules():
     for style, masked, guard in itertools.product(("split", "mul", "div", "none"), (True, False), (True, False)):
         name = f"sdpa_{style}_scale{'_masked' if masked else ''}{'_nan_guard' if guard else ''}"
@@ -93,4 +162,8 @@ def _rules():
         yield from (rule.commute() if masked else [rule])
 
 
-FUSE_ATTENTION = RulePass("fuse_attention", list(_rules()), __doc__).as_pass()
+FUSE_ATTENTION = RulePass(
+    "fuse_attention",
+    [*_rules(), HeadsFusion.rule("attention_heads_masked", True), HeadsFusion.rule("attention_heads", False)],
+    __doc__,
+).as_pass()
