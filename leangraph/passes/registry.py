@@ -33,8 +33,8 @@ for _pass in (
     register(_pass)
 
 
-def cleanup() -> FixedPoint:
-    return FixedPoint("cleanup", (PASSES["constant_folding"], PASSES["algebraic"], PASSES["cse"], PASSES["dce"]))
+def cleanup(name: str = "cleanup") -> FixedPoint:
+    return FixedPoint(name, (PASSES["constant_folding"], PASSES["algebraic"], PASSES["cse"], PASSES["dce"]))
 
 
 def default_pipeline() -> list[PipelineItem]:
@@ -42,7 +42,7 @@ def default_pipeline() -> list[PipelineItem]:
     activations), then cleanup again."""
     fusions = ["fuse_layer_norm", "fuse_rms_norm", "fuse_gelu", "fuse_attention", "fuse_matmul_bias",
                "fuse_matmul_activation"]
-    return [cleanup(), *(PASSES[name] for name in fusions), cleanup()]
+    return [cleanup(), *(PASSES[name] for name in fusions), cleanup("final_cleanup")]
 
 
 def get_pass(name_or_pass: str | Pass) -> Pass:
