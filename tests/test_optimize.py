@@ -40,3 +40,47 @@ def test_unimplemented_options_are_refused_not_ignored(tmp_path):
 def test_bad_tolerance_type():
     with pytest.raises(OptionError, match="tolerance must be a leangraph.Tolerance"):
         leangraph.optimize(add_relu_model(), tolerance=1e-3)
+
+
+def test_user_pass_by_object_and_by_registered_name():
+    import onnx_ir as ir
+
+    from leangraph.passes import PASSES, graph_pass, register
+
+    calls = []
+
+    @graph_pass("count_relus")
+    def count_relus(model: ir.Model) -> bool:
+        """Counts Relu nodes; changes nothing."""
+        calls.append(sum(n.op_type == "Relu" for n in model.graph))
+        return False
+
+    x = np.ones((2, 3), np.float32)
+    cm = leangraph.optimize(add_relu_model(), (x,), passes=[count_relus, "dce"])
+    assert [r.name for r in cm.report.records] == ["count_relus", "dce"] and calls == [1]
+    register(count_relus)
+    try:
+        cm = leangraph.optimize(add_relu_model(), (x,), passes=["count_relus"])
+        assert calls == [1, 1]
+    finally:
+        PASSES.pop("count_relus")
+
+
+def test_minilm_default_pipeline_halves_nodes_and_matches_eager(minilm):
+    import torch
+
+    model, tokenizer = minilm
+    batch = tokenizer(["A man is playing a guitar.", "Stocks fell.", "The cat sleeps on the warm mat today."],
+                      padding=True, return_tensors="pt")
+    inputs = (batch["input_ids"], batch["attention_mask"])
+    dynamic = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}
+    cm = leangraph.optimize(model, inputs, dynamic_shapes=dynamic, backend="onnxruntime")
+    report = cm.report
+    assert report.nodes_after < report.nodes_before / 2, str(report)
+    assert not any(r.reverted for r in report.records), str(report)
+    other = tokenizer(["One.", "Two words here and there, with more tokens than before."], padding=True,
+                      return_tensors="pt")
+    for args in (inputs, (other["input_ids"], other["attention_mask"])):
+        with torch.no_grad():
+            expected = model(*args).last_hidden_state
+        torch.testing.assert_close(cm(*args).last_hidden_state, expected, rtol=1e-4, atol=2e-5)

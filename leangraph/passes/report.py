@@ -53,13 +53,13 @@ class Report:
             f"nodes {self.nodes_before} -> {self.nodes_after}",
         ]
         if self.records:
-            header = f"  {'pass':<28} {'changed':<8} {'nodes':>15} {'time':>9}  verification"
+            header = f"  {'pass':<24} {'group':<16} {'changed':<8} {'nodes':>15} {'time':>9}  verification"
             lines += [header, "  " + "-" * (len(header) - 2)]
             for r in self.records:
                 status = "reverted: " + r.reason if r.reverted else (
                     "verified" if r.verified else ("not verified" if r.verified is False else "-"))
                 lines.append(
-                    f"  {r.name:<28} {('yes' if r.changed else 'no'):<8} "
+                    f"  {r.name:<24} {r.group:<16} {('yes' if r.changed else 'no'):<8} "
                     f"{f'{r.nodes_before} -> {r.nodes_after}':>15} {r.seconds * 1e3:>7.1f}ms  {status}"
                 )
         else:
