@@ -46,6 +46,11 @@ class MatMulAdd(pattern.RewriteRuleClassBase):
         return op.MatMulBiasAct(x, w, b, _domain=D, activation="none")
 
 
+def _plain_gemm(attrs) -> bool:
+    """Gemm computing A @ B (+ C): alpha = beta = 1, A not transposed."""
+    return attrs.get_float("alpha", 1.0) == 1.0 and attrs.get_float("beta", 1.0) == 1.0 and not attrs.get_int("transA", 0)
+
+
 def _gemm_weight(op, w, trans_b: int):
     if not trans_b:
         return w
@@ -66,7 +71,7 @@ class GemmLinear(pattern.RewriteRuleClassBase):
     def check(self, context, x, w, b=None, y=None):
         result = pattern.MatchResult()
         attrs = y.producer().attributes
-        if attrs.get_float("alpha", 1.0) != 1.0 or attrs.get_float("beta", 1.0) != 1.0 or attrs.get_int("transA", 0):
+        if not _plain_gemm(attrs):
             return result.fail("alpha/beta must be 1 and A not transposed")
         if not _const_matrix(w) or (b is not None and b.const_value is None):
             return result.fail("weight and bias must be constants")
@@ -94,7 +99,7 @@ class ReshapedGemm(pattern.RewriteRuleClassBase):
     def check(self, context, x, flat_shape, w, b=None, out_shape=None, y=None):
         result = pattern.MatchResult()
         attrs = y.producer().attributes
-        if attrs.get_float("alpha", 1.0) != 1.0 or attrs.get_float("beta", 1.0) != 1.0 or attrs.get_int("transA", 0):
+        if not _plain_gemm(attrs):
             return result.fail("alpha/beta must be 1 and A not transposed")
         if not _const_matrix(w) or (b is not None and b.const_value is None) or not single_use(y):
             return result.fail("weight and bias must be constants, the Gemm read once")
