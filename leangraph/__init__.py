@@ -5,6 +5,7 @@
     print(cm.report)     # what every pass did
 """
 
+from leangraph.artifacts import load
 from leangraph.errors import LeanGraphError
 from leangraph.frontend import capture
 from leangraph.optimize import optimize
@@ -21,5 +22,6 @@ __all__ = [
     "Report",
     "Tolerance",
     "capture",
+    "load",
     "optimize",
 ]

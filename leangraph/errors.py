@@ -71,3 +71,9 @@ def describe_node(node, model_name: str | None = None) -> str:
         if path:
             module = f" from module '{path}'"
     return f"node '{node.name}' ({domain}::{node.op_type}){module}{where}"
+
+
+class ArtifactError(LeanGraphError):
+    """A saved artifact is missing, incomplete, from another format version, or has been altered."""
+
+    exit_code = 7

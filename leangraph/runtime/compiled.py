@@ -41,6 +41,38 @@ class InputSpec:
         return f"{self.name}: {self.dtype}[{dims}]"
 
 
+def _load_out_spec(graph: ir.Model):
+    """The output structure saved in the graph's metadata (a torch pytree spec as JSON), if any.
+
+    Its container types (e.g. transformers' ModelOutput classes) must be importable; when one is
+    not, outputs come back as a tuple and a warning says why."""
+    text = graph.metadata_props.get(OUT_SPEC)
+    if not text:
+        return None
+    import importlib
+    import json
+    import warnings
+
+    from torch.utils import _pytree as pytree
+
+    def types(node):
+        if isinstance(node, dict):
+            if node.get("type"):
+                yield node["type"]
+            for child in node.get("children_spec", []):
+                yield from types(child)
+
+    try:
+        for type_name in set(types(json.loads(text)[1])):
+            if type_name not in pytree.SERIALIZED_TYPE_TO_PYTHON_TYPE:
+                importlib.import_module(type_name.rsplit(".", 1)[0])
+        return pytree.treespec_loads(text)
+    except Exception as exc:  # the outputs are still right, only their container is lost
+        warnings.warn(f"model '{model_name(graph)}': cannot rebuild its output structure ({exc}); "
+                      "outputs are returned as a tuple", stacklevel=3)
+        return None
+
+
 def _is_torch(x: Any) -> bool:
     return type(x).__module__.startswith("torch") and hasattr(x, "detach")
 
@@ -56,7 +88,7 @@ class CompiledModel:
         self.name = model_name(graph)
         self.inputs = [InputSpec.of(v) for v in graph.graph.inputs]
         self.output_names = [v.name for v in graph.graph.outputs]
-        self._out_spec = graph.meta.get(OUT_SPEC)
+        self._out_spec = graph.meta.get(OUT_SPEC) or _load_out_spec(graph)
 
     @property
     def graph(self) -> ir.Model:
@@ -66,6 +98,19 @@ class CompiledModel:
     def to_onnx(self, path: str | os.PathLike) -> None:
         """Write the optimized graph as a standard ONNX file (leangraph ops lowered to ONNX)."""
         ir.save(lower_to_onnx(copy_model(self._graph)), os.fspath(path))
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write this compiled model as an artifact (manifest JSON + ONNX graph + safetensors);
+        ``leangraph.load(directory)`` gives it back."""
+        from leangraph.runtime.artifact import save_artifact
+
+        signature = {
+            "name": self.name,
+            "inputs": [{"name": s.name, "dtype": str(s.dtype), "shape": list(s.shape) if s.shape else None}
+                       for s in self.inputs],
+            "outputs": list(self.output_names),
+        }
+        save_artifact(self._graph, directory, backend=self.backend, signature=signature)
 
     def _signature(self) -> str:
         return ", ".join(str(s) for s in self.inputs)

@@ -1,0 +1,135 @@
+"""Artifacts: round trip, byte-identical recompiles, refusal of tampered/truncated/incomplete ones,
+and thread safety of a loaded model."""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+
+import leangraph
+from leangraph.errors import ArtifactError
+from tests.zoo import ZOO
+
+
+def _compile():
+    entry = ZOO["bert"]
+    model = entry.build()
+    return entry, model, leangraph.optimize(model, entry.inputs(*entry.shapes[0]), dynamic_shapes=entry.dynamic_shapes,
+                                            backend="onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    entry, model, cm = _compile()
+    directory = tmp_path_factory.mktemp("artifact") / "bert"
+    cm.save(directory)
+    return entry, model, cm, directory
+
+
+def test_round_trip_keeps_outputs_and_structure(saved):
+    entry, model, cm, directory = saved
+    loaded = leangraph.load(directory)
+    inputs = entry.inputs(*entry.shapes[1])
+    out = loaded(*inputs)
+    assert type(out).__name__ == type(model(*inputs)).__name__
+    torch.testing.assert_close(out.last_hidden_state, cm(*inputs).last_hidden_state, rtol=0, atol=0)
+    assert loaded.report.nodes_after == cm.report.nodes_after
+    assert "loaded from artifact" in str(loaded.report)
+
+
+def test_load_on_another_backend(saved):
+    entry, _, cm, directory = saved
+    loaded = leangraph.load(directory, backend="reference")
+    inputs = entry.inputs(*entry.shapes[0])
+    torch.testing.assert_close(loaded(*inputs).last_hidden_state, cm(*inputs).last_hidden_state, rtol=1e-4, atol=1e-5)
+
+
+def test_compiling_twice_gives_byte_identical_artifacts(saved, tmp_path):
+    _, _, _, first = saved
+    _, _, cm = _compile()
+    cm.save(tmp_path / "again")
+    for name in ("manifest.json", "graph.onnx", "graph.safetensors"):
+        assert (first / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
+
+
+@pytest.fixture
+def copy(saved, tmp_path):
+    import shutil
+
+    _, _, _, directory = saved
+    target = tmp_path / "copy"
+    shutil.copytree(directory, target)
+    return target
+
+
+def test_flipped_weight_byte_is_refused(copy):
+    weights = copy / "graph.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=r"graph.safetensors does not match the artifact's manifest"):
+        leangraph.load(copy)
+
+
+def test_truncated_graph_is_refused(copy):
+    graph = copy / "graph.onnx"
+    graph.write_bytes(graph.read_bytes()[:1000])
+    with pytest.raises(ArtifactError, match="modified, truncated or replaced"):
+        leangraph.load(copy)
+
+
+def test_edited_manifest_is_refused(copy):
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["backend"] = "reference"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="manifest of artifact .* was altered"):
+        leangraph.load(copy)
+
+
+def test_missing_file_and_bad_manifest(copy, tmp_path):
+    (copy / "graph.safetensors").unlink()
+    with pytest.raises(ArtifactError, match="incomplete: graph.safetensors is missing"):
+        leangraph.load(copy)
+    (copy / "manifest.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="is not valid JSON"):
+        leangraph.load(copy)
+    with pytest.raises(ArtifactError, match="does not exist"):
+        leangraph.load(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ArtifactError, match="holds no manifest.json"):
+        leangraph.load(tmp_path / "empty")
+
+
+def test_other_format_version_is_refused(copy):
+    from leangraph.runtime.artifact import content_hash
+
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["version"] = 99
+    manifest["content_hash"] = content_hash(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="format version 99"):
+        leangraph.load(copy)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "reference"])
+def test_eight_threads_match_serial_calls(saved, backend):
+    entry, _, _, directory = saved
+    cm = leangraph.load(directory, backend=backend)
+    inputs = [entry.inputs(b, s) for b, s in [(1, 5), (2, 7), (3, 9), (4, 6)] * 4]
+    serial = [cm(*x).last_hidden_state for x in inputs]
+    barrier = threading.Barrier(8)
+
+    def work(index):
+        if index < 8:
+            barrier.wait()  # all eight threads call at once
+        return cm(*inputs[index]).last_hidden_state
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(work, range(len(inputs))))
+    for i, expected in enumerate(serial):
+        assert np.array_equal(results[i].numpy(), expected.numpy()), i
