@@ -1,4 +1,8 @@
-"""The `leangraph` command line: ``leangraph inspect MODEL`` shows what every pass does.
+"""The `leangraph` command line.
+
+    leangraph compile MODEL -o OUT_DIR [--example-shapes NAME=DIMS ...] [--backend B] [--passes P,...] [--json]
+    leangraph inspect MODEL [--passes P,...] [--html REPORT.html] [--diff]
+    leangraph run OUT_DIR --inputs FILE.npz [--output OUT.npz] [--json]
 
 MODEL is an ``.onnx`` file or ``package.module:attribute`` naming a factory that returns
 ``(torch_module, example_inputs)`` or ``(torch_module, example_inputs, dynamic_shapes)``.
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
 import traceback
@@ -61,14 +66,17 @@ def _example_from_shapes(model_path: str, shapes: list[str]):
     return inputs
 
 
+def _model_and_inputs(args):
+    if args.model.endswith(".onnx") or Path(args.model).exists():
+        example = _example_from_shapes(args.model, args.example_shapes) if args.example_shapes else None
+        return args.model, example, None
+    return _load_factory(args.model)
+
+
 def _inspect(args) -> int:
     import leangraph
 
-    if args.model.endswith(".onnx") or Path(args.model).exists():
-        model, dynamic = args.model, None
-        example = _example_from_shapes(args.model, args.example_shapes) if args.example_shapes else None
-    else:
-        model, example, dynamic = _load_factory(args.model)
+    model, example, dynamic = _model_and_inputs(args)
     cm = leangraph.optimize(model, example, dynamic_shapes=dynamic, backend="reference",
                             passes=args.passes or "default")
     print(cm.report)
@@ -82,9 +90,69 @@ def _inspect(args) -> int:
     return 0
 
 
+def _compile(args) -> int:
+    import leangraph
+
+    model, example, dynamic = _model_and_inputs(args)
+    cm = leangraph.optimize(model, example, dynamic_shapes=dynamic, backend=args.backend,
+                            passes=args.passes or "default")
+    cm.save(args.output)
+    reverted = [r.name for r in cm.report.records if r.reverted]
+    summary = {
+        "model": cm.name, "output": str(args.output), "backend": cm.backend,
+        "nodes_before": cm.report.nodes_before, "nodes_after": cm.report.nodes_after,
+        "passes_changed": [r.name for r in cm.report.records if r.changed and not r.reverted],
+        "passes_reverted": reverted, "verified": example is not None,
+        "seconds": round(cm.report.capture_seconds + cm.report.passes_seconds + cm.report.compile_seconds, 3),
+    }
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    elif args.verbose:
+        print(cm.report)
+    if reverted and not args.json:
+        print(f"leangraph: warning: passes reverted: {', '.join(reverted)} (see `leangraph inspect`)", file=sys.stderr)
+    return 0
+
+
+def _run(args) -> int:
+    import numpy as np
+
+    import leangraph
+
+    cm = leangraph.load(args.artifact)
+    try:
+        with np.load(args.inputs, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError) as exc:
+        raise OptionError(f"cannot read inputs from '{args.inputs}': {exc}",
+                          hint="pass an .npz written by numpy.savez with one array per model input") from None
+    names = [spec.name for spec in cm.inputs]
+    if set(names) <= set(arrays):
+        inputs = [arrays[name] for name in names]
+    elif all(f"arr_{i}" in arrays for i in range(len(names))):
+        inputs = [arrays[f"arr_{i}"] for i in range(len(names))]
+    else:
+        raise OptionError(f"'{args.inputs}' holds {sorted(arrays)}; the model takes {names}",
+                          hint="name the arrays after the inputs (np.savez(f, input_ids=..., ...)) or save them positionally")
+    outputs = cm(*inputs)
+    from torch.utils import _pytree as pytree
+
+    leaves = [np.asarray(x) for x in pytree.tree_leaves(outputs)]
+    named = dict(zip(cm.output_names, leaves))
+    if args.output:
+        np.savez(args.output, **named)
+    if args.json:
+        print(json.dumps({name: {"shape": list(a.shape), "dtype": str(a.dtype)} for name, a in named.items()},
+                         sort_keys=True))
+    elif not args.output:
+        for name, array in named.items():
+            print(f"{name}: {array.dtype}{list(array.shape)}\n{array}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leangraph", description="graph-optimization compiler for neural networks")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more detail: the pass report, tracebacks on errors")
     commands = parser.add_subparsers(dest="command", required=True)
     inspect = commands.add_parser("inspect", help="run the passes on MODEL and show what each one did")
     inspect.add_argument("model", help=".onnx file, or package.module:attribute factory returning (module, example_inputs)")
@@ -94,6 +162,23 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--example-shapes", nargs="*", default=[], metavar="NAME=DIMS",
                          help="for .onnx models: input shapes to verify the passes on, e.g. input_ids=2x16")
     inspect.set_defaults(run=_inspect)
+
+    compile_ = commands.add_parser("compile", help="optimize and compile MODEL into an artifact directory")
+    compile_.add_argument("model", help=".onnx file, or package.module:attribute factory returning (module, example_inputs)")
+    compile_.add_argument("-o", "--output", required=True, help="artifact directory to write")
+    compile_.add_argument("--example-shapes", nargs="*", default=[], metavar="NAME=DIMS",
+                          help="for .onnx models: input shapes to verify the passes on, e.g. input_ids=2x16")
+    compile_.add_argument("--backend", default="auto", help="auto, onnxruntime or reference")
+    compile_.add_argument("--passes", help="comma-separated pass names (default: the default pipeline)")
+    compile_.add_argument("--json", action="store_true", help="print a one-line JSON summary")
+    compile_.set_defaults(run=_compile)
+
+    run = commands.add_parser("run", help="run a compiled artifact on inputs from an .npz file")
+    run.add_argument("artifact", help="artifact directory written by `leangraph compile`")
+    run.add_argument("--inputs", required=True, help=".npz with one array per input (by name, or positional)")
+    run.add_argument("--output", help="write the outputs to this .npz instead of printing them")
+    run.add_argument("--json", action="store_true", help="print output names, shapes and dtypes as JSON")
+    run.set_defaults(run=_run)
     return parser
 
 

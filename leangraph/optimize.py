@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
+
+from pathlib import Path
 
 import numpy as np
 
 from leangraph.backends import AVAILABLE, get_backend
 from leangraph.backends.reference import ReferenceExecutable
-from leangraph.errors import OptionError
+from leangraph.artifacts import load
+from leangraph.errors import ArtifactError, OptionError
 from leangraph.frontend import capture
 from leangraph.ir import node_count
 from leangraph.ir.verify import model_name
@@ -35,12 +39,7 @@ def _numpy_inputs(inputs: Sequence[Any]) -> list[np.ndarray]:
     return [x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x) for x in inputs]
 
 
-def _check_options(tolerance, evaluate, max_drop, cache_dir) -> None:
-    if cache_dir is not None:
-        raise OptionError(
-            "cache_dir: the compiled-artifact cache is not implemented in this version of leangraph",
-            hint="leave cache_dir unset",
-        )
+def _check_options(tolerance, evaluate, max_drop) -> None:
     if evaluate is not None or max_drop:
         raise OptionError(
             "evaluate/max_drop: lossy passes are not implemented in this version of leangraph",
@@ -72,13 +71,29 @@ def optimize(
     ``example_inputs``) within ``tolerance`` (default: fp32 round-off); a pass that fails is
     reverted and the report says why.
     """
-    _check_options(tolerance, evaluate, max_drop, cache_dir)
+    _check_options(tolerance, evaluate, max_drop)
     pipeline = resolve(passes)
     backend_name, why = _resolve_backend(backend)
 
     start = time.perf_counter()
     graph = capture(model, example_inputs, dynamic_shapes)
     captured = time.perf_counter()
+    cache_entry = None
+    if cache_dir is not None:
+        cache_entry = Path(cache_dir) / cache_key(graph, pipeline, backend_name, tolerance or EXACT,
+                                                  calibration if calibration is not None else [example_inputs or ()])
+        if (cache_entry / "manifest.json").is_file():
+            try:
+                cached = load(cache_entry)
+            except ArtifactError as exc:  # a damaged entry is rebuilt, and the report says so
+                warnings.warn(f"leangraph cache entry {cache_entry} is damaged and will be rebuilt: {exc.message}",
+                              stacklevel=2)
+            else:
+                cached.report.capture_seconds = captured - start
+                cached.report.cache_hit = True
+                cached.report.notes.insert(0, f"cache hit: {cache_entry.name[:16]}... in {cache_dir} (passes and "
+                                              "compilation skipped)")
+                return cached
     report = Report(
         model_name=model_name(graph),
         nodes_before=node_count(graph),
@@ -98,7 +113,32 @@ def optimize(
     executable = get_backend(backend_name).compile(graph)
     report.compile_seconds = time.perf_counter() - compile_start
     report.nodes_after = node_count(graph)
-    return CompiledModel(graph, executable, backend=backend_name, report=report)
+    compiled = CompiledModel(graph, executable, backend=backend_name, report=report)
+    if cache_entry is not None:
+        compiled.save(cache_entry)
+        report.notes.append(f"cache miss: compiled and stored as {cache_entry.name[:16]}... in {cache_dir}")
+    return compiled
+
+
+def cache_key(graph, pipeline, backend: str, tolerance: Tolerance, input_sets) -> str:
+    """sha256 of everything a compiled model depends on: the captured graph (weights included), the
+    passes, the backend, the budget, the verification inputs, and the leangraph version."""
+    import hashlib
+
+    import onnx_ir as ir
+
+    import leangraph
+
+    digest = hashlib.sha256()
+    digest.update(ir.to_proto(graph).SerializeToString(deterministic=True))
+    names = [getattr(item, "name", str(item)) + ":" + ",".join(p.name for p in getattr(item, "passes", ()))
+             for item in pipeline]
+    digest.update(repr((names, backend, tolerance, leangraph.__version__)).encode())
+    for inputs in input_sets:
+        for array in _numpy_inputs(inputs):
+            digest.update(repr((array.dtype.str, array.shape)).encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def _instruments(graph, example_inputs, calibration, tolerance: Tolerance, report: Report):

@@ -66,3 +66,43 @@ def test_unknown_pass_and_bad_factory(tmp_path):
 def test_verbose_shows_traceback(tmp_path):
     result = run_cli("-v", "inspect", str(tmp_path / "missing.onnx"))
     assert result.returncode == 2 and "Traceback" in result.stderr
+
+
+def test_compile_then_run_from_npz(tmp_path):
+    import json
+
+    import numpy as np
+
+    out = tmp_path / "artifact"
+    result = run_cli("compile", "tests.models_for_cli:tiny_bert", "-o", str(out), "--backend", "onnxruntime", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["nodes_after"] < summary["nodes_before"] and summary["passes_reverted"] == []
+    assert summary["verified"] is True and (out / "manifest.json").is_file()
+    ids = np.array([[5, 6, 7, 8], [9, 10, 11, 12]], np.int64)
+    np.savez(tmp_path / "in.npz", input_ids=ids, attention_mask=np.ones_like(ids))
+    result = run_cli("run", str(out), "--inputs", str(tmp_path / "in.npz"), "--output", str(tmp_path / "out.npz"))
+    assert result.returncode == 0, result.stderr
+    with np.load(tmp_path / "out.npz") as outputs:
+        assert outputs[outputs.files[0]].shape == (2, 4, 32)
+    result = run_cli("run", str(out), "--inputs", str(tmp_path / "in.npz"), "--json")
+    assert result.returncode == 0 and json.loads(result.stdout)
+
+
+def test_compile_is_quiet_and_run_refuses_bad_inputs(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "m.onnx"
+    onnx.save(add_relu_model(), path)
+    out = tmp_path / "artifact"
+    result = run_cli("compile", str(path), "-o", str(out), "--example-shapes", "x=2x3")
+    assert result.returncode == 0 and result.stdout == "", result.stdout + result.stderr
+    np.savez(tmp_path / "wrong.npz", y=np.ones((2, 3), np.float32))
+    result = run_cli("run", str(out), "--inputs", str(tmp_path / "wrong.npz"))
+    assert result.returncode == 2 and "holds ['y']; the model takes ['x']" in result.stderr
+    np.savez(tmp_path / "int.npz", x=np.ones((2, 3), np.int64))
+    result = run_cli("run", str(out), "--inputs", str(tmp_path / "int.npz"))
+    assert result.returncode == 5 and "must be float32; got int64" in result.stderr
+    (out / "graph.safetensors").write_bytes(b"tampered")
+    result = run_cli("run", str(out), "--inputs", str(tmp_path / "int.npz"))
+    assert result.returncode == 7 and "does not match the artifact's manifest" in result.stderr

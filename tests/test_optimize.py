@@ -30,9 +30,7 @@ def test_unknown_pass_name():
         leangraph.optimize(add_relu_model(), passes="fast")
 
 
-def test_unimplemented_options_are_refused_not_ignored(tmp_path):
-    with pytest.raises(OptionError, match="cache_dir"):
-        leangraph.optimize(add_relu_model(), cache_dir=str(tmp_path))
+def test_unimplemented_options_are_refused_not_ignored():
     with pytest.raises(OptionError, match="evaluate/max_drop"):
         leangraph.optimize(add_relu_model(), evaluate=lambda cm: 1.0, max_drop=0.1)
 
@@ -84,3 +82,26 @@ def test_minilm_default_pipeline_halves_nodes_and_matches_eager(minilm):
         with torch.no_grad():
             expected = model(*args).last_hidden_state
         torch.testing.assert_close(cm(*args).last_hidden_state, expected, rtol=1e-4, atol=2e-5)
+
+
+def test_second_optimize_is_a_cache_hit(tmp_path):
+    x = np.linspace(-2, 2, 6, dtype=np.float32).reshape(2, 3)
+    first = leangraph.optimize(add_relu_model(), (x,), cache_dir=tmp_path)
+    assert not first.report.cache_hit and "cache miss" in str(first.report)
+    second = leangraph.optimize(add_relu_model(), (x,), cache_dir=tmp_path)
+    assert second.report.cache_hit and "cache hit" in str(second.report)
+    np.testing.assert_array_equal(first(x), second(x))
+    other = leangraph.optimize(add_relu_model(), (x,), cache_dir=tmp_path, passes="none")
+    assert not other.report.cache_hit  # other options, other entry
+    assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_damaged_cache_entry_is_rebuilt(tmp_path):
+    x = np.ones((2, 3), np.float32)
+    leangraph.optimize(add_relu_model(), (x,), cache_dir=tmp_path)
+    (entry,) = tmp_path.iterdir()
+    (entry / "graph.safetensors").write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="is damaged and will be rebuilt"):
+        rebuilt = leangraph.optimize(add_relu_model(), (x,), cache_dir=tmp_path)
+    assert not rebuilt.report.cache_hit
+    assert leangraph.optimize(add_relu_model(), (x,), cache_dir=tmp_path).report.cache_hit

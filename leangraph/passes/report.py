@@ -42,6 +42,7 @@ class Report:
     capture_seconds: float = 0.0
     passes_seconds: float = 0.0
     compile_seconds: float = 0.0
+    cache_hit: bool = False
     records: list[PassRecord] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
 
