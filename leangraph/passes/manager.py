@@ -11,7 +11,6 @@ A :class:`FixedPoint` group (the cleanup passes) repeats until a whole round cha
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import difflib
 import time
@@ -209,9 +208,3 @@ def _clone(model: ir.Model) -> ir.Model:
     clone.meta.update(model.meta)
     return clone
 
-
-def histogram_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    """Per op: how many more (positive) or fewer (negative) nodes after the pass."""
-    delta = collections.Counter(after)
-    delta.subtract(before)
-    return {op: n for op, n in sorted(delta.items()) if n}

@@ -14,7 +14,6 @@ Exact up to round-off.
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
