@@ -15,6 +15,10 @@ from leangraph.runtime import CompiledModel
 
 __version__ = "0.1.0"
 
+from leangraph import dynamo as _dynamo  # noqa: E402
+
+_dynamo.register()  # torch.compile(model, backend="leangraph")
+
 __all__ = [
     "CompiledModel",
     "LeanGraphError",

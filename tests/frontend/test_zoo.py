@@ -46,5 +46,7 @@ def test_capture_and_run_on_reference(name):
     assert not any(r.reverted for r in optimized.report.records), str(optimized.report)
     assert optimized.report.nodes_after <= optimized.report.nodes_before
     assert_matches_eager(name, model, optimized, entry)
+    on_ort = leangraph.optimize(optimized.graph, backend="onnxruntime", passes="none")  # leangraph ops lowered
+    assert_matches_eager(name, model, on_ort, entry)
     print(f"{name}: captured in {capture_seconds:.1f}s, nodes {plain.report.nodes_before} -> "
           f"{optimized.report.nodes_after}")

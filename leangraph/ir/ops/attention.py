@@ -47,10 +47,11 @@ def _reference(query, key, value, mask=None, scale=0.0, causal=0):
 def _decompose(tape, inputs, attrs):
     query, key, value = inputs[:3]
     mask = inputs[3] if len(inputs) > 3 else None
-    if key.shape is None:
-        raise ValueError("decomposing leangraph::Attention needs the rank of its key input")
+    known = key if key.shape is not None else query  # key and query have the same rank
+    if known.shape is None:
+        raise ValueError("decomposing leangraph::Attention needs the rank of its key or query input")
     dtype = query.dtype.numpy()
-    rank = len(key.shape)
+    rank = len(known.shape)
     perm = [*range(rank - 2), rank - 1, rank - 2]
     scores = tape.op("MatMul", [query, tape.op("Transpose", [key], {"perm": perm})])
     if attrs["scale"]:

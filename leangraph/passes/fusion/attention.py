@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import itertools
 
+import onnx_ir as ir
+
 from onnxscript.rewriter import pattern
 
 from leangraph.passes.base import RulePass
@@ -87,6 +89,9 @@ class AttentionFusion(pattern.RewriteRuleClassBase):
     def rewrite(self, op, q, k_source, v, mask=None, s1=None, s2=None, zero=None, kt=None, probs=None):
         identity = self._key_perm == list(range(len(self._key_perm)))
         k = k_source if identity else op.Transpose(k_source, perm=self._key_perm)
+        if not identity:
+            k.dtype = k_source.dtype
+            k.shape = ir.Shape([k_source.shape[i] for i in self._key_perm])
         inputs = [q, k, v] + ([mask] if self._masked else [])
         return op.Attention(*inputs, _domain=D, scale=self._scale, causal=0)
 
