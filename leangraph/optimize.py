@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from leangraph.backends import AVAILABLE, get_backend
+from leangraph.backends.partition import compile_partitioned
 from leangraph.backends.reference import ReferenceExecutable
 from leangraph.artifacts import load
 from leangraph.errors import ArtifactError, OptionError
@@ -21,6 +22,10 @@ from leangraph.ir.verify import model_name
 from leangraph.passes import EXACT, PassManager, Report, Tolerance, resolve
 from leangraph.passes.manager import CountsInstrument, DiffInstrument, VerifyInstrument
 from leangraph.runtime import CompiledModel
+
+
+FALLBACKS = ("onnxruntime", "reference")
+"""Backends that run every ONNX op; any other backend gets onnxruntime behind it for what it cannot run."""
 
 
 def _resolve_backend(backend: str) -> tuple[str, str]:
@@ -110,7 +115,12 @@ def optimize(
         report.notes.append("no passes were run")
     report.passes_seconds = time.perf_counter() - captured
     compile_start = time.perf_counter()
-    executable = get_backend(backend_name).compile(graph)
+    chain = [get_backend(backend_name)]
+    if backend_name not in FALLBACKS:
+        chain.append(get_backend(FALLBACKS[0]))
+    executable, pieces, fallbacks = compile_partitioned(graph, chain)
+    report.partitions = [(piece.backend, len(piece.nodes)) for piece in pieces]
+    report.fallbacks = [f"{f.op} (node '{f.node}'): {f.wanted} -> {f.used}" for f in fallbacks]
     report.compile_seconds = time.perf_counter() - compile_start
     report.nodes_after = node_count(graph)
     compiled = CompiledModel(graph, executable, backend=backend_name, report=report)

@@ -43,6 +43,10 @@ class Report:
     passes_seconds: float = 0.0
     compile_seconds: float = 0.0
     cache_hit: bool = False
+    partitions: list[tuple[str, int]] = dataclasses.field(default_factory=list)
+    """(backend, node count) of each piece the graph was cut into, in run order."""
+    fallbacks: list[str] = dataclasses.field(default_factory=list)
+    """Every node that did not run on the chosen backend, with its op."""
     records: list[PassRecord] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
 
@@ -65,6 +69,9 @@ class Report:
                 )
         else:
             lines.append("  no passes were run")
+        if len(self.partitions) > 1 or self.fallbacks:
+            lines.append("  partitions: " + ", ".join(f"{backend} ({n} nodes)" for backend, n in self.partitions))
+            lines += [f"  fallback: {f}" for f in self.fallbacks]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 

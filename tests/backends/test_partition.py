@@ -1,0 +1,79 @@
+"""Partitioning: nodes a backend cannot run go to the fallback, pieces run in order, outputs equal
+the whole graph's, and every fallback is reported with its op."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from leangraph.backends.onnxruntime import OnnxRuntimeBackend
+from leangraph.backends.partition import assign, compile_partitioned, partition
+from leangraph.backends.reference import ReferenceBackend, ReferenceExecutable
+from tests.passes._build import model_from_text
+
+
+class OnlyOps(ReferenceBackend):
+    """A backend that runs only some op types (on the reference interpreter)."""
+
+    def __init__(self, *ops: str) -> None:
+        self.name = "restricted"
+        self.ops = set(ops)
+
+    def supports(self, node: ir.Node) -> bool:
+        return node.op_type in self.ops
+
+
+TEXT = """<ir_version: 10, opset_import: ["" : 20]>
+g (float[batch,4] x) => (float[batch,3] y, float[batch,4] z) {
+    a = Relu(x)
+    b = MatMul(a, w)
+    c = Neg(b)
+    d = Add(c, c)
+    z = Mul(a, a)
+    y = Relu(d)
+}"""
+W = {"w": np.arange(12, dtype=np.float32).reshape(4, 3) / 10 - 0.5}
+X = np.linspace(-2, 2, 8, dtype=np.float32).reshape(2, 4)
+
+
+def test_unsupported_ops_fall_back_and_outputs_match():
+    model = model_from_text(TEXT, W)
+    chain = [OnlyOps("Relu", "Neg", "Add", "Mul"), OnnxRuntimeBackend()]
+    executable, pieces, fallbacks = compile_partitioned(model, chain)
+    assert [(f.op, f.wanted, f.used) for f in fallbacks] == [("MatMul", "restricted", "onnxruntime")]
+    assert [p.backend for p in pieces] == ["restricted", "onnxruntime", "restricted"]
+    expected = ReferenceExecutable(model)([X])
+    for got, want in zip(executable([X]), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_preferring_the_current_backend_keeps_pieces_few():
+    model = model_from_text(TEXT, W)
+    assignment, _ = assign(model, [OnlyOps("Relu", "Neg", "Add", "Mul"), OnnxRuntimeBackend()])
+    pieces = partition(model, assignment)
+    # z = Mul(a, a) joins the first restricted piece instead of starting a fourth one
+    assert len(pieces) == 3 and "z" in pieces[0].outputs
+
+
+def test_single_backend_is_one_piece():
+    model = model_from_text(TEXT, W)
+    executable, pieces, fallbacks = compile_partitioned(model, [OnnxRuntimeBackend()])
+    assert len(pieces) == 1 and not fallbacks
+
+
+def test_minilm_graph_split_around_attention(minilm):
+    import leangraph
+
+    model, tokenizer = minilm
+    batch = tokenizer(["a short one", "and a somewhat longer sentence"], padding=True, return_tensors="np")
+    inputs = (batch["input_ids"].astype(np.int64), batch["attention_mask"].astype(np.int64))
+    dynamic = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}
+    cm = leangraph.optimize(model, inputs, dynamic_shapes=dynamic, backend="reference")
+    graph = cm.graph
+    chain = [OnlyOps(*{n.op_type for n in graph.graph} - {"MultiHeadAttention"}), OnnxRuntimeBackend()]
+    executable, pieces, fallbacks = compile_partitioned(graph, chain)
+    assert len(fallbacks) == 6 and {f.op for f in fallbacks} == {"leangraph::MultiHeadAttention"}
+    assert len(pieces) == 13
+    expected = ReferenceExecutable(graph)(list(inputs))
+    for got, want in zip(executable(list(inputs)), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
