@@ -3,6 +3,7 @@
     leangraph compile MODEL -o OUT_DIR [--example-shapes NAME=DIMS ...] [--backend B] [--passes P,...] [--json]
     leangraph inspect MODEL [--passes P,...] [--html REPORT.html] [--diff]
     leangraph run OUT_DIR --inputs FILE.npz [--output OUT.npz] [--json]
+    leangraph bench MODEL_OR_OUT_DIR [--baseline onnxruntime|torch|eager] [--inputs FILE.npz] [--rounds N]
 
 MODEL is an ``.onnx`` file or ``package.module:attribute`` naming a factory that returns
 ``(torch_module, example_inputs)`` or ``(torch_module, example_inputs, dynamic_shapes)``.
@@ -120,12 +121,7 @@ def _run(args) -> int:
     import leangraph
 
     cm = leangraph.load(args.artifact)
-    try:
-        with np.load(args.inputs, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError) as exc:
-        raise OptionError(f"cannot read inputs from '{args.inputs}': {exc}",
-                          hint="pass an .npz written by numpy.savez with one array per model input") from None
+    arrays = _read_npz(args.inputs)
     names = [spec.name for spec in cm.inputs]
     if set(names) <= set(arrays):
         inputs = [arrays[name] for name in names]
@@ -147,6 +143,78 @@ def _run(args) -> int:
     elif not args.output:
         for name, array in named.items():
             print(f"{name}: {array.dtype}{list(array.shape)}\n{array}")
+    return 0
+
+
+def _read_npz(path: str) -> dict:
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError) as exc:
+        raise OptionError(f"cannot read inputs from '{path}': {exc}",
+                          hint="pass an .npz written by numpy.savez with one array per model input") from None
+
+
+def _bench(args) -> int:
+    import statistics
+    import time
+
+    import numpy as np
+
+    import leangraph
+
+    is_artifact = Path(args.model, "manifest.json").is_file()
+    if is_artifact:
+        candidate = leangraph.load(args.model)
+        model, example, dynamic = None, None, None
+    else:
+        model, example, dynamic = _model_and_inputs(args)
+        candidate = leangraph.optimize(model, example, dynamic_shapes=dynamic, backend=args.backend)
+    if args.inputs:
+        arrays = _read_npz(args.inputs)
+        inputs = [arrays[s.name] for s in candidate.inputs] if all(s.name in arrays for s in candidate.inputs) else None
+        if inputs is None:
+            raise OptionError(f"'{args.inputs}' holds {sorted(arrays)}; the model takes {[s.name for s in candidate.inputs]}",
+                              hint="name the arrays after the model inputs")
+    elif example is not None:
+        inputs = [x.detach().numpy() if hasattr(x, "detach") else x for x in example]
+    else:
+        raise OptionError("bench needs inputs", hint="pass --inputs FILE.npz (or --example-shapes for .onnx models)")
+
+    if args.baseline in ("torch", "eager"):
+        if model is None or isinstance(model, str):
+            raise OptionError(f"--baseline {args.baseline} needs a torch model factory as MODEL",
+                              hint="use --baseline onnxruntime for .onnx files and artifacts")
+        import torch
+
+        module = model
+
+        def baseline(*xs):
+            with torch.inference_mode():
+                return module(*[torch.from_numpy(np.asarray(x)) for x in xs])
+    else:
+        source = candidate.graph if is_artifact else (model if isinstance(model, str) else leangraph.capture(model, example, dynamic))
+        baseline = leangraph.optimize(source, passes="none", backend="onnxruntime")
+    runners = {f"leangraph ({candidate.backend})": candidate, f"baseline ({args.baseline})": baseline}
+    times = {name: [] for name in runners}
+    for name, run in runners.items():
+        run(*inputs)  # warm up
+    for _ in range(args.rounds):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run(*inputs)
+            times[name].append(time.perf_counter() - start)
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    base = list(medians.values())[1]
+    if args.json:
+        print(json.dumps({name: {"median_ms": round(m * 1e3, 3), "speedup_vs_baseline": round(base / m, 3)}
+                          for name, m in medians.items()}, sort_keys=True))
+    else:
+        print(f"{'runner':<28} {'median ms':>10} {'vs baseline':>12}   ({args.rounds} interleaved rounds)")
+        for name, m in medians.items():
+            print(f"{name:<28} {m * 1e3:>10.2f} {base / m:>11.2f}x")
     return 0
 
 
@@ -179,6 +247,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", help="write the outputs to this .npz instead of printing them")
     run.add_argument("--json", action="store_true", help="print output names, shapes and dtypes as JSON")
     run.set_defaults(run=_run)
+
+    bench = commands.add_parser("bench", help="time a model or artifact against a baseline")
+    bench.add_argument("model", help="artifact directory, .onnx file, or package.module:attribute factory")
+    bench.add_argument("--baseline", choices=["onnxruntime", "torch", "eager"], default="onnxruntime",
+                       help="onnxruntime: the unoptimized graph on ONNX Runtime; torch/eager: the module itself")
+    bench.add_argument("--inputs", help=".npz with one array per input, by name")
+    bench.add_argument("--example-shapes", nargs="*", default=[], metavar="NAME=DIMS", help="for .onnx models")
+    bench.add_argument("--backend", default="auto", help="backend to compile MODEL for (not for artifacts)")
+    bench.add_argument("--rounds", type=int, default=20)
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(run=_bench)
     return parser
 
 

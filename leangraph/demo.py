@@ -71,6 +71,54 @@ def main() -> None:
     after = op_histogram(optimized.graph)
     print(f"\nafter the default passes: {sum(after.values())} nodes "
           f"({', '.join(f'{op} {n}' for op, n in after.most_common(6))}, ...); max |diff| vs eager {diff:.2e}")
+    speed_table(model, graph, optimized, tokenizer)
+
+
+def speed_table(model, graph, optimized, tokenizer) -> None:
+    """The optimized model against eager PyTorch and ONNX Runtime on the unoptimized graph, on the
+    first 640 STS-B dev sentences (if ../shared is there) in batches of 32, 2 threads."""
+    import statistics
+    import time
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    import leangraph
+
+    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb" / "sts-dev.csv"
+    if data.exists():
+        rows = [line.split("\t") for line in data.read_text(encoding="utf-8").splitlines()]
+        sentences = [s for row in rows if len(row) >= 7 for s in (row[5], row[6])][:640]
+        source = f"the first {len(sentences)} sentences of STS-B dev"
+    else:
+        sentences = SENTENCES * 160
+        source = f"{len(sentences)} copies of the demo sentences (../shared/data/stsb not found)"
+    batches = []
+    for start in range(0, len(sentences), 32):
+        encoded = tokenizer(sentences[start : start + 32], padding=True, return_tensors="np")
+        batches.append((encoded["input_ids"].astype(np.int64), encoded["attention_mask"].astype(np.int64)))
+    torch.set_num_threads(2)
+    baseline = leangraph.optimize(graph, passes="none", backend="onnxruntime")
+
+    def eager(ids, mask):
+        with torch.inference_mode():
+            return model(torch.from_numpy(ids), torch.from_numpy(mask))
+
+    runners = {"eager PyTorch": eager, "ONNX Runtime (captured graph)": baseline, "leangraph (optimized)": optimized}
+    times = {name: [] for name in runners}
+    for _ in range(3):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            for batch in batches:
+                run(*batch)
+            times[name].append(time.perf_counter() - start)
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    print(f"\nspeed on {source}, batches of 32, 2 threads, median of 3 interleaved rounds:")
+    print(f"  {'runner':<32} {'seconds':>8} {'vs eager':>9} {'vs ORT':>7}")
+    for name, seconds in medians.items():
+        print(f"  {name:<32} {seconds:>8.2f} {medians['eager PyTorch'] / seconds:>8.2f}x "
+              f"{medians['ONNX Runtime (captured graph)'] / seconds:>6.2f}x")
 
 
 if __name__ == "__main__":

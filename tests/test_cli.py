@@ -106,3 +106,24 @@ def test_compile_is_quiet_and_run_refuses_bad_inputs(tmp_path):
     (out / "graph.safetensors").write_bytes(b"tampered")
     result = run_cli("run", str(out), "--inputs", str(tmp_path / "int.npz"))
     assert result.returncode == 7 and "does not match the artifact's manifest" in result.stderr
+
+
+def test_bench_factory_against_eager_and_artifact_against_onnxruntime(tmp_path):
+    import json
+
+    import numpy as np
+
+    result = run_cli("bench", "tests.models_for_cli:tiny_bert", "--baseline", "eager", "--rounds", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    table = json.loads(result.stdout)
+    assert set(table) == {"leangraph (onnxruntime)", "baseline (eager)"}
+    assert all(row["median_ms"] > 0 for row in table.values())
+    out = tmp_path / "artifact"
+    assert run_cli("compile", "tests.models_for_cli:tiny_bert", "-o", str(out)).returncode == 0
+    ids = np.array([[5, 6, 7, 8]], np.int64)
+    np.savez(tmp_path / "in.npz", input_ids=ids, attention_mask=np.ones_like(ids))
+    result = run_cli("bench", str(out), "--inputs", str(tmp_path / "in.npz"), "--rounds", "3")
+    assert result.returncode == 0, result.stderr
+    assert "baseline (onnxruntime)" in result.stdout and "vs baseline" in result.stdout
+    result = run_cli("bench", str(out), "--baseline", "torch", "--inputs", str(tmp_path / "in.npz"))
+    assert result.returncode == 2 and "needs a torch model factory" in result.stderr
