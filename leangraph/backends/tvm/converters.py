@@ -1,0 +1,206 @@
+"""IR node -> Relax expressions, one small function per op (the table TVMBackend.supports reads).
+
+Each converter gets the BlockBuilder, the node, its input expressions (None for absent optional
+inputs) and returns the output expressions. Symbolic dims are carried by Relax's shape inference,
+so reshapes are written with the input's own PrimExpr dims.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import onnx_ir as ir
+from tvm import relax
+
+from leangraph.ir import DOMAIN, lookup
+
+Converter = Callable[["Context", ir.Node, list], list]
+
+
+class Context:
+    """What converters need besides their inputs: the BlockBuilder, and the Relax dims of an IR value
+    (symbols shared by name across the function)."""
+
+    def __init__(self, bb: relax.BlockBuilder, shape_of: Callable[[ir.Value], list]) -> None:
+        self.bb, self.shape_of = bb, shape_of
+CONVERTERS: dict[tuple[str, str], Converter] = {}
+
+
+def converts(op_type: str, domain: str = ""):
+    def register(fn: Converter) -> Converter:
+        CONVERTERS[(domain, op_type)] = fn
+        return fn
+
+    return register
+
+
+def _dims(bb: relax.BlockBuilder, expr) -> list:
+    return list(bb.normalize(expr).ty.shape.values)
+
+
+def _scalar(value: float, dtype: str = "float32"):
+    return relax.const(np.asarray(value, dtype=dtype))
+
+
+def _activation(name: str, x):
+    if name == "none":
+        return x
+    if name == "relu":
+        return relax.op.nn.relu(x)
+    if name == "gelu":
+        return relax.op.nn.gelu(x)
+    if name == "gelu_tanh":
+        return relax.op.nn.gelu_tanh(x)
+    if name == "silu":
+        return relax.op.nn.silu(x)
+    if name == "sigmoid":
+        return relax.op.sigmoid(x)
+    if name == "tanh":
+        return relax.op.tanh(x)
+    raise ValueError(f"activation {name!r}")
+
+
+def _attrs(node: ir.Node) -> dict:
+    return lookup(node.op_type).attrs_of(node) if node.domain == DOMAIN else {k: a.value for k, a in node.attributes.items()}
+
+
+@converts("MatMulBiasAct", DOMAIN)
+def _matmul_bias_act(ctx, node, inputs):
+    a, b, bias = (inputs + [None])[:3]
+    y = relax.op.matmul(a, b)
+    if bias is not None:
+        y = relax.op.add(y, bias)
+    return [_activation(str(_attrs(node)["activation"]), y)]
+
+
+@converts("LayerNorm", DOMAIN)
+def _layer_norm(ctx, node, inputs):
+    x, scale, bias = (inputs + [None])[:3]
+    attrs = _attrs(node)
+    rank = len(_dims(ctx.bb, x))
+    axis = attrs["axis"] % rank
+    if bias is None:
+        bias = relax.op.zeros_like(scale)
+    return [relax.op.nn.layer_norm(x, scale, bias, axes=list(range(axis, rank)), epsilon=float(attrs["epsilon"]))]
+
+
+@converts("RMSNorm", DOMAIN)
+def _rms_norm(ctx, node, inputs):
+    x, scale = inputs
+    attrs = _attrs(node)
+    rank = len(_dims(ctx.bb, x))
+    return [relax.op.nn.rms_norm(x, scale, axes=list(range(attrs["axis"] % rank, rank)), epsilon=float(attrs["epsilon"]))]
+
+
+@converts("Gelu", DOMAIN)
+def _gelu(ctx, node, inputs):
+    return [_activation("gelu" if str(_attrs(node)["approximate"]) == "none" else "gelu_tanh", inputs[0])]
+
+
+def _attention(ctx, q, k, v, mask, scale: float, causal: int):
+    """softmax(q k^T * scale + mask) v on [..., heads, len, size] tensors; rows with no visible key give 0."""
+    rank = len(_dims(ctx.bb, k))
+    perm = [*range(rank - 2), rank - 1, rank - 2]
+    head_size = _dims(ctx.bb, q)[-1]
+    if not scale:
+        scale = 1.0 / math.sqrt(int(head_size))
+    scores = ctx.bb.emit(relax.op.multiply(relax.op.matmul(q, relax.op.permute_dims(k, perm)), _scalar(scale)))
+    neg_inf = _scalar(-np.inf)
+    if causal:
+        visible = relax.op.astype(relax.op.tril(relax.op.ones_like(scores), 0), "bool")
+        scores = relax.op.where(visible, scores, neg_inf)
+    if mask is not None:
+        mask = _cast_to_broadcast(ctx, mask, scores)
+        if ctx.bb.normalize(mask).ty.dtype == "bool":
+            scores = relax.op.where(mask, scores, neg_inf)
+        else:
+            scores = relax.op.add(scores, mask)
+    weights = relax.op.nn.softmax(scores, axis=-1)
+    weights = relax.op.where(relax.op.isnan(weights), relax.op.zeros_like(weights), weights)
+    return relax.op.matmul(weights, v)
+
+
+def _cast_to_broadcast(ctx: Context, operand, like):
+    """``operand`` with every dim that is not 1 cast to ``like``'s dim (checked at run time): Relax
+    cannot prove that a dim the exporter named '((batch*seq)//batch)' equals 'seq'."""
+    dims = _dims(ctx.bb, operand)
+    target = _dims(ctx.bb, like)[-len(dims):]
+    fixed = [d if (isinstance(d, int) or hasattr(d, "value")) and int(getattr(d, "value", d)) == 1 else t
+             for d, t in zip(dims, target)]
+    if all(f.same_as(d) if hasattr(f, "same_as") else f == d for f, d in zip(fixed, dims)):
+        return operand
+    return ctx.bb.match_cast(operand, relax.TensorType(fixed, ctx.bb.normalize(operand).ty.dtype))
+
+
+@converts("Attention", DOMAIN)
+def _attention_op(ctx, node, inputs):
+    q, k, v, mask = (inputs + [None])[:4]
+    attrs = _attrs(node)
+    return [_attention(ctx, q, k, v, mask, float(attrs["scale"]), int(attrs["causal"]))]
+
+
+@converts("MultiHeadAttention", DOMAIN)
+def _multi_head_attention(ctx, node, inputs):
+    q, k, v, mask = (inputs + [None])[:4]
+    attrs = _attrs(node)
+    heads = int(attrs["num_heads"])
+
+    def split(x):
+        batch, length, width = _dims(ctx.bb, x)
+        x = relax.op.reshape(x, (batch, length, heads, int(width) // heads))
+        return relax.op.permute_dims(x, [0, 2, 1, 3])
+
+    out = _attention(ctx, split(q), split(k), split(v), mask, float(attrs["scale"]), int(attrs["causal"]))
+    batch, length, _ = _dims(ctx.bb, q)
+    width = _dims(ctx.bb, v)[-1]
+    return [relax.op.reshape(relax.op.permute_dims(out, [0, 2, 1, 3]), (batch, length, width))]
+
+
+_BINARY = {"Add": relax.op.add, "Sub": relax.op.subtract, "Mul": relax.op.multiply, "Div": relax.op.divide}
+_UNARY = {"Relu": relax.op.nn.relu, "Tanh": relax.op.tanh, "Sigmoid": relax.op.sigmoid, "Erf": relax.op.erf,
+          "Neg": relax.op.negative, "Sqrt": relax.op.sqrt, "Exp": relax.op.exp}
+
+def _broadcast_operands(ctx: Context, node: ir.Node, inputs: list) -> list:
+    """Operands whose dims Relax cannot prove broadcastable (a dim named 'Min(512, seq)' against
+    'seq') are cast to the output's dim: broadcasting says they are equal unless one is 1, and the
+    cast is checked at run time."""
+    out = node.outputs[0]
+    if out.shape is None:
+        return inputs
+    target = ctx.shape_of(out)
+    result = []
+    for value, expr in zip(node.inputs, inputs):
+        if value is None or value.shape is None or value.const_value is not None:
+            result.append(expr)
+            continue
+        dims = ctx.shape_of(value)
+        aligned = target[len(target) - len(dims):]
+        fixed = [d if isinstance(d, int) or d is t or (isinstance(t, int) and t == 1) else t for d, t in zip(dims, aligned)]
+        if any(f is not d for f, d in zip(fixed, dims)):
+            expr = ctx.bb.match_cast(expr, relax.TensorType(fixed, str(np.dtype(value.dtype.numpy()))))
+        result.append(expr)
+    return result
+
+
+for _name, _fn in _BINARY.items():
+    converts(_name)(lambda ctx, node, inputs, fn=_fn: [fn(*_broadcast_operands(ctx, node, inputs))])
+for _name, _fn in _UNARY.items():
+    converts(_name)(lambda ctx, node, inputs, fn=_fn: [fn(inputs[0])])
+
+
+@converts("MatMul")
+def _matmul(ctx, node, inputs):
+    return [relax.op.matmul(inputs[0], inputs[1])]
+
+
+@converts("Softmax")
+def _softmax(ctx, node, inputs):
+    return [relax.op.nn.softmax(inputs[0], axis=node.attributes.get_int("axis", -1))]
+
+
+@converts("Transpose")
+def _transpose(ctx, node, inputs):
+    perm = node.attributes.get_ints("perm", None)
+    return [relax.op.permute_dims(inputs[0], list(perm) if perm is not None else None)]
