@@ -56,11 +56,7 @@ def test_standard_ops_with_symbolic_batch():
         c = MatMul(Tanh(b), w)
         y = Softmax<axis=-1>(Relu(c))
         s = Sigmoid(Neg(Erf(a)))
-    }""".replace("Sub(Mul(a, z), Div(x, w2))", "Sub(m, d)").replace("c = MatMul(Tanh(b), w)", "t = Tanh(b)\n c = MatMul(t, w)")
-        .replace("y = Softmax<axis=-1>(Relu(c))", "r = Relu(c)\n y = Softmax<axis=-1>(r)")
-        .replace("s = Sigmoid(Neg(Erf(a)))", "e = Erf(a)\n n = Neg(e)\n s = Sigmoid(n)")
-        .replace("a = Add(x, z)", "a = Add(x, z)\n m = Mul(a, z)\n d = Div(x, w2)"),
-        {"w": f32(4, 3), "w2": np.full(4, 2.0, np.float32)})
+    }""", {"w": f32(4, 3), "w2": np.full(4, 2.0, np.float32)})
     executable = TVMExecutable(model)
     for batch in (2, 5):
         inputs = [f32(batch, 4), f32(batch, 4)]
