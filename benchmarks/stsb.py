@@ -129,7 +129,7 @@ def build_runners(encoder, batches, tmp: Path, skip: set[str]):
     quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
     runners["ONNX Runtime dynamic int8"] = ort_runner(ort_session(int8))
 
-    for backend in ("onnxruntime", "reference"):
+    for backend in ("onnxruntime", "tvm", "reference"):
         if f"leangraph {backend}" in skip:
             continue
         cm = leangraph.optimize(plain.graph, example, backend=backend, passes="default")

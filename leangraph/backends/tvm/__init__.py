@@ -1,15 +1,16 @@
 """TVM backend (apache-tvm, Relax): lowers IR pieces, leangraph ops included, to Relax and builds
 them for ``llvm``, run by the Relax VM.
 
-State: correct, not fast. The Relax functions are legalized to TIR and built without schedules or
-library dispatch, so GEMMs run as plain loops; see the issue note for the plan (matmuls to a
-library kernel through packed functions, fused elementwise work with CPU schedules). What the
-converter table does not cover (shape arithmetic, gathers, masks) falls back to ONNX Runtime
-through the partitioner.
+Linear layers (leangraph::MatMulBiasAct with constant weights) and multi-head attention call
+library kernels (torch's GEMM and scaled_dot_product_attention) through destination-passing packed
+functions over zero-copy DLPack views (library.py); the rest is legalized to TIR and built without
+schedules yet. What the converter table does not cover (shape arithmetic, gathers, mask building)
+falls back to ONNX Runtime through the partitioner.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,6 +18,11 @@ import onnx_ir as ir
 
 from leangraph.errors import ExecutionError
 from leangraph.ir.verify import model_name
+
+
+# TVM's thread pool spins waiting for work by default, fighting torch's pool (the library kernels)
+# for the same cores; read when TVM starts its pool, so set before the first import of tvm.
+os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
 
 
 def available() -> bool:

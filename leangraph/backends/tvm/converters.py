@@ -68,11 +68,23 @@ def _attrs(node: ir.Node) -> dict:
 
 @converts("MatMulBiasAct", DOMAIN)
 def _matmul_bias_act(ctx, node, inputs):
+    """A library GEMM (with bias and activation applied in place) when b is a constant matrix and
+    the bias a row vector; Relax ops otherwise."""
+    from leangraph.backends.tvm import library
+
     a, b, bias = (inputs + [None])[:3]
+    activation = str(_attrs(node)["activation"])
+    weight = node.inputs[1].const_value
+    bias_value = node.inputs[2] if len(node.inputs) > 2 else None
+    if weight is not None and len(weight.shape) == 2 and (bias_value is None or len(bias_value.shape or ()) == 1):
+        out_dims = [*_dims(ctx.bb, a)[:-1], int(weight.shape[1])]
+        args = [a, b] + ([bias] if bias is not None else [])
+        return [relax.call_dps_packed(library.function_name(activation, bias is not None), relax.Tuple(args),
+                                      relax.TensorType(out_dims, "float32"))]
     y = relax.op.matmul(a, b)
     if bias is not None:
         y = relax.op.add(y, bias)
-    return [_activation(str(_attrs(node)["activation"]), y)]
+    return [_activation(activation, y)]
 
 
 @converts("LayerNorm", DOMAIN)
@@ -112,7 +124,7 @@ def _attention(ctx, q, k, v, mask, scale: float, causal: int):
         visible = relax.op.astype(relax.op.tril(relax.op.ones_like(scores), 0), "bool")
         scores = relax.op.where(visible, scores, neg_inf)
     if mask is not None:
-        mask = _cast_to_broadcast(ctx, mask, scores)
+        mask = _cast_to_broadcast(ctx, mask, _dims(ctx.bb, scores))
         if ctx.bb.normalize(mask).ty.dtype == "bool":
             scores = relax.op.where(mask, scores, neg_inf)
         else:
@@ -122,11 +134,11 @@ def _attention(ctx, q, k, v, mask, scale: float, causal: int):
     return relax.op.matmul(weights, v)
 
 
-def _cast_to_broadcast(ctx: Context, operand, like):
-    """``operand`` with every dim that is not 1 cast to ``like``'s dim (checked at run time): Relax
-    cannot prove that a dim the exporter named '((batch*seq)//batch)' equals 'seq'."""
+def _cast_to_broadcast(ctx: Context, operand, target_dims: list):
+    """``operand`` with every dim that is not 1 cast to the matching target dim (checked at run
+    time): Relax cannot prove that a dim the exporter named '((batch*seq)//batch)' equals 'seq'."""
     dims = _dims(ctx.bb, operand)
-    target = _dims(ctx.bb, like)[-len(dims):]
+    target = target_dims[-len(dims):]
     fixed = [d if (isinstance(d, int) or hasattr(d, "value")) and int(getattr(d, "value", d)) == 1 else t
              for d, t in zip(dims, target)]
     if all(f.same_as(d) if hasattr(f, "same_as") else f == d for f, d in zip(fixed, dims)):
@@ -143,6 +155,24 @@ def _attention_op(ctx, node, inputs):
 
 @converts("MultiHeadAttention", DOMAIN)
 def _multi_head_attention(ctx, node, inputs):
+    """torch's scaled_dot_product_attention through a packed function (float32, additive or no mask)."""
+    from leangraph.backends.tvm import library
+
+    q, k, v, mask = (inputs + [None])[:4]
+    attrs = _attrs(node)
+    heads = int(attrs["num_heads"])
+    if mask is None or ctx.bb.normalize(mask).ty.dtype == "float32":
+        if mask is not None:
+            batch, length, _ = _dims(ctx.bb, q)
+            mask = _cast_to_broadcast(ctx, mask, [batch, heads, length, _dims(ctx.bb, k)[1]])
+        name = library.multi_head_attention_function(heads, float(attrs["scale"]), int(attrs["causal"]), mask is not None)
+        batch, length, _ = _dims(ctx.bb, q)
+        out = relax.TensorType([batch, length, _dims(ctx.bb, v)[-1]], "float32")
+        return [relax.call_dps_packed(name, relax.Tuple([q, k, v] + ([mask] if mask is not None else [])), out)]
+    return _multi_head_attention_relax(ctx, node, inputs)
+
+
+def _multi_head_attention_relax(ctx, node, inputs):
     q, k, v, mask = (inputs + [None])[:4]
     attrs = _attrs(node)
     heads = int(attrs["num_heads"])

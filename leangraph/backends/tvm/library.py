@@ -1,0 +1,78 @@
+"""Library kernels the TVM backend calls through packed functions (destination-passing style).
+
+Relax without schedules runs GEMMs as plain loops; on this CPU the library GEMM (torch's, the same
+speed ONNX Runtime's MLAS reaches) is what linear layers need. The functions receive TVM tensors and
+write into the output tensor through zero-copy DLPack views.
+"""
+
+from __future__ import annotations
+
+import torch
+import tvm
+
+ACTIVATIONS = {  # each applied in place to the GEMM's output
+    "none": lambda t: None,
+    "relu": torch.relu_,
+    "gelu": lambda t: t.copy_(torch.nn.functional.gelu(t)),
+    "gelu_tanh": lambda t: t.copy_(torch.nn.functional.gelu(t, approximate="tanh")),
+    "silu": lambda t: t.copy_(torch.nn.functional.silu(t)),
+    "sigmoid": torch.sigmoid_,
+    "tanh": torch.tanh_,
+}
+
+
+def function_name(activation: str, with_bias: bool) -> str:
+    return f"leangraph.linear.{activation}{'' if with_bias else '.nobias'}"
+
+
+def _register() -> None:
+    for activation, apply in ACTIVATIONS.items():
+
+        def linear_bias(a, w, bias, out, apply=apply):
+            result = torch.from_dlpack(out)
+            torch.matmul(torch.from_dlpack(a), torch.from_dlpack(w), out=result)
+            result.add_(torch.from_dlpack(bias))
+            apply(result)
+
+        def linear(a, w, out, apply=apply):
+            result = torch.from_dlpack(out)
+            torch.matmul(torch.from_dlpack(a), torch.from_dlpack(w), out=result)
+            apply(result)
+
+        tvm.register_global_func(function_name(activation, True), linear_bias, override=True)
+        tvm.register_global_func(function_name(activation, False), linear, override=True)
+
+    def batched_matmul(a, b, out):
+        torch.matmul(torch.from_dlpack(a), torch.from_dlpack(b), out=torch.from_dlpack(out))
+
+    tvm.register_global_func("leangraph.matmul", batched_matmul, override=True)
+
+
+
+_register()
+
+
+def multi_head_attention_function(heads: int, scale: float, causal: int, masked: bool) -> str:
+    """The name of a packed function running leangraph::MultiHeadAttention with these attributes
+    (registered on first use: Relax here cannot pass scalars to packed functions)."""
+    name = f"leangraph.multi_head_attention.h{heads}.s{scale!r}.c{causal}.m{int(masked)}"
+    if tvm.get_global_func(name, allow_missing=True) is not None:
+        return name
+
+    def run(q, k, v, *rest):
+        *mask, out = rest
+        query, key, value = (torch.from_dlpack(x) for x in (q, k, v))
+        batch, length, _ = query.shape
+
+        def split(t):
+            return t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2)
+
+        attended = torch.nn.functional.scaled_dot_product_attention(
+            split(query), split(key), split(value), attn_mask=torch.from_dlpack(mask[0]) if mask else None,
+            is_causal=bool(causal), scale=scale or None)
+        result = torch.from_dlpack(out)
+        result.copy_(attended.transpose(1, 2).reshape(batch, length, -1))
+        torch.nan_to_num_(result, nan=0.0)  # rows with no visible key give 0, as leangraph::Attention defines
+
+    tvm.register_global_func(name, run, override=True)
+    return name
