@@ -18,9 +18,9 @@ def lower_to_onnx(model: ir.Model) -> ir.Model:
             opdef = registry.lookup(node.op_type)
             tape = ir.tape.Tape()
             outputs = opdef.decompose(tape, list(node.inputs), opdef.attrs_of(node))
-            for new_node in tape.nodes:
+            for index, new_node in enumerate(tape.nodes):
                 new_node.metadata_props.update(node.metadata_props)
-                new_node.name = f"{node.name}/{new_node.op_type}_{id(new_node) % 100000}"
+                new_node.name = f"{node.name}/{index}_{new_node.op_type}"
             for old, new in zip(node.outputs, outputs):
                 new.name, new.shape, new.type = old.name, old.shape, old.type
             ir.convenience.replace_nodes_and_values(graph, node, [node], tape.nodes, node.outputs, outputs)

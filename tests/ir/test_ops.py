@@ -168,3 +168,11 @@ def test_multi_head_attention(rng, with_mask):
     split = lambda x: x.reshape(2, x.shape[1], 4, -1).transpose(0, 2, 1, 3)  # noqa: E731
     expected = _sdpa(split(q), split(k), split(v), mask).transpose(0, 2, 1, 3).reshape(2, 5, 8)
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_lowered_node_names_are_unique():
+    q = np.zeros((1, 3, 8), np.float32)
+    model = single_op_model("MultiHeadAttention", [q, q, q], {"num_heads": 2})
+    proto = lowered_proto(model)
+    names = [n.name for n in proto.graph.node]
+    assert len(names) == len(set(names)) and all(n.startswith("multiheadattention_0/") for n in names)
