@@ -77,6 +77,8 @@ def optimize(
     reverted and the report says why.
     """
     _check_options(tolerance, evaluate, max_drop)
+    if calibration is not None:
+        calibration = list(calibration)  # may be a generator; the cache key and verification both read it
     pipeline = resolve(passes)
     backend_name, why = _resolve_backend(backend)
 

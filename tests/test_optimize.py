@@ -105,3 +105,11 @@ def test_damaged_cache_entry_is_rebuilt(tmp_path):
         rebuilt = leangraph.optimize(add_relu_model(), (x,), cache_dir=tmp_path)
     assert not rebuilt.report.cache_hit
     assert leangraph.optimize(add_relu_model(), (x,), cache_dir=tmp_path).report.cache_hit
+
+
+def test_calibration_generator_is_read_for_cache_key_and_verification(tmp_path):
+    sets = [(np.full((2, 3), v, np.float32),) for v in (-1.0, 0.5, 2.0)]
+    cm = leangraph.optimize(add_relu_model(), calibration=(s for s in sets), cache_dir=tmp_path, passes="cse,dce")
+    assert "not verified" not in str(cm.report)
+    again = leangraph.optimize(add_relu_model(), calibration=iter(sets), cache_dir=tmp_path, passes="cse,dce")
+    assert again.report.cache_hit
