@@ -27,7 +27,3 @@ class Backend(Protocol):
     def compile(self, model: ir.Model) -> Executable:
         """A callable running ``model``; the model is not modified."""
 
-
-def copy_model(model: ir.Model) -> ir.Model:
-    """A deep copy that a backend may rewrite freely (lowering, renaming) without touching the user's."""
-    return ir.from_proto(ir.to_proto(model))

@@ -10,6 +10,7 @@ import onnx
 import onnx_ir as ir
 
 from leangraph.errors import CaptureError
+from leangraph.ir import clone_model
 from leangraph.frontend.from_onnx import load_onnx
 
 
@@ -26,9 +27,7 @@ def capture(
     if isinstance(model, (onnx.ModelProto, str, os.PathLike, bytes)):
         return load_onnx(model)
     if isinstance(model, ir.Model):
-        clone = model.clone()  # passes rewrite in place; the caller's model stays as it was
-        clone.meta.update(model.meta)
-        return clone
+        return clone_model(model)  # passes rewrite in place; the caller's model stays as it was
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a dependency

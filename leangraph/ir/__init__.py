@@ -5,12 +5,23 @@ schema, a shape rule, a numpy reference implementation and a decomposition to ON
 :mod:`leangraph.ir.registry`).
 """
 
+import onnx_ir as ir
+
 from leangraph.ir import ops as _ops  # noqa: F401  (registers the leangraph ops)
 from leangraph.ir.lowering import lower_to_onnx
 from leangraph.ir.registry import DOMAIN, DOMAIN_VERSION, OpDef, TensorInfo, all_ops, lookup, register
 from leangraph.ir.shapes import infer_leangraph_shapes
 from leangraph.ir.stats import node_count, op_histogram, parameter_count
 from leangraph.ir.verify import verify_model
+
+def clone_model(model: ir.Model) -> ir.Model:
+    """A copy whose graph can be rewritten freely: nodes and values are new, weight tensors are
+    shared (nothing rewrites a tensor in place), and the in-memory ``meta`` (the captured output
+    structure) comes along."""
+    clone = model.clone()
+    clone.meta.update(model.meta)
+    return clone
+
 
 TARGET_OPSET = 20
 """The default ONNX opset every model is converted to on import (what torch's exporter emits)."""
@@ -22,6 +33,7 @@ __all__ = [
     "OpDef",
     "TensorInfo",
     "all_ops",
+    "clone_model",
     "infer_leangraph_shapes",
     "lookup",
     "lower_to_onnx",

@@ -21,7 +21,7 @@ import numpy as np
 import onnx_ir as ir
 
 from leangraph.backends.reference import ReferenceExecutable
-from leangraph.ir import infer_leangraph_shapes, node_count, op_histogram, verify_model
+from leangraph.ir import clone_model, infer_leangraph_shapes, node_count, op_histogram, verify_model
 from leangraph.ir.printer import format_model
 from leangraph.passes.base import Pass, PassResult
 from leangraph.passes.report import PassRecord
@@ -167,7 +167,7 @@ class PassManager:
     def _run_one(self, pass_: Pass, model: ir.Model, group: str = "") -> tuple[ir.Model, PassRecord]:
         if self.progress:
             self.progress(pass_.name)
-        snapshot = _clone(model)
+        snapshot = clone_model(model)
         nodes_before = node_count(model)
         record = PassRecord(name=pass_.name, changed=False, nodes_before=nodes_before, nodes_after=nodes_before,
                             seconds=0.0, group=group)
@@ -201,10 +201,4 @@ class PassManager:
             record.nodes_after = nodes_before
             return snapshot, record
         return model, record
-
-
-def _clone(model: ir.Model) -> ir.Model:
-    clone = model.clone()
-    clone.meta.update(model.meta)
-    return clone
 

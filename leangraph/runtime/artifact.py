@@ -24,6 +24,7 @@ from typing import Any
 import onnx_ir as ir
 
 from leangraph.errors import ArtifactError
+from leangraph.ir import clone_model
 
 FORMAT = "leangraph-artifact"
 VERSION = 1
@@ -54,8 +55,7 @@ def save_artifact(model: ir.Model, directory: str | os.PathLike, *, backend: str
     """Write ``model`` as an artifact into ``directory`` (created; existing artifact files replaced)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    clone = model.clone()
-    clone.meta.update(model.meta)
+    clone = clone_model(model)
     for value in clone.graph.initializers.values():
         if value.const_value is not None and value.const_value.name != value.name:
             value.const_value.name = value.name  # safetensors keys are initializer names

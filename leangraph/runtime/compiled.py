@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from leangraph.backends.base import Executable, copy_model
+from leangraph.backends.base import Executable
 from leangraph.errors import InputMismatchError
-from leangraph.ir import lower_to_onnx
+from leangraph.ir import clone_model, lower_to_onnx
 from leangraph.ir.verify import model_name
 
 OUT_SPEC = "leangraph.out_spec"
@@ -96,7 +96,7 @@ class CompiledModel:
 
     def to_onnx(self, path: str | os.PathLike) -> None:
         """Write the optimized graph as a standard ONNX file (leangraph ops lowered to ONNX)."""
-        ir.save(lower_to_onnx(copy_model(self._graph)), os.fspath(path))
+        ir.save(lower_to_onnx(clone_model(self._graph)), os.fspath(path))
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write this compiled model as an artifact (manifest JSON + ONNX graph + safetensors);

@@ -12,9 +12,8 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
-from leangraph.backends.base import copy_model
 from leangraph.errors import ExecutionError
-from leangraph.ir import lower_to_onnx
+from leangraph.ir import clone_model, lower_to_onnx
 from leangraph.ir.verify import model_name
 
 
@@ -32,7 +31,7 @@ class OrtExecutable:
 
     def __init__(self, model: ir.Model, threads: int | None = None) -> None:
         self.name = model_name(model)
-        lowered = lower_to_onnx(copy_model(model))
+        lowered = lower_to_onnx(clone_model(model))
         self.input_names = [v.name for v in lowered.graph.inputs]
         self.output_names = [v.name for v in lowered.graph.outputs]
         try:
