@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from pathlib import Path
-
 import numpy as np
+import onnx_ir as ir
 
 from leangraph.backends import AVAILABLE, get_backend
 from leangraph.backends.partition import compile_partitioned
@@ -21,7 +22,7 @@ from leangraph.ir import node_count
 from leangraph.ir.verify import model_name
 from leangraph.passes import EXACT, PassManager, Report, Tolerance, resolve
 from leangraph.passes.manager import CountsInstrument, DiffInstrument, VerifyInstrument
-from leangraph.runtime import CompiledModel
+from leangraph.runtime import CompiledModel, to_numpy
 
 
 FALLBACKS = ("onnxruntime", "reference")
@@ -38,10 +39,6 @@ def _resolve_backend(backend: str) -> tuple[str, str]:
             hint="pass one of the available backends",
         )
     return backend, ""
-
-
-def _numpy_inputs(inputs: Sequence[Any]) -> list[np.ndarray]:
-    return [x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x) for x in inputs]
 
 
 def _check_options(tolerance, evaluate, max_drop) -> None:
@@ -77,18 +74,20 @@ def optimize(
     reverted and the report says why.
     """
     _check_options(tolerance, evaluate, max_drop)
-    if calibration is not None:
-        calibration = list(calibration)  # may be a generator; the cache key and verification both read it
     pipeline = resolve(passes)
     backend_name, why = _resolve_backend(backend)
 
     start = time.perf_counter()
     graph = capture(model, example_inputs, dynamic_shapes)
     captured = time.perf_counter()
+    # The inputs the passes are verified on, as numpy, read once (calibration may be a generator);
+    # the cache key depends on them too.
+    input_sets = [[to_numpy(x) for x in inputs] for inputs in calibration] if calibration is not None else []
+    if not input_sets and example_inputs is not None:
+        input_sets = [[to_numpy(x) for x in example_inputs]]
     cache_entry = None
     if cache_dir is not None:
-        cache_entry = Path(cache_dir) / cache_key(graph, pipeline, backend_name, tolerance or EXACT,
-                                                  calibration if calibration is not None else [example_inputs or ()])
+        cache_entry = Path(cache_dir) / cache_key(graph, pipeline, backend_name, tolerance or EXACT, input_sets)
         if (cache_entry / "manifest.json").is_file():
             try:
                 cached = load(cache_entry)
@@ -111,8 +110,8 @@ def optimize(
     if why:
         report.notes.append(why)
     if pipeline:
-        graph, report.records = PassManager(pipeline, instruments=_instruments(graph, example_inputs, calibration,
-                                                                               tolerance or EXACT, report)).run(graph)
+        instruments = _instruments(graph, input_sets, tolerance or EXACT, report)
+        graph, report.records = PassManager(pipeline, instruments=instruments).run(graph)
     else:
         report.notes.append("no passes were run")
     report.passes_seconds = time.perf_counter() - captured
@@ -135,11 +134,7 @@ def optimize(
 def cache_key(graph, pipeline, backend: str, tolerance: Tolerance, input_sets) -> str:
     """sha256 of everything a compiled model depends on: the captured graph (weights included), the
     passes, the backend, the budget, the verification inputs, and the leangraph version."""
-    import hashlib
-
-    import onnx_ir as ir
-
-    import leangraph
+    import leangraph  # the version; a module-level import would be circular
 
     digest = hashlib.sha256()
     digest.update(ir.to_proto(graph).SerializeToString(deterministic=True))
@@ -147,17 +142,14 @@ def cache_key(graph, pipeline, backend: str, tolerance: Tolerance, input_sets) -
              for item in pipeline]
     digest.update(repr((names, backend, tolerance, leangraph.__version__)).encode())
     for inputs in input_sets:
-        for array in _numpy_inputs(inputs):
+        for array in inputs:
             digest.update(repr((array.dtype.str, array.shape)).encode())
             digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
 
 
-def _instruments(graph, example_inputs, calibration, tolerance: Tolerance, report: Report):
+def _instruments(graph, input_sets, tolerance: Tolerance, report: Report):
     instruments = [CountsInstrument(), DiffInstrument()]
-    input_sets = [_numpy_inputs(x) for x in calibration] if calibration is not None else []
-    if not input_sets and example_inputs is not None:
-        input_sets = [_numpy_inputs(example_inputs)]
     if not input_sets:
         report.notes.append("passes were not verified: give example_inputs or calibration to verify them")
         return instruments

@@ -1,5 +1,5 @@
 """The runtime: compiled models, their artifacts and caches."""
 
-from leangraph.runtime.compiled import CompiledModel, InputSpec
+from leangraph.runtime.compiled import CompiledModel, InputSpec, to_numpy
 
-__all__ = ["CompiledModel", "InputSpec"]
+__all__ = ["CompiledModel", "InputSpec", "to_numpy"]

@@ -76,6 +76,11 @@ def _is_torch(x: Any) -> bool:
     return type(x).__module__.startswith("torch") and hasattr(x, "detach")
 
 
+def to_numpy(x: Any) -> np.ndarray:
+    """A model input as numpy: torch tensors detached and moved to the CPU, anything else as an array."""
+    return x.detach().cpu().numpy() if _is_torch(x) else np.asarray(x)
+
+
 class CompiledModel:
     """An optimized model ready to call: ``cm(*inputs)`` as ``model(*inputs)``."""
 
@@ -155,7 +160,7 @@ class CompiledModel:
 
     def __call__(self, *inputs: Any) -> Any:
         as_torch = any(_is_torch(x) for x in inputs)
-        arrays = [x.detach().cpu().numpy() if _is_torch(x) else np.asarray(x) for x in inputs]
+        arrays = [to_numpy(x) for x in inputs]
         self._check(arrays)
         outputs = self._executable(arrays)
         if as_torch:
