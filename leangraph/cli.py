@@ -23,10 +23,6 @@ from pathlib import Path
 
 from leangraph.errors import LeanGraphError, OptionError
 
-_ONNX_DTYPES = {"FLOAT": "float32", "FLOAT16": "float16", "DOUBLE": "float64", "INT64": "int64", "INT32": "int32",
-                "BOOL": "bool"}
-
-
 def _load_factory(spec: str):
     module_name, _, attribute = spec.partition(":")
     try:
@@ -41,13 +37,10 @@ def _load_factory(spec: str):
     return result if len(result) == 3 else (*result, None)
 
 
-def _example_from_shapes(model_path: str, shapes: list[str]):
-    """Inputs for an ONNX model from NAME=2x16 specs: float inputs random normal, integer inputs ones."""
+def _example_from_shapes(graph, shapes: list[str]):
+    """Inputs for an ONNX model from NAME=2x16 specs: float inputs random normal, others ones."""
     import numpy as np
 
-    from leangraph.frontend import load_onnx
-
-    graph = load_onnx(model_path)
     dims = {}
     for spec in shapes:
         name, _, text = spec.partition("=")
@@ -61,17 +54,46 @@ def _example_from_shapes(model_path: str, shapes: list[str]):
         if value.name not in dims:
             raise OptionError(f"--example-shapes gives no shape for input '{value.name}'",
                               hint=f"pass {value.name}=DIMS for every input ({', '.join(v.name for v in graph.graph.inputs)})")
-        dtype = np.dtype(_ONNX_DTYPES.get(value.dtype.name, "float32"))
+        dtype = np.dtype(value.dtype.numpy())
         shape = dims[value.name]
         inputs.append(rng.standard_normal(shape).astype(dtype) if dtype.kind == "f" else np.ones(shape, dtype))
     return inputs
 
 
 def _model_and_inputs(args):
+    """(model, example inputs, dynamic shapes) for MODEL; an .onnx file with --example-shapes is
+    loaded once here and handed on as IR."""
     if args.model.endswith(".onnx") or Path(args.model).exists():
-        example = _example_from_shapes(args.model, args.example_shapes) if args.example_shapes else None
-        return args.model, example, None
+        if not args.example_shapes:
+            return args.model, None, None
+        from leangraph.frontend import load_onnx
+
+        graph = load_onnx(args.model)
+        return graph, _example_from_shapes(graph, args.example_shapes), None
     return _load_factory(args.model)
+
+
+def _read_npz(path: str) -> dict:
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError) as exc:
+        raise OptionError(f"cannot read inputs from '{path}': {exc}",
+                          hint="pass an .npz written by numpy.savez with one array per model input") from None
+
+
+def _inputs_from_npz(path: str, cm) -> list:
+    """The arrays of ``path`` in the order of ``cm``'s inputs: by input name, or saved positionally."""
+    arrays = _read_npz(path)
+    names = [spec.name for spec in cm.inputs]
+    if set(names) <= set(arrays):
+        return [arrays[name] for name in names]
+    if all(f"arr_{i}" in arrays for i in range(len(names))):
+        return [arrays[f"arr_{i}"] for i in range(len(names))]
+    raise OptionError(f"'{path}' holds {sorted(arrays)}; the model takes {names}",
+                      hint="name the arrays after the inputs (np.savez(f, input_ids=..., ...)) or save them positionally")
 
 
 def _inspect(args) -> int:
@@ -121,16 +143,7 @@ def _run(args) -> int:
     import leangraph
 
     cm = leangraph.load(args.artifact)
-    arrays = _read_npz(args.inputs)
-    names = [spec.name for spec in cm.inputs]
-    if set(names) <= set(arrays):
-        inputs = [arrays[name] for name in names]
-    elif all(f"arr_{i}" in arrays for i in range(len(names))):
-        inputs = [arrays[f"arr_{i}"] for i in range(len(names))]
-    else:
-        raise OptionError(f"'{args.inputs}' holds {sorted(arrays)}; the model takes {names}",
-                          hint="name the arrays after the inputs (np.savez(f, input_ids=..., ...)) or save them positionally")
-    outputs = cm(*inputs)
+    outputs = cm(*_inputs_from_npz(args.inputs, cm))
     from torch.utils import _pytree as pytree
 
     leaves = [np.asarray(x) for x in pytree.tree_leaves(outputs)]
@@ -146,17 +159,6 @@ def _run(args) -> int:
     return 0
 
 
-def _read_npz(path: str) -> dict:
-    import numpy as np
-
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
-    except (OSError, ValueError) as exc:
-        raise OptionError(f"cannot read inputs from '{path}': {exc}",
-                          hint="pass an .npz written by numpy.savez with one array per model input") from None
-
-
 def _bench(args) -> int:
     import statistics
     import time
@@ -165,38 +167,34 @@ def _bench(args) -> int:
 
     import leangraph
 
-    is_artifact = Path(args.model, "manifest.json").is_file()
-    if is_artifact:
+    import torch
+
+    from leangraph.runtime import to_numpy
+
+    if Path(args.model, "manifest.json").is_file():
         candidate = leangraph.load(args.model)
-        model, example, dynamic = None, None, None
+        model, example, captured = None, None, candidate.graph
     else:
         model, example, dynamic = _model_and_inputs(args)
-        candidate = leangraph.optimize(model, example, dynamic_shapes=dynamic, backend=args.backend)
+        captured = leangraph.capture(model, example, dynamic)  # once: the baseline starts from it too
+        candidate = leangraph.optimize(captured, example, backend=args.backend)
     if args.inputs:
-        arrays = _read_npz(args.inputs)
-        inputs = [arrays[s.name] for s in candidate.inputs] if all(s.name in arrays for s in candidate.inputs) else None
-        if inputs is None:
-            raise OptionError(f"'{args.inputs}' holds {sorted(arrays)}; the model takes {[s.name for s in candidate.inputs]}",
-                              hint="name the arrays after the model inputs")
+        inputs = _inputs_from_npz(args.inputs, candidate)
     elif example is not None:
-        inputs = [x.detach().numpy() if hasattr(x, "detach") else x for x in example]
+        inputs = [to_numpy(x) for x in example]
     else:
         raise OptionError("bench needs inputs", hint="pass --inputs FILE.npz (or --example-shapes for .onnx models)")
 
     if args.baseline in ("torch", "eager"):
-        if model is None or isinstance(model, str):
+        if not isinstance(model, torch.nn.Module):
             raise OptionError(f"--baseline {args.baseline} needs a torch model factory as MODEL",
                               hint="use --baseline onnxruntime for .onnx files and artifacts")
-        import torch
-
-        module = model
 
         def baseline(*xs):
             with torch.inference_mode():
-                return module(*[torch.from_numpy(np.asarray(x)) for x in xs])
+                return model(*[torch.from_numpy(np.asarray(x)) for x in xs])
     else:
-        source = candidate.graph if is_artifact else (model if isinstance(model, str) else leangraph.capture(model, example, dynamic))
-        baseline = leangraph.optimize(source, passes="none", backend="onnxruntime")
+        baseline = leangraph.optimize(captured, passes="none", backend="onnxruntime")
     runners = {f"leangraph ({candidate.backend})": candidate, f"baseline ({args.baseline})": baseline}
     times = {name: [] for name in runners}
     for name, run in runners.items():
