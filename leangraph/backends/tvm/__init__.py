@@ -33,10 +33,6 @@ def available() -> bool:
     return True
 
 
-def _dtype(value: ir.Value) -> str:
-    return str(np.dtype(value.dtype.numpy()))
-
-
 def _supported_value(value: ir.Value | None) -> bool:
     return value is None or (value.shape is not None and value.dtype in (ir.DataType.FLOAT, ir.DataType.BOOL))
 
@@ -48,7 +44,7 @@ class TVMExecutable:
         from tvm import tirx as tir
         from tvm.relax.backend.cpu_generic import pipeline
 
-        from leangraph.backends.tvm.converters import CONVERTERS, Context
+        from leangraph.backends.tvm.converters import CONVERTERS, Context, dtype_of
 
         self.name = model_name(model)
         self.input_names = [v.name for v in model.graph.inputs]
@@ -66,7 +62,7 @@ class TVMExecutable:
             return dims
 
         bb = relax.BlockBuilder()
-        params = [relax.Var(v.name, relax.TensorType(relax_shape(v), _dtype(v))) for v in model.graph.inputs]
+        params = [relax.Var(v.name, relax.TensorType(relax_shape(v), dtype_of(v))) for v in model.graph.inputs]
         env = {v.name: p for v, p in zip(model.graph.inputs, params)}
         for name, value in model.graph.initializers.items():
             env[name] = relax.const(value.const_value.numpy())
@@ -81,7 +77,7 @@ class TVMExecutable:
                         if value.shape is not None and value.dtype is not None and bound.ty.shape is None:
                             # Relax could not infer it (e.g. broadcasting against a dim named
                             # 'Min(512, seq)'): take the shape the IR recorded, checked at run time.
-                            bound = bb.match_cast(bound, relax.TensorType(relax_shape(value), _dtype(value)))
+                            bound = bb.match_cast(bound, relax.TensorType(relax_shape(value), dtype_of(value)))
                         env[value.name] = bound
                 results = [bb.emit_output(env[name]) for name in self.output_names]
             # The tuple is built outside the dataflow block: returning a tuple bound inside it

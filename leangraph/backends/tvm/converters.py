@@ -36,6 +36,11 @@ def converts(op_type: str, domain: str = ""):
     return register
 
 
+def dtype_of(value: ir.Value) -> str:
+    """The Relax dtype string of an IR value."""
+    return str(np.dtype(value.dtype.numpy()))
+
+
 def _dims(bb: relax.BlockBuilder, expr) -> list:
     return list(bb.normalize(expr).ty.shape.values)
 
@@ -209,7 +214,7 @@ def _broadcast_operands(ctx: Context, node: ir.Node, inputs: list) -> list:
         aligned = target[len(target) - len(dims):]
         fixed = [d if isinstance(d, int) or d is t or (isinstance(t, int) and t == 1) else t for d, t in zip(dims, aligned)]
         if any(f is not d for f, d in zip(fixed, dims)):
-            expr = ctx.bb.match_cast(expr, relax.TensorType(fixed, str(np.dtype(value.dtype.numpy()))))
+            expr = ctx.bb.match_cast(expr, relax.TensorType(fixed, dtype_of(value)))
         result.append(expr)
     return result
 
