@@ -24,6 +24,7 @@ class Backend(Protocol):
     def supports(self, node: ir.Node) -> bool:
         """Whether this backend can run ``node``."""
 
-    def compile(self, model: ir.Model) -> Executable:
-        """A callable running ``model``; the model is not modified."""
+    def compile(self, model: ir.Model, *, alone: bool = True) -> Executable:
+        """A callable running ``model``; the model is not modified. ``alone`` is False for a piece
+        that takes turns with other backends' pieces: it must not keep threads busy between calls."""
 

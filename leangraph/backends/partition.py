@@ -152,5 +152,5 @@ def compile_partitioned(model: ir.Model, chain: Sequence[Backend]):
     by_name = {backend.name: backend for backend in chain}
     if len(pieces) == 1:
         return by_name[pieces[0].backend].compile(model), pieces, fallbacks
-    executables = [by_name[piece.backend].compile(piece_model(model, piece)) for piece in pieces]
+    executables = [by_name[piece.backend].compile(piece_model(model, piece), alone=False) for piece in pieces]
     return PartitionedExecutable(model, pieces, executables), pieces, fallbacks

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
+import pytest
 
 from leangraph.backends.onnxruntime import OnnxRuntimeBackend
 from leangraph.backends.partition import assign, compile_partitioned, partition
@@ -45,6 +46,18 @@ def test_unsupported_ops_fall_back_and_outputs_match():
     expected = ReferenceExecutable(model)([X])
     for got, want in zip(executable([X]), expected):
         np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_onnxruntime_pieces_between_other_backends_do_not_spin():
+    # Spinning ORT threads take the cores from the next piece's kernels after run() returns.
+    model = model_from_text(TEXT, W)
+    executable, pieces, _ = compile_partitioned(model, [OnlyOps("Relu", "Neg", "Add", "Mul"), OnnxRuntimeBackend()])
+    ort_piece = executable.executables[[p.backend for p in pieces].index("onnxruntime")]
+    options = ort_piece.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    alone, _, _ = compile_partitioned(model, [OnnxRuntimeBackend()])
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # ORT's default: spinning
+        alone.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
 
 
 def test_preferring_the_current_backend_keeps_pieces_few():

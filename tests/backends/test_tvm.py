@@ -79,3 +79,26 @@ def test_zoo_through_tvm_matches_eager(name):
         for g, e in zip(got, expected):
             torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
     assert "fallback:" in str(cm.report) or len(cm.report.partitions) == 1
+
+
+def test_elementwise_schedule_vectorizes_the_inner_loop():
+    import tvm
+    from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline
+
+    from leangraph.backends.tvm import host_target
+    from leangraph.backends.tvm.schedule import schedule_pass
+
+    bb = relax.BlockBuilder()
+    batch = tvm.tirx.Var("batch", "int64")
+    x = relax.Var("x", relax.TensorType([batch, 384], "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(bb.emit(relax.op.add(x, relax.const(np.ones(384, np.float32)))))
+        bb.emit_func_output(out)
+    target = host_target()
+    with target:
+        module = tvm.transform.Sequential(pipeline.legalize_passes(target) + [schedule_pass()])(bb.get())
+    scheduled = [f for _, f in module.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert scheduled and all(f.attrs and f.attrs.get("tirx.is_scheduled") for f in scheduled)
+    assert "vectorized" in scheduled[0].script()

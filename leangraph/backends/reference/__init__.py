@@ -66,7 +66,7 @@ class ReferenceBackend:
     def supports(self, node: ir.Node) -> bool:
         return True
 
-    def compile(self, model: ir.Model) -> ReferenceExecutable:
+    def compile(self, model: ir.Model, *, alone: bool = True) -> ReferenceExecutable:
         return ReferenceExecutable(model)
 
 

@@ -3,8 +3,9 @@ them for ``llvm``, run by the Relax VM.
 
 Linear layers (leangraph::MatMulBiasAct with constant weights) and multi-head attention call
 library kernels (torch's GEMM and scaled_dot_product_attention) through destination-passing packed
-functions over zero-copy DLPack views (library.py); the rest is legalized to TIR and built without
-schedules yet. What the converter table does not cover (shape arithmetic, gathers, mask building)
+functions over zero-copy DLPack views (library.py); the rest is legalized to TIR, fused and given
+CPU schedules (schedule.py: dlight's reduction rule and a parallel, vectorized elementwise rule of
+ours). What the converter table does not cover (shape arithmetic, gathers, mask building)
 falls back to ONNX Runtime through the partitioner.
 """
 
@@ -37,6 +38,14 @@ def _supported_value(value: ir.Value | None) -> bool:
     return value is None or (value.shape is not None and value.dtype in (ir.DataType.FLOAT, ir.DataType.BOOL))
 
 
+def host_target():
+    """LLVM for this machine's CPU (its vector width and features), with the cores it has."""
+    import tvm
+    from tvm.target import codegen
+
+    return tvm.target.Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": os.cpu_count() or 1})
+
+
 class TVMExecutable:
     def __init__(self, model: ir.Model) -> None:
         import tvm
@@ -45,6 +54,7 @@ class TVMExecutable:
         from tvm.relax.backend.cpu_generic import pipeline
 
         from leangraph.backends.tvm.converters import CONVERTERS, Context, dtype_of
+        from leangraph.backends.tvm.schedule import schedule_pass
 
         self.name = model_name(model)
         self.input_names = [v.name for v in model.graph.inputs]
@@ -83,8 +93,8 @@ class TVMExecutable:
             # The tuple is built outside the dataflow block: returning a tuple bound inside it
             # crashes the 0.27 VM.
             bb.emit_func_output(relax.Tuple(results))
-        target = tvm.target.Target({"kind": "llvm", "num-cores": 2})
-        passes = (pipeline.library_dispatch_passes(target) + pipeline.legalize_passes(target)
+        target = host_target()
+        passes = (pipeline.library_dispatch_passes(target) + pipeline.legalize_passes(target) + [schedule_pass()]
                   + pipeline.dataflow_lower_passes(target) + pipeline.finalize_passes(target))
         with target:
             module = tvm.transform.Sequential(passes)(bb.get())
@@ -111,7 +121,7 @@ class TVMBackend:
         return ((node.domain, node.op_type) in CONVERTERS and all(_supported_value(v) for v in node.inputs)
                 and all(_supported_value(v) for v in node.outputs))
 
-    def compile(self, model: ir.Model) -> TVMExecutable:
+    def compile(self, model: ir.Model, *, alone: bool = True) -> TVMExecutable:
         return TVMExecutable(model)
 
 

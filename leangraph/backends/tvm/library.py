@@ -13,9 +13,9 @@ import tvm
 ACTIVATIONS = {  # each applied in place to the GEMM's output
     "none": lambda t: None,
     "relu": torch.relu_,
-    "gelu": lambda t: t.copy_(torch.nn.functional.gelu(t)),
-    "gelu_tanh": lambda t: t.copy_(torch.nn.functional.gelu(t, approximate="tanh")),
-    "silu": lambda t: t.copy_(torch.nn.functional.silu(t)),
+    "gelu": torch._C._nn.gelu_,
+    "gelu_tanh": lambda t: torch._C._nn.gelu_(t, approximate="tanh"),
+    "silu": lambda t: torch.nn.functional.silu(t, inplace=True),
     "sigmoid": torch.sigmoid_,
     "tanh": torch.tanh_,
 }
@@ -30,8 +30,10 @@ def _register() -> None:
 
         def linear_bias(a, w, bias, out, apply=apply):
             result = torch.from_dlpack(out)
-            torch.matmul(torch.from_dlpack(a), torch.from_dlpack(w), out=result)
-            result.add_(torch.from_dlpack(bias))
+            weight = torch.from_dlpack(w)
+            # One addmm over the rows as a matrix: the bias is added inside the GEMM's output pass.
+            torch.addmm(torch.from_dlpack(bias), torch.from_dlpack(a).reshape(-1, weight.shape[0]), weight,
+                        out=result.view(-1, weight.shape[1]))
             apply(result)
 
         def linear(a, w, out, apply=apply):
