@@ -27,6 +27,8 @@ class PassResult:
     changed: bool
     fired: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     """For rule passes: how often each rule rewrote the graph."""
+    notes: list[str] = dataclasses.field(default_factory=list)
+    """What the pass wants the report to say: what it did, or why it did nothing."""
 
 
 @dataclasses.dataclass(frozen=True)

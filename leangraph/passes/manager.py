@@ -25,7 +25,7 @@ from leangraph.ir import clone_model, infer_leangraph_shapes, node_count, op_his
 from leangraph.ir.printer import format_model
 from leangraph.passes.base import Pass, PassResult
 from leangraph.passes.report import PassRecord
-from leangraph.passes.verification import EXACT, Tolerance, compare_outputs
+from leangraph.passes.verification import EXACT, Tolerance, compare_outputs, valid_positions
 
 MODULE_PATH = "leangraph.module_path"
 
@@ -125,7 +125,8 @@ class VerifyInstrument(Instrument):
         verify_model(model)
         executable = ReferenceExecutable(model)
         for index, (inputs, expected) in enumerate(zip(self.inputs, self.expected)):
-            reason = compare_outputs(executable(inputs), expected, executable.output_names, self.tolerance)
+            valid = valid_positions(model, dict(zip(executable.input_names, inputs)))
+            reason = compare_outputs(executable(inputs), expected, executable.output_names, self.tolerance, valid)
             if reason:
                 record.verified = False
                 record.reason = f"verification failed on input set {index}: {reason}"
@@ -186,6 +187,7 @@ class PassManager:
         record.seconds = time.perf_counter() - start
         record.changed = result.changed
         record.fired = dict(result.fired)
+        record.notes = list(result.notes)
         record.nodes_after = node_count(model)
         for instrument in self.instruments:
             try:

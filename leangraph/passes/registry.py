@@ -14,6 +14,7 @@ from leangraph.passes.fusion.layer_norm import FUSE_LAYER_NORM
 from leangraph.passes.fusion.matmul_bias import FUSE_MATMUL_ACTIVATION, FUSE_MATMUL_BIAS
 from leangraph.passes.fusion.rms_norm import FUSE_RMS_NORM
 from leangraph.passes.manager import FixedPoint, PipelineItem
+from leangraph.passes.redundancy.padding_removal import REMOVE_PADDING
 
 PASSES: dict[str, Pass] = {}
 
@@ -29,6 +30,7 @@ def register(pass_: Pass) -> Pass:
 for _pass in (
     dce, cse, constant_folding, ALGEBRAIC,
     FUSE_LAYER_NORM, FUSE_RMS_NORM, FUSE_GELU, FUSE_ATTENTION, FUSE_MATMUL_BIAS, FUSE_MATMUL_ACTIVATION,
+    REMOVE_PADDING,
 ):
     register(_pass)
 
@@ -39,9 +41,9 @@ def cleanup(name: str = "cleanup") -> FixedPoint:
 
 def default_pipeline() -> list[PipelineItem]:
     """Cleanup to a fixed point, the fusions (norms and GELU before the linear layers that absorb
-    activations), then cleanup again."""
+    activations), padding removal (it needs the fused attention), then cleanup again."""
     fusions = ["fuse_layer_norm", "fuse_rms_norm", "fuse_gelu", "fuse_attention", "fuse_matmul_bias",
-               "fuse_matmul_activation"]
+               "fuse_matmul_activation", "remove_padding"]
     return [cleanup(), *(PASSES[name] for name in fusions), cleanup("final_cleanup")]
 
 

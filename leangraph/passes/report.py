@@ -20,6 +20,8 @@ class PassRecord:
     group: str = ""
     """The fixed-point group and round this run belongs to (e.g. ``cleanup#2``), if any."""
     fired: dict[str, int] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    """The pass's own account: what it did, or why it did nothing."""
     ops_before: dict[str, int] = dataclasses.field(default_factory=dict)
     ops_after: dict[str, int] = dataclasses.field(default_factory=dict)
     diff: str = ""
@@ -67,6 +69,7 @@ class Report:
                     f"  {r.name:<24} {r.group:<16} {('yes' if r.changed else 'no'):<8} "
                     f"{f'{r.nodes_before} -> {r.nodes_after}':>15} {r.seconds * 1e3:>7.1f}ms  {status}"
                 )
+                lines += [f"      {r.name}: {note}" for note in r.notes]
         else:
             lines.append("  no passes were run")
         if len(self.partitions) > 1 or self.fallbacks:

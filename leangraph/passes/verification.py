@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
+import onnx_ir as ir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,16 +28,34 @@ class Tolerance:
 EXACT = Tolerance()
 
 
+VALID_WHERE = "leangraph.valid_where"
+"""Metadata of a graph output whose padded positions hold zeros instead of the original's unused
+values (set by padding removal): the name of the padding-mask input."""
+
+
+def valid_positions(model: ir.Model, inputs: dict[str, np.ndarray]) -> list[np.ndarray | None]:
+    """Per graph output, the [batch, seq] positions to compare (None: all of them)."""
+    masks = []
+    for value in model.graph.outputs:
+        mask_name = value.metadata_props.get(VALID_WHERE)
+        masks.append(None if mask_name is None or mask_name not in inputs else np.asarray(inputs[mask_name]) != 0)
+    return masks
+
+
 def compare_outputs(
-    got: Sequence[np.ndarray], expected: Sequence[np.ndarray], names: Sequence[str], tolerance: Tolerance
+    got: Sequence[np.ndarray], expected: Sequence[np.ndarray], names: Sequence[str], tolerance: Tolerance,
+    valid: Sequence[np.ndarray | None] | None = None,
 ) -> str | None:
-    """None when ``got`` is within ``tolerance`` of ``expected``, else why not (for the report)."""
+    """None when ``got`` is within ``tolerance`` of ``expected``, else why not (for the report).
+    ``valid`` (per output, [batch, seq] booleans or None) restricts the comparison to those positions."""
     if len(got) != len(expected):
         return f"{len(got)} outputs, expected {len(expected)}"
-    for name, g, e in zip(names, got, expected):
+    for name, g, e, keep in zip(names, got, expected, valid or [None] * len(got)):
         g, e = np.asarray(g), np.asarray(e)
         if g.shape != e.shape:
             return f"output '{name}' has shape {list(g.shape)}, expected {list(e.shape)}"
+        if keep is not None and g.shape[:2] == keep.shape:
+            g, e = g[keep], e[keep]
         if e.dtype.kind not in "fc":
             if not np.array_equal(g, e):
                 return f"output '{name}' differs in {int(np.sum(g != e))} of {e.size} elements"

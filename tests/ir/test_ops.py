@@ -39,7 +39,7 @@ def lowered_proto(model: ir.Model):
     return ir.to_proto(lower_to_onnx(ir.from_proto(ir.to_proto(model))))
 
 
-def check_op(op_type, inputs, attrs, rtol=1e-5, atol=1e-6):
+def check_op(op_type, inputs, attrs, rtol=1e-5, atol=1e-6, packed=False):
     model = single_op_model(op_type, inputs, attrs)
     feeds = [x for x in inputs if x is not None]
     fused = run_reference(model, feeds)[0]
@@ -52,7 +52,10 @@ def check_op(op_type, inputs, attrs, rtol=1e-5, atol=1e-6):
     np.testing.assert_allclose(fused, unfused_ort, rtol=rtol, atol=atol)
     out = model.graph.outputs[0]
     assert out.dtype == ir.DataType.from_numpy(fused.dtype)
-    assert tuple(out.shape) == fused.shape, (out.shape, fused.shape)
+    if packed:  # the packed dim is a symbol: its size is the mask's count of valid tokens
+        assert out.shape[0] == ir.SymbolicDim("tokens") and tuple(out.shape[1:]) == fused.shape[1:], out.shape
+    else:
+        assert tuple(out.shape) == fused.shape, (out.shape, fused.shape)
     return fused
 
 
@@ -61,7 +64,8 @@ def f32(rng, *shape):
 
 
 def test_every_registered_op_is_covered_here():
-    assert {op.name for op in all_ops()} == {"Attention", "Gelu", "LayerNorm", "MatMulBiasAct", "MultiHeadAttention", "RMSNorm"}
+    assert {op.name for op in all_ops()} == {"Attention", "Gelu", "LayerNorm", "MatMulBiasAct", "MultiHeadAttention",
+                                                 "PackTokens", "PackedMultiHeadAttention", "RMSNorm", "UnpackTokens"}
 
 
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
@@ -176,3 +180,41 @@ def test_lowered_node_names_are_unique():
     proto = lowered_proto(model)
     names = [n.name for n in proto.graph.node]
     assert len(names) == len(set(names)) and all(n.startswith("multiheadattention_0/") for n in names)
+
+
+PADDING = np.array([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0], [0, 0, 0, 0, 0], [1, 0, 1, 1, 1]], np.int64)
+
+
+@pytest.mark.parametrize("batch", [4, 1])
+@pytest.mark.parametrize("mask_dtype", [np.int64, np.bool_])
+def test_pack_tokens(rng, batch, mask_dtype):
+    x = f32(rng, batch, 5, 3, 2)
+    packed = check_op("PackTokens", [x, PADDING.astype(mask_dtype)], {}, packed=True)
+    expected = [np.broadcast_to(x, (4, 5, 3, 2))[b, s] for b in range(4) for s in range(5) if PADDING[b, s]]
+    np.testing.assert_array_equal(packed, np.stack(expected))
+
+
+def test_unpack_tokens_fills_padding_with_zeros(rng):
+    packed = f32(rng, int(PADDING.sum()), 6)
+    x = check_op("UnpackTokens", [packed, PADDING], {})
+    np.testing.assert_array_equal(x[PADDING == 0], 0)
+    np.testing.assert_array_equal(x[PADDING != 0], packed)
+
+
+@pytest.mark.parametrize("causal", [0, 1])
+def test_packed_multi_head_attention_is_masked_attention_on_valid_rows(rng, causal):
+    tokens = int(PADDING.sum())
+    q, k, v = f32(rng, tokens, 16), f32(rng, tokens, 16), f32(rng, tokens, 8)
+    y = check_op("PackedMultiHeadAttention", [q, k, v, PADDING], {"num_heads": 4, "causal": causal},
+                 rtol=1e-4, atol=1e-5)
+    padded = []
+    for x in (q, k, v):
+        out = np.zeros((4, 5, x.shape[1]), np.float32)
+        out[PADDING != 0] = x
+        padded.append(torch.from_numpy(out).reshape(4, 5, 4, -1).transpose(1, 2))
+    visible = torch.from_numpy(PADDING != 0)[:, None, None, :]
+    if causal:
+        visible = visible & torch.ones(5, 5, dtype=torch.bool).tril()
+    expected = torch.nn.functional.scaled_dot_product_attention(*padded, attn_mask=visible)
+    expected = expected.transpose(1, 2).reshape(4, 5, 8).numpy()[PADDING != 0]
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)

@@ -38,6 +38,15 @@ def _supported_value(value: ir.Value | None) -> bool:
     return value is None or (value.shape is not None and value.dtype in (ir.DataType.FLOAT, ir.DataType.BOOL))
 
 
+_INTEGER_MASKS = {"PackedMultiHeadAttention"}
+"""Ops whose kernels read an integer padding mask (the other converters assume float or bool)."""
+
+
+def _supported_mask(node: ir.Node, value: ir.Value | None) -> bool:
+    return (node.domain == "leangraph" and node.op_type in _INTEGER_MASKS and value is node.inputs[-1]
+            and value.shape is not None and value.dtype in (ir.DataType.INT64, ir.DataType.INT32))
+
+
 def host_target():
     """LLVM for this machine's CPU (its vector width and features), with the cores it has."""
     import tvm
@@ -118,7 +127,8 @@ class TVMBackend:
     def supports(self, node: ir.Node) -> bool:
         from leangraph.backends.tvm.converters import CONVERTERS
 
-        return ((node.domain, node.op_type) in CONVERTERS and all(_supported_value(v) for v in node.inputs)
+        return ((node.domain, node.op_type) in CONVERTERS
+                and all(_supported_value(v) or _supported_mask(node, v) for v in node.inputs)
                 and all(_supported_value(v) for v in node.outputs))
 
     def compile(self, model: ir.Model, *, alone: bool = True) -> TVMExecutable:

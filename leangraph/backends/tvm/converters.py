@@ -177,6 +177,18 @@ def _multi_head_attention(ctx, node, inputs):
     return _multi_head_attention_relax(ctx, node, inputs)
 
 
+@converts("PackedMultiHeadAttention", DOMAIN)
+def _packed_multi_head_attention(ctx, node, inputs):
+    """Per-sequence attention over packed tokens, through a packed function (library.py)."""
+    from leangraph.backends.tvm import library
+
+    q, k, v, mask = inputs
+    attrs = _attrs(node)
+    name = library.packed_attention_function(int(attrs["num_heads"]), float(attrs["scale"]), int(attrs["causal"]))
+    out = relax.TensorType([_dims(ctx.bb, q)[0], _dims(ctx.bb, v)[-1]], "float32")
+    return [relax.call_dps_packed(name, relax.Tuple([q, k, v, mask]), out)]
+
+
 def _multi_head_attention_relax(ctx, node, inputs):
     q, k, v, mask = (inputs + [None])[:4]
     attrs = _attrs(node)

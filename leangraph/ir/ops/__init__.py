@@ -1,3 +1,5 @@
 """The `leangraph` ops. Importing this package registers every one of them."""
 
-from leangraph.ir.ops import attention, gelu, layer_norm, matmul_bias_act, multi_head_attention, rms_norm  # noqa: F401
+from leangraph.ir.ops import (  # noqa: F401
+    attention, gelu, layer_norm, matmul_bias_act, multi_head_attention, packed_attention, packing, rms_norm,
+)

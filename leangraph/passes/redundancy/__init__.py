@@ -1,0 +1,1 @@
+"""Passes that remove redundant computation: work on padding, recomputation across calls."""

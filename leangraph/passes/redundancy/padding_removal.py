@@ -1,0 +1,375 @@
+"""Padding removal: the token-wise part of a transformer runs on the valid tokens only, packed
+together, and attention runs per sequence (ByteTransformer, Prepacking; see ../shared/PAPERS.md).
+
+Where it applies: self-attention nodes (leangraph::MultiHeadAttention over [batch, seq, width]
+inputs) whose mask is computed from one [batch, seq] graph input, the padding mask, and hides
+exactly the padded keys (or the padded keys and the later ones: causal). Which one it is is not
+read from the shape of the mask-building subgraph (every exporter writes it differently) but found
+by running that subgraph on probe masks and comparing with both definitions.
+
+What it rewrites: from those attention nodes, the region of token-wise nodes around them
+(elementwise ops whose other operands broadcast over trailing dims only, linear layers, layer and
+RMS norms, GELU, embedding gathers) is grown through values shaped [batch, seq, ...]. Values
+entering the region are packed (leangraph::PackTokens: [tokens, ...]), the attention nodes become
+leangraph::PackedMultiHeadAttention, and values leaving it are unpacked (leangraph::UnpackTokens,
+zeros at padded positions).
+
+When it is exact: the valid tokens' values are the same up to round-off (attention over the
+valid keys of the sequence is what the padding mask computed). The padded positions of a value
+leaving the region become zeros; that is exact where the model itself zeroed them (a value
+multiplied by the padding mask, as mean pooling does) and where only the value's shape is read. A
+graph output holding padded positions (e.g. BERT's last_hidden_state) is garbage there in the
+original; with ``padded_outputs="zero"`` such outputs are allowed, their padded positions become 0
+and verification compares the valid positions only (the output is marked with
+``leangraph.valid_where``). Otherwise the pass does nothing and its report line says why.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+from collections.abc import Iterable
+
+import numpy as np
+import onnx_ir as ir
+
+from leangraph.ir.registry import DOMAIN
+from leangraph.passes.base import Pass, PassResult
+from leangraph.passes.verification import VALID_WHERE
+
+TOKENS = "tokens"
+
+_ELEMENTWISE = {
+    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Relu", "Erf", "Tanh", "Sigmoid", "Neg",
+    "Sqrt", "Exp", "Log", "Abs", "Cast", "Identity", "Softplus", "Reciprocal", "Gelu", "LeakyRelu", "Clip",
+}
+_LEANGRAPH_TOKENWISE = {"MatMulBiasAct", "LayerNorm", "RMSNorm", "Gelu"}
+_VALUE_BLIND = {"Shape", "Size"}
+"""Consumers that read only the shape of a value: an unpacked value has the original shape."""
+
+
+class PaddingRemoval:
+    """The pass object (``padded_outputs`` is "skip" or "zero", see the module docstring)."""
+
+    def __init__(self, padded_outputs: str = "skip") -> None:
+        if padded_outputs not in ("skip", "zero"):
+            raise ValueError(f"padded_outputs must be 'skip' or 'zero', not {padded_outputs!r}")
+        self.padded_outputs = padded_outputs
+
+    def __call__(self, model: ir.Model) -> PassResult:
+        plan = _plan(model, self.padded_outputs)
+        if isinstance(plan, str):
+            return PassResult(False, notes=[plan])
+        _rewrite(model, plan)
+        return PassResult(True, notes=[plan.summary])
+
+
+def remove_padding_pass(padded_outputs: str = "skip") -> Pass:
+    name = "remove_padding" if padded_outputs == "skip" else f"remove_padding[{padded_outputs}]"
+    return Pass(name, PaddingRemoval(padded_outputs), (__doc__ or "").strip())
+
+
+REMOVE_PADDING = remove_padding_pass()
+
+
+class _Plan:
+    def __init__(self, mask: ir.Value, batch, seq, attention: dict[ir.Node, int], region: set[ir.Node],
+                 packed_inputs: list[ir.Value], exits: list[ir.Value], zeroed_outputs: list[ir.Value]) -> None:
+        self.mask, self.batch, self.seq = mask, batch, seq
+        self.attention, self.region = attention, region
+        self.packed_inputs, self.exits, self.zeroed_outputs = packed_inputs, exits, zeroed_outputs
+
+    @property
+    def summary(self) -> str:
+        kinds = collections.Counter("causal" if c else "bidirectional" for c in self.attention.values())
+        return (f"packed by '{self.mask.name}': {len(self.region)} nodes on valid tokens only, "
+                f"{', '.join(f'{n} {k}' for k, n in kinds.items())} attention, {len(self.packed_inputs)} values packed, "
+                f"{len(self.exits)} unpacked" + (f", padded positions of {[v.name for v in self.zeroed_outputs]} "
+                                                  "zeroed" if self.zeroed_outputs else ""))
+
+
+def _rank(value: ir.Value | None) -> int | None:
+    return None if value is None or value.shape is None else len(value.shape)
+
+
+def _plan(model: ir.Model, padded_outputs: str) -> _Plan | str:
+    graph = model.graph
+    candidates = [n for n in graph if n.domain == DOMAIN and n.op_type == "MultiHeadAttention"]
+    if not candidates:
+        return "skipped: no leangraph::MultiHeadAttention in the graph"
+    attention: dict[ir.Node, int] = {}
+    mask, reasons, verdicts = None, [], {}
+    for node in candidates:
+        key = (id(node.inputs[3]) if len(node.inputs) > 3 else None,
+               *(tuple(v.shape) if v is not None and v.shape is not None else None for v in node.inputs[:3]))
+        if key not in verdicts:  # every layer reads the same mask value
+            verdicts[key] = _padding_mask_of(model, node)
+        found = verdicts[key]
+        if isinstance(found, str):
+            reasons.append(f"'{node.name}': {found}")
+            continue
+        node_mask, causal = found
+        if mask is not None and node_mask is not mask:
+            reasons.append(f"'{node.name}': its padding mask is '{node_mask.name}', not '{mask.name}'")
+            continue
+        mask = node_mask
+        attention[node] = int(causal or node.attributes.get_int("causal", 0))
+    if not attention:
+        return "skipped: no attention with a padding mask (" + "; ".join(reasons) + ")"
+    if reasons:
+        return "skipped: some attention is not masked by the padding mask (" + "; ".join(reasons) + ")"
+    batch, seq = mask.shape[0], mask.shape[1]
+    seq_word = re.compile(rf"\b{re.escape(seq.value)}\b") if isinstance(seq, ir.SymbolicDim) and seq.value else None
+
+    def same_seq(dim) -> bool:
+        # Exporters name some dims by expression ('Min(512, seq)' for a slice of the position
+        # table): one that mentions seq and broadcasts against it can only be seq.
+        return dim == seq or (seq_word is not None and isinstance(dim, ir.SymbolicDim) and dim.value is not None
+                              and seq_word.search(dim.value) is not None)
+
+    def token_layout(value: ir.Value | None, full_batch: bool = False) -> bool:
+        if value is None or value.shape is None or len(value.shape) < 2 or value is mask:
+            return False
+        first, second = value.shape[0], value.shape[1]
+        return same_seq(second) and (first == batch or (not full_batch and first == 1 and batch != 1))
+
+    def side(value: ir.Value | None, rank: int) -> bool:
+        """An operand that broadcasts over trailing dims only (its rank is below the token dims)."""
+        return value is None or (_rank(value) is not None and _rank(value) <= rank - 2)
+
+    def tokenwise(node: ir.Node) -> bool:
+        if node in attention:
+            return True
+        outputs = [v for v in node.outputs if v is not None]
+        if len(outputs) != 1 or not token_layout(outputs[0]):
+            return False
+        rank = _rank(outputs[0])
+        if node.domain in ("", "ai.onnx") and node.op_type in _ELEMENTWISE:
+            inputs = [v for v in node.inputs if v is not None]
+            return (any(token_layout(v) for v in inputs)
+                    and all((token_layout(v) and _rank(v) == rank) or side(v, rank) for v in inputs))
+        if node.domain in ("", "ai.onnx") and node.op_type == "MatMul":
+            return token_layout(node.inputs[0]) and _rank(node.inputs[1]) == 2
+        if node.domain in ("", "ai.onnx") and node.op_type == "Gather":
+            data, indices = node.inputs
+            return (node.attributes.get_int("axis", 0) == 0 and token_layout(indices) and not token_layout(data)
+                    and data.shape is not None)
+        if node.domain == DOMAIN and node.op_type in _LEANGRAPH_TOKENWISE:
+            first, rest = node.inputs[0], node.inputs[1:]
+            if not token_layout(first) or _rank(first) != rank:
+                return False
+            if node.op_type == "MatMulBiasAct":
+                return _rank(rest[0]) == 2 and side(rest[1] if len(rest) > 1 else None, rank)
+            if node.op_type in ("LayerNorm", "RMSNorm") and node.attributes.get_int("axis", -1) % rank < 2:
+                return False
+            return all(side(v, rank) for v in rest)
+        return False
+
+    region: set[ir.Node] = set(attention)
+    work = collections.deque(attention)
+    while work:
+        node = work.popleft()
+        mha_mask = node.inputs[3] if node in attention else None
+        for value in node.inputs:
+            producer = value.producer() if value is not None and value is not mha_mask else None
+            if producer is None or producer in region or not tokenwise(producer):
+                continue
+            # Pulled in only when every reader of its outputs is token-wise too: a value read
+            # elsewhere stays padded, and is packed where the region reads it.
+            if all(consumer in region or tokenwise(consumer) for out in producer.outputs for consumer in out.consumers()):
+                region.add(producer)
+                work.append(producer)
+        for value in node.outputs:
+            for consumer in value.consumers():
+                if consumer not in region and tokenwise(consumer):
+                    region.add(consumer)
+                    work.append(consumer)
+
+    packed_inputs: list[ir.Value] = []
+    for node in region:
+        mha_mask = node.inputs[3] if node in attention else None
+        for value in node.inputs:
+            if (value is not None and value is not mha_mask and token_layout(value)
+                    and value.producer() not in region and value not in packed_inputs):
+                packed_inputs.append(value)
+    graph_outputs = set(graph.outputs)
+    exits, zeroed = [], []
+    for node in region:
+        for value in node.outputs:
+            outside = [c for c in value.consumers() if c not in region]
+            if not outside and value not in graph_outputs:
+                continue
+            if not token_layout(value, full_batch=True):
+                return f"skipped: '{value.name}' leaves the token-wise region with shape {value.shape}"
+            shape_only = (value not in graph_outputs
+                          and all(c.op_type in _VALUE_BLIND and c.domain in ("", "ai.onnx") for c in outside))
+            if not shape_only and not _zero_where_padded(model, value, mask):
+                if outside or padded_outputs != "zero":
+                    readers = ", ".join(f"'{c.name}' ({c.op_type})" for c in outside) or "the graph output"
+                    return (f"skipped: '{value.name}' holds padded positions and is read by {readers}; "
+                            + ("its padded positions are not known to be unused"
+                               if outside else "use remove_padding_pass(padded_outputs='zero') to zero them"))
+                zeroed.append(value)
+            exits.append(value)
+    return _Plan(mask, batch, seq, attention, region, packed_inputs, exits, zeroed)
+
+
+def _rewrite(model: ir.Model, plan: _Plan) -> None:
+    graph = model.graph
+    order = {node: i for i, node in enumerate(graph)}
+    tokens = ir.SymbolicDim(TOKENS)
+
+    for value in plan.packed_inputs:
+        readers = [(c, i) for c, i in value.uses() if c in plan.region]
+        first = min((c for c, _ in readers), key=order.__getitem__)
+        packed = ir.Value(name=f"{value.name}_packed", type=value.type,
+                          shape=ir.Shape([tokens, *value.shape[2:]]))
+        pack = ir.Node(DOMAIN, "PackTokens", [value, plan.mask], outputs=[packed], name=f"{value.name}_pack")
+        graph.insert_before(first, pack)
+        for consumer, index in readers:
+            consumer.replace_input_with(index, packed)
+
+    for node in plan.region:
+        for value in node.outputs:
+            if value.shape is not None:
+                value.shape = ir.Shape([tokens, *value.shape[2:]])
+
+    for node, causal in plan.attention.items():
+        packed = ir.Node(
+            DOMAIN, "PackedMultiHeadAttention", [*node.inputs[:3], plan.mask],
+            attributes=[ir.AttrInt64("num_heads", node.attributes.get_int("num_heads", 0)),
+                        ir.AttrFloat32("scale", node.attributes.get_float("scale", 0.0)), ir.AttrInt64("causal", causal)],
+            name=node.name, metadata_props=dict(node.metadata_props))
+        ir.convenience.replace_nodes_and_values(graph, node, [node], [packed], node.outputs, packed.outputs)
+
+    outputs = list(graph.outputs)
+    for value in plan.exits:
+        name = value.name
+        value.name = f"{name}_packed"
+        restored = ir.Value(name=name, type=value.type, shape=ir.Shape([plan.batch, plan.seq, *value.shape[1:]]))
+        unpack = ir.Node(DOMAIN, "UnpackTokens", [value, plan.mask], outputs=[restored], name=f"{name}_unpack")
+        readers = [(c, i) for c, i in value.uses() if c not in plan.region and c is not unpack]
+        graph.insert_after(value.producer(), unpack)
+        for consumer, index in readers:
+            consumer.replace_input_with(index, restored)
+        for position, output in enumerate(outputs):
+            if output is value:
+                graph.outputs[position] = restored
+                if value in plan.zeroed_outputs:
+                    restored.metadata_props[VALID_WHERE] = plan.mask.name
+    graph.sort()
+
+
+# --- which graph input is the padding mask, by probing ---------------------------------------
+
+def _ancestor_inputs(value: ir.Value) -> list[ir.Value]:
+    seen, stack, found = set(), [value], []
+    while stack:
+        v = stack.pop()
+        if v is None or id(v) in seen:
+            continue
+        seen.add(id(v))
+        if v.is_graph_input():
+            found.append(v)
+        producer = v.producer()
+        if producer is not None:
+            stack.extend(producer.inputs)
+    return found
+
+
+def _probe_masks(rng: np.random.Generator) -> Iterable[np.ndarray]:
+    """Padding masks of a few shapes: an all-valid row, right padding, random holes."""
+    for batch, seq in ((3, 5), (2, 7)):
+        for _ in range(2):
+            mask = (rng.random((batch, seq)) < 0.7).astype(np.int64)
+            mask[0] = 1
+            mask[-1] = np.arange(seq) < seq // 2
+            yield mask
+
+
+def _evaluate(model: ir.Model, inputs: list[ir.Value], output: ir.Value, mask_input: ir.Value,
+              masks: Iterable[np.ndarray]) -> list[np.ndarray] | None:
+    """``output`` computed from each padding mask alone (other [batch, seq] inputs, read for their
+    shape, get zeros); None if it reads inputs that cannot be faked so."""
+    from leangraph.backends.reference import ReferenceExecutable
+
+    if any(v is not mask_input and (v.shape is None or len(v.shape) != 2 or v.dtype is None) for v in inputs):
+        return None
+    graph = ir.convenience.extract(model.graph, inputs, [output])  # a copy: the model is not touched
+    run = ReferenceExecutable(ir.Model(graph, ir_version=model.ir_version))
+    return [run([mask.astype(v.dtype.numpy()) if v is mask_input else np.zeros(mask.shape, v.dtype.numpy())
+                 for v in inputs])[0] for mask in masks]
+
+
+def _padding_mask_of(model: ir.Model, node: ir.Node) -> tuple[ir.Value, bool] | str:
+    query, key, value = node.inputs[:3]
+    attention_mask = node.inputs[3] if len(node.inputs) > 3 else None
+    if attention_mask is None:
+        return "it has no mask"
+    if any(_rank(v) != 3 for v in (query, key, value)) or not (query.shape[:2] == key.shape[:2] == value.shape[:2]):
+        return "not self-attention over [batch, seq, width] inputs"
+    inputs = _ancestor_inputs(attention_mask)
+    candidates = [v for v in inputs if _rank(v) == 2 and v.shape[0] == query.shape[0] and v.shape[1] == query.shape[1]
+                  and v.dtype in (ir.DataType.INT64, ir.DataType.INT32, ir.DataType.BOOL, ir.DataType.FLOAT)]
+    if not candidates:
+        return f"its mask is computed from {[v.name for v in inputs]}, none of them a [batch, seq] input"
+    probes = list(_probe_masks(np.random.default_rng(0)))
+    for mask in candidates:  # the others (e.g. input_ids read for its shape) get zeros
+        try:
+            computed = _evaluate(model, inputs, attention_mask, mask, probes)
+        except Exception:  # an input the probe cannot fake: not a mask we understand
+            computed = None
+        verdicts = {None} if computed is None else {_classify(c, p) for c, p in zip(computed, probes)}
+        if len(verdicts) == 1 and None not in verdicts:
+            return mask, verdicts.pop()
+    return f"its mask (from {[v.name for v in candidates]}) does not hide exactly the padded keys"
+
+
+def _classify(computed: np.ndarray, padding: np.ndarray) -> bool | None:
+    """True: causal + key padding; False: key padding; None: something else. Only valid query rows
+    are compared (padded rows are dropped anyway)."""
+    batch, seq = padding.shape
+    if computed.ndim > 4 or computed.size == 0:
+        return None
+    computed = computed.reshape((1,) * (4 - computed.ndim) + computed.shape)
+    try:
+        computed = np.broadcast_to(computed, (batch, computed.shape[1], seq, seq))
+    except ValueError:
+        return None
+    if computed.dtype == np.bool_:
+        visible = computed
+    else:
+        if not np.all((computed == 0) | (computed <= -1e4)):
+            return None  # an additive bias (ALiBi, relative positions), not a mask
+        visible = computed == 0
+    keys = np.broadcast_to(padding[:, None, None, :] != 0, visible.shape)
+    rows = np.broadcast_to(padding[:, None, :, None] != 0, visible.shape)
+    causal = keys & np.tril(np.ones((seq, seq), dtype=bool))
+    if np.array_equal(visible[rows], keys[rows]):
+        return False
+    if np.array_equal(visible[rows], causal[rows]):
+        return True
+    return None
+
+
+def _zero_where_padded(model: ir.Model, value: ir.Value, mask: ir.Value) -> bool:
+    """Whether ``value`` is ``x * m`` with ``m`` the padding mask broadcast over trailing dims (so
+    the original holds zeros at padded positions, as an unpacked value does)."""
+    producer = value.producer()
+    if producer is None or producer.op_type != "Mul" or producer.domain not in ("", "ai.onnx"):
+        return False
+    for factor in producer.inputs:
+        inputs = _ancestor_inputs(factor)
+        if factor is None or mask not in inputs or _rank(factor) is None:
+            continue
+        probes = list(_probe_masks(np.random.default_rng(1)))
+        try:
+            computed = _evaluate(model, inputs, factor, mask, probes)
+        except Exception:
+            continue
+        if computed is not None and all(
+                c.ndim >= 2 and c.shape[:2] == p.shape
+                and np.array_equal(c != 0, np.broadcast_to((p != 0).reshape(p.shape + (1,) * (c.ndim - 2)), c.shape))
+                for c, p in zip(computed, probes)):
+            return True
+    return False
