@@ -41,9 +41,11 @@ def cleanup(name: str = "cleanup") -> FixedPoint:
 
 def default_pipeline() -> list[PipelineItem]:
     """Cleanup to a fixed point, the fusions (norms and GELU before the linear layers that absorb
-    activations), padding removal (it needs the fused attention), then cleanup again."""
+    activations; attention again after the linear layers, whose fusion uncovers head merges that
+    went through a flattened linear layer, as in GPT-2), padding removal (it needs the fused
+    attention), then cleanup again."""
     fusions = ["fuse_layer_norm", "fuse_rms_norm", "fuse_gelu", "fuse_attention", "fuse_matmul_bias",
-               "fuse_matmul_activation", "remove_padding"]
+               "fuse_matmul_activation", "fuse_attention", "remove_padding"]
     return [cleanup(), *(PASSES[name] for name in fusions), cleanup("final_cleanup")]
 
 

@@ -93,6 +93,16 @@ CASES = {
         flat = Constant<value = int64[2] {-1, 8}>()
         out = Constant<value = int64[3] {5, 2, 6}>()
         y = Reshape(Gemm(Reshape(x, flat), w), out)"""),
+    # GPT-2's head merge: [B, S, H, D] flattened straight into the linear layer, then [B, S, N]
+    "reshaped_linear": ("fuse_matmul_bias", X, "float[a,b,6] y", """
+        heads = Constant<value = int64[4] {2, 5, 2, 4}>()
+        flat = Constant<value = int64[2] {-1, 8}>()
+        out = Constant<value = int64[3] {2, 5, 6}>()
+        y = Reshape(Gemm(Reshape(Reshape(x, heads), flat), w, b), out)""", """
+        heads = Constant<value = int64[4] {2, 5, 2, 4}>()
+        flat = Constant<value = int64[2] {-1, 8}>()
+        out = Constant<value = int64[3] {5, 2, 6}>()
+        y = Reshape(Gemm(Reshape(Reshape(x, heads), flat), w, b), out)"""),
 }
 
 

@@ -6,6 +6,10 @@
 - ``Reshape(Gemm(Reshape(x, [-1, K]), W, b), [..., N])`` (how the exporter writes GPT-2's Conv1D
   and addmm on 3-D inputs) -> ``MatMulBiasAct(x, W, b)`` when the outer reshape restores x's
   leading dims.
+- ``Reshape(MatMulBiasAct(Reshape(x, [-1, K]), ...), [d0, .., dm, N])`` where d0..dm are x's
+  leading dims and its other dims multiply to K (GPT-2's head merge flattens [B, S, H, D] straight
+  into its Conv1D) -> ``MatMulBiasAct(Reshape(x, [0, .., 0, -1]), ...)``: the head merge is then
+  the [0, 0, -1] reshape that attention fusion folds into leangraph::MultiHeadAttention.
 - ``act(MatMulBiasAct(...))`` for act in Relu, Sigmoid, Tanh, leangraph Gelu, x*Sigmoid(x) (SiLU)
   -> ``MatMulBiasAct(..., activation=act)`` when nothing else reads the linear output.
 
@@ -14,6 +18,7 @@ Exact up to round-off.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
@@ -118,6 +123,39 @@ class ReshapedGemm(pattern.RewriteRuleClassBase):
         return op.MatMulBiasAct(*inputs, _domain=D, activation="none")
 
 
+class ReshapedLinear(pattern.RewriteRuleClassBase):
+    def __init__(self, name, with_bias: bool):
+        super().__init__(name)
+        self._with_bias = with_bias
+
+    def pattern(self, op, x, flat_shape, w, b, out_shape):
+        flat = op.Reshape(x, flat_shape, _allow_other_attributes=True)
+        inputs = (flat, w, b) if self._with_bias else (flat, w)
+        linear = op.MatMulBiasAct(*inputs, _domain=D, _allow_other_attributes=True, _outputs=["y"])
+        return op.Reshape(linear, out_shape, _allow_other_attributes=True)
+
+    def check(self, context, x, flat_shape, w, b=None, out_shape=None, y=None):
+        result = pattern.MatchResult()
+        flat, out, x_rank = elements(flat_shape), elements(out_shape), rank(x)
+        if flat is None or out is None or x_rank is None or rank(w) != 2 or not single_use(y) or len(out) < 2:
+            return result.fail("shapes unknown, or the linear output read elsewhere")
+        kept = len(out) - 1
+        k, n = w.shape[0], w.shape[1]
+        merged = x.shape[kept:]
+        if flat != [-1, k] or out[-1] != n or kept >= x_rank or not all(isinstance(d, int) for d in merged):
+            return result.fail("the reshapes do not flatten x's trailing dims into K and restore N")
+        if int(np.prod(merged)) != k or not all(same_dim(e, x, i) for i, e in enumerate(out[:-1])):
+            return result.fail("the outer reshape does not restore x's leading dims")
+        self._kept = kept
+        self._activation = y.producer().attributes.get_string("activation", "none")
+        return result
+
+    def rewrite(self, op, x, flat_shape, w, b=None, out_shape=None, y=None):
+        target = op.Constant(value=ir.tensor(np.array([0] * self._kept + [-1], dtype=np.int64)))
+        inputs = [op.Reshape(x, target), w] + ([b] if b is not None else [])
+        return op.MatMulBiasAct(*inputs, _domain=D, activation=self._activation)
+
+
 class FoldActivation(pattern.RewriteRuleClassBase):
     """act(MatMulBiasAct(a, b, bias, activation=none)) -> MatMulBiasAct(..., activation=act)."""
 
@@ -154,6 +192,8 @@ FUSE_MATMUL_BIAS = RulePass(
         ReshapedGemm.rule("reshaped_gemm", with_bias=False),
         GemmLinear.rule("gemm_bias", with_bias=True),
         GemmLinear.rule("gemm", with_bias=False),
+        ReshapedLinear.rule("reshaped_linear_bias", with_bias=True),
+        ReshapedLinear.rule("reshaped_linear", with_bias=False),
     ],
     __doc__,
 ).as_pass()

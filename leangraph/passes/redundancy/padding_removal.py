@@ -44,6 +44,8 @@ _ELEMENTWISE = {
     "Sqrt", "Exp", "Log", "Abs", "Cast", "Identity", "Softplus", "Reciprocal", "Gelu", "LeakyRelu", "Clip",
 }
 _LEANGRAPH_TOKENWISE = {"MatMulBiasAct", "LayerNorm", "RMSNorm", "Gelu"}
+_AXIS_OPS = {"LayerNorm", "RMSNorm"}
+"""leangraph ops whose ``axis`` (like Split's) moves by one when two dims become one."""
 _VALUE_BLIND = {"Shape", "Size"}
 """Consumers that read only the shape of a value: an unpacked value has the original shape."""
 
@@ -141,9 +143,19 @@ def _plan(model: ir.Model, padded_outputs: str) -> _Plan | str:
         if node in attention:
             return True
         outputs = [v for v in node.outputs if v is not None]
-        if len(outputs) != 1 or not token_layout(outputs[0]):
+        if not outputs or not all(token_layout(v) for v in outputs):
             return False
         rank = _rank(outputs[0])
+        if node.domain in ("", "ai.onnx") and node.op_type == "Split":
+            return (token_layout(node.inputs[0]) and _rank(node.inputs[0]) == rank
+                    and node.attributes.get_int("axis", 0) % rank >= 2)
+        if len(outputs) != 1:
+            return False
+        if node.domain in ("", "ai.onnx") and node.op_type == "Reshape":
+            # Only the trailing dims change, to static sizes: packed, the target is [-1, trailing].
+            source, target = node.inputs[0], outputs[0]
+            return (token_layout(source, full_batch=True) and token_layout(target, full_batch=True)
+                    and all(isinstance(d, int) for d in target.shape[2:]))
         if node.domain in ("", "ai.onnx") and node.op_type in _ELEMENTWISE:
             inputs = [v for v in node.inputs if v is not None]
             return (any(token_layout(v) for v in inputs)
@@ -233,6 +245,17 @@ def _rewrite(model: ir.Model, plan: _Plan) -> None:
         for value in node.outputs:
             if value.shape is not None:
                 value.shape = ir.Shape([tokens, *value.shape[2:]])
+        if node.domain in ("", "ai.onnx") and node.op_type == "Reshape":
+            target = ir.Value(name=f"{node.outputs[0].name}_packed_shape",
+                              const_value=ir.tensor(np.array([-1, *node.outputs[0].shape[1:]], dtype=np.int64)))
+            target.shape, target.type = ir.Shape([len(node.outputs[0].shape)]), ir.TensorType(ir.DataType.INT64)
+            graph.register_initializer(target)
+            node.replace_input_with(1, target)
+        axis = node.attributes.get("axis")
+        counts_from_front = ((node.domain == DOMAIN and node.op_type in _AXIS_OPS)
+                             or (node.domain in ("", "ai.onnx") and node.op_type == "Split"))
+        if counts_from_front and axis is not None and axis.value >= 0:
+            node.attributes["axis"] = ir.AttrInt64("axis", axis.value - 1)  # one token dim instead of two
 
     for node, causal in plan.attention.items():
         packed = ir.Node(
