@@ -18,7 +18,7 @@ from leangraph.backends.reference import ReferenceExecutable
 from leangraph.artifacts import load
 from leangraph.errors import ArtifactError, OptionError
 from leangraph.frontend import capture
-from leangraph.ir import node_count
+from leangraph.ir import clone_model, node_count
 from leangraph.ir.verify import model_name
 from leangraph.passes import EXACT, PassManager, Report, Tolerance, resolve
 from leangraph.passes.manager import CountsInstrument, DiffInstrument, VerifyInstrument
@@ -42,11 +42,14 @@ def _resolve_backend(backend: str) -> tuple[str, str]:
 
 
 def _check_options(tolerance, evaluate, max_drop) -> None:
-    if evaluate is not None or max_drop:
-        raise OptionError(
-            "evaluate/max_drop: lossy passes are not implemented in this version of leangraph",
-            hint="leave evaluate and max_drop unset",
-        )
+    if evaluate is not None and not callable(evaluate):
+        raise OptionError(f"evaluate must be a callable(candidate) -> float, got {type(evaluate).__name__}",
+                          hint="pass a function scoring a compiled model on your task, higher is better")
+    if not isinstance(max_drop, (int, float)) or max_drop < 0:
+        raise OptionError(f"max_drop must be a number >= 0, got {max_drop!r}", hint="e.g. max_drop=0.2")
+    if max_drop and evaluate is None:
+        raise OptionError("max_drop is the allowed drop of evaluate(); it needs evaluate",
+                          hint="pass evaluate=callable(candidate) -> float as well")
     if tolerance is not None and not isinstance(tolerance, Tolerance):
         raise OptionError(
             f"tolerance must be a leangraph.Tolerance, got {type(tolerance).__name__}",
@@ -87,7 +90,8 @@ def optimize(
         input_sets = [[to_numpy(x) for x in example_inputs]]
     cache_entry = None
     if cache_dir is not None:
-        cache_entry = Path(cache_dir) / cache_key(graph, pipeline, backend_name, tolerance or EXACT, input_sets)
+        budget = (getattr(evaluate, "__qualname__", repr(evaluate)), max_drop) if evaluate is not None else ()
+        cache_entry = Path(cache_dir) / cache_key(graph, pipeline, backend_name, tolerance or EXACT, input_sets, budget)
         if (cache_entry / "manifest.json").is_file():
             try:
                 cached = load(cache_entry)
@@ -109,16 +113,19 @@ def optimize(
     )
     if why:
         report.notes.append(why)
+    captured_graph = clone_model(graph) if _lossy_allowed(tolerance, evaluate, max_drop) else None
     if pipeline:
         instruments = _instruments(graph, input_sets, tolerance or EXACT, report)
         graph, report.records = PassManager(pipeline, instruments=instruments).run(graph)
     else:
         report.notes.append("no passes were run")
-    report.passes_seconds = time.perf_counter() - captured
-    compile_start = time.perf_counter()
     chain = [get_backend(backend_name)]
     if backend_name not in FALLBACKS:
         chain.append(get_backend(FALLBACKS[0]))
+    if captured_graph is not None:
+        graph = _quantize(graph, captured_graph, chain, backend_name, input_sets, tolerance, evaluate, max_drop, report)
+    report.passes_seconds = time.perf_counter() - captured
+    compile_start = time.perf_counter()
     executable, pieces, fallbacks = compile_partitioned(graph, chain)
     report.partitions = [(piece.backend, len(piece.nodes)) for piece in pieces]
     report.fallbacks = [f"{f.op} (node '{f.node}'): {f.wanted} -> {f.used}" for f in fallbacks]
@@ -131,7 +138,54 @@ def optimize(
     return compiled
 
 
-def cache_key(graph, pipeline, backend: str, tolerance: Tolerance, input_sets) -> str:
+def _lossy_allowed(tolerance, evaluate, max_drop) -> bool:
+    """API.md: lossy passes run only with a tolerance looser than round-off, or evaluate + max_drop > 0."""
+    return (evaluate is not None and max_drop > 0) or (tolerance is not None and not tolerance.is_exact)
+
+
+def _quantize(graph, captured_graph, chain, backend_name, input_sets, tolerance, evaluate, max_drop, report):
+    """Budgeted int8 for the linear layers (passes/quantization/mixed_precision.py), recorded in the report."""
+    from tqdm import tqdm
+
+    from leangraph.cost_model.linear_kernels import BACKEND_KERNELS, time_kernels
+    from leangraph.passes import PASSES, PassRecord
+    from leangraph.passes.quantization.mixed_precision import choose_precisions
+
+    if backend_name not in BACKEND_KERNELS:
+        report.notes.append(f"quantization skipped: backend '{backend_name}' has no int8 kernels")
+        return graph
+
+    def compile_model(model):
+        return CompiledModel(model, compile_partitioned(model, chain)[0], backend=backend_name, report=None)
+
+    start = time.perf_counter()
+    nodes_before = node_count(graph)
+    baseline = None
+    if evaluate is not None:  # the unoptimized model, on ONNX Runtime: the reference point of max_drop
+        unoptimized = compile_partitioned(captured_graph, [get_backend("onnxruntime")])[0]
+        baseline = float(evaluate(CompiledModel(captured_graph, unoptimized, backend="onnxruntime", report=None)))
+    with tqdm(desc="leangraph quantization", unit="step", disable=None, leave=False) as bar:
+        def progress(message):
+            bar.set_postfix_str(message)
+            bar.update()
+
+        quantized, choices, notes = choose_precisions(
+            graph, input_sets, compile_model, time_kernels, BACKEND_KERNELS[backend_name], evaluate=evaluate,
+            max_drop=max_drop, baseline=baseline, tolerance=tolerance or EXACT, progress=progress)
+    changed = quantized is not graph
+    if changed:
+        PASSES["dce"](quantized)  # the fp32 weights the int8 layers replaced
+    record = PassRecord(name="quantize_int8", changed=changed, nodes_before=nodes_before,
+                        nodes_after=node_count(quantized), seconds=time.perf_counter() - start,
+                        verified=True if changed else None, notes=notes)
+    if baseline is not None:
+        record.notes.insert(0, f"evaluate() of the unoptimized model: {baseline:.4f} (max_drop {max_drop})")
+    report.records.append(record)
+    report.quantization = [choice.row() for choice in choices]
+    return quantized
+
+
+def cache_key(graph, pipeline, backend: str, tolerance: Tolerance, input_sets, budget=()) -> str:
     """sha256 of everything a compiled model depends on: the captured graph (weights included), the
     passes, the backend, the budget, the verification inputs, and the leangraph version."""
     import leangraph  # the version; a module-level import would be circular
@@ -140,7 +194,7 @@ def cache_key(graph, pipeline, backend: str, tolerance: Tolerance, input_sets) -
     digest.update(ir.to_proto(graph).SerializeToString(deterministic=True))
     names = [getattr(item, "name", str(item)) + ":" + ",".join(p.name for p in getattr(item, "passes", ()))
              for item in pipeline]
-    digest.update(repr((names, backend, tolerance, leangraph.__version__)).encode())
+    digest.update(repr((names, backend, tolerance, budget, leangraph.__version__)).encode())
     for inputs in input_sets:
         for array in inputs:
             digest.update(repr((array.dtype.str, array.shape)).encode())

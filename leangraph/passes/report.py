@@ -51,6 +51,8 @@ class Report:
     """Every node that did not run on the chosen backend, with its op."""
     records: list[PassRecord] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
+    quantization: list[str] = dataclasses.field(default_factory=list)
+    """One line per linear layer the quantization search considered: precision, kernel, sensitivity."""
 
     def __str__(self) -> str:
         lines = [
@@ -75,6 +77,9 @@ class Report:
         if len(self.partitions) > 1 or self.fallbacks:
             lines.append("  partitions: " + ", ".join(f"{backend} ({n} nodes)" for backend, n in self.partitions))
             lines += [f"  fallback: {f}" for f in self.fallbacks]
+        if self.quantization:
+            lines.append("  layer precisions:")
+            lines += [f"    {row}" for row in self.quantization]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 

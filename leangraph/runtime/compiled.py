@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -157,6 +158,12 @@ class CompiledModel:
                             hint=f"inputs sharing the dim '{dim}' must agree on its size",
                         )
                     bound.setdefault(dim, (size, f"input '{spec.name}' axis {axis}"))
+
+    def run_flat(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The graph's outputs, flat and as numpy, for numpy inputs in graph order (checked)."""
+        arrays = [np.asarray(a) for a in arrays]
+        self._check(arrays)
+        return list(self._executable(arrays))
 
     def __call__(self, *inputs: Any) -> Any:
         as_torch = any(_is_torch(x) for x in inputs)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 import torch
 from torch.utils import _pytree as pytree
@@ -102,3 +103,20 @@ def test_elementwise_schedule_vectorizes_the_inner_loop():
     scheduled = [f for _, f in module.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
     assert scheduled and all(f.attrs and f.attrs.get("tirx.is_scheduled") for f in scheduled)
     assert "vectorized" in scheduled[0].script()
+
+
+@pytest.mark.parametrize("activation", ["none", "gelu"])
+def test_dynamic_quant_linear_through_fbgemm(activation):
+    a, w, bias = f32(4, 7, 32), f32(32, 16) * 0.1, f32(16)
+    scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)
+    weight = np.round(w / scale).astype(np.int8)
+    model = single_op_model("DynamicQuantLinear", [a, weight, scale, bias], {"activation": activation})
+    constants = list(model.graph.inputs[1:])  # constant weights, as the quantization pass writes them
+    model.graph.inputs[:] = model.graph.inputs[:1]
+    for value, array in zip(constants, (weight, scale, bias)):
+        value.const_value = ir.tensor(array)
+        model.graph.register_initializer(value)
+    got = TVMExecutable(model)([a])[0]
+    expected = ReferenceExecutable(model)([a])[0]
+    # fbgemm picks its activation zero point and scale its own way: a quantization step apart at most
+    np.testing.assert_allclose(got, expected, rtol=0.02, atol=0.02 * np.abs(expected).max())

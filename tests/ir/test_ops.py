@@ -64,7 +64,7 @@ def f32(rng, *shape):
 
 
 def test_every_registered_op_is_covered_here():
-    assert {op.name for op in all_ops()} == {"Attention", "Gelu", "LayerNorm", "MatMulBiasAct", "MultiHeadAttention",
+    assert {op.name for op in all_ops()} == {"Attention", "DynamicQuantLinear", "Gelu", "LayerNorm", "MatMulBiasAct", "MultiHeadAttention",
                                                  "PackTokens", "PackedMultiHeadAttention", "RMSNorm", "UnpackTokens"}
 
 
@@ -218,3 +218,28 @@ def test_packed_multi_head_attention_is_masked_attention_on_valid_rows(rng, caus
     expected = torch.nn.functional.scaled_dot_product_attention(*padded, attn_mask=visible)
     expected = expected.transpose(1, 2).reshape(4, 5, 8).numpy()[PADDING != 0]
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["none", "gelu"])
+def test_dynamic_quant_linear(rng, activation):
+    a, w, bias = f32(rng, 2, 5, 16), f32(rng, 16, 6) * 0.1, f32(rng, 6)
+    scale = np.abs(w).max(axis=0) / 127
+    weight = np.round(w / scale).astype(np.int8)
+    # The decomposition computes the same integers: equal up to the float scaling.
+    y = check_op("DynamicQuantLinear", [a, weight, scale.astype(np.float32), bias], {"activation": activation},
+                 rtol=1e-5, atol=1e-5)
+    exact = lookup("MatMulBiasAct").reference(a, w, bias, activation=activation)[0]
+    assert np.abs(y - exact).max() / np.abs(exact).max() < 0.03
+
+
+def test_dynamic_quant_linear_8_bit_activations(rng):
+    # Checked on ONNX's evaluator only: ONNX Runtime's u8 x s8 MatMulInteger on AVX2 without VNNI
+    # saturates int16 pair sums with 8-bit activations (hence activation_bits=7 by default).
+    a, w = f32(rng, 3, 16), f32(rng, 16, 6) * 0.1
+    scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)
+    inputs = [a, np.round(w / scale).astype(np.int8), scale]
+    model = single_op_model("DynamicQuantLinear", inputs, {"activation_bits": 8})
+    proto = lowered_proto(model)
+    unfused = ReferenceEvaluator(proto).run(None, dict(zip([i.name for i in proto.graph.input], inputs)))[0]
+    np.testing.assert_allclose(run_reference(model, inputs)[0], unfused, rtol=1e-5, atol=1e-5)
+    assert np.abs(unfused - a @ w).max() / np.abs(a @ w).max() < 0.015

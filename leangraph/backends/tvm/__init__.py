@@ -38,13 +38,16 @@ def _supported_value(value: ir.Value | None) -> bool:
     return value is None or (value.shape is not None and value.dtype in (ir.DataType.FLOAT, ir.DataType.BOOL))
 
 
-_INTEGER_MASKS = {"PackedMultiHeadAttention"}
-"""Ops whose kernels read an integer padding mask (the other converters assume float or bool)."""
-
-
-def _supported_mask(node: ir.Node, value: ir.Value | None) -> bool:
-    return (node.domain == "leangraph" and node.op_type in _INTEGER_MASKS and value is node.inputs[-1]
-            and value.shape is not None and value.dtype in (ir.DataType.INT64, ir.DataType.INT32))
+def _supported_integer(node: ir.Node, value: ir.Value | None) -> bool:
+    """Integer inputs the library kernels read: a padding mask, int8 constant weights (the other
+    converters assume float or bool)."""
+    if node.domain != "leangraph" or value is None or value.shape is None:
+        return False
+    if node.op_type == "PackedMultiHeadAttention":
+        return value is node.inputs[-1] and value.dtype in (ir.DataType.INT64, ir.DataType.INT32)
+    if node.op_type == "DynamicQuantLinear":
+        return value is node.inputs[1] and value.dtype == ir.DataType.INT8 and value.const_value is not None
+    return False
 
 
 def host_target():
@@ -128,7 +131,7 @@ class TVMBackend:
         from leangraph.backends.tvm.converters import CONVERTERS
 
         return ((node.domain, node.op_type) in CONVERTERS
-                and all(_supported_value(v) or _supported_mask(node, v) for v in node.inputs)
+                and all(_supported_value(v) or _supported_integer(node, v) for v in node.inputs)
                 and all(_supported_value(v) for v in node.outputs))
 
     def compile(self, model: ir.Model, *, alone: bool = True) -> TVMExecutable:

@@ -177,6 +177,21 @@ def _multi_head_attention(ctx, node, inputs):
     return _multi_head_attention_relax(ctx, node, inputs)
 
 
+@converts("DynamicQuantLinear", DOMAIN)
+def _dynamic_quant_linear(ctx, node, inputs):
+    """fbgemm's int8 GEMM through a packed function holding the prepacked constant weights."""
+    from leangraph.backends.tvm import library
+
+    attrs = _attrs(node)
+    constants = [v.const_value.numpy() if v is not None and v.const_value is not None else None
+                 for v in (list(node.inputs) + [None])[1:4]]
+    if constants[0] is None or constants[1] is None or (len(node.inputs) > 3 and constants[2] is None):
+        raise NotImplementedError("DynamicQuantLinear with non-constant weights")
+    name = library.quant_linear_function(*constants, str(attrs["activation"]), int(attrs["activation_bits"]))
+    out_dims = [*_dims(ctx.bb, inputs[0])[:-1], int(constants[0].shape[1])]
+    return [relax.call_dps_packed(name, relax.Tuple([inputs[0]]), relax.TensorType(out_dims, "float32"))]
+
+
 @converts("PackedMultiHeadAttention", DOMAIN)
 def _packed_multi_head_attention(ctx, node, inputs):
     """Per-sequence attention over packed tokens, through a packed function (library.py)."""

@@ -7,6 +7,10 @@ write into the output tensor through zero-copy DLPack views.
 
 from __future__ import annotations
 
+import hashlib
+import warnings
+
+import numpy as np
 import torch
 import tvm
 
@@ -107,6 +111,44 @@ def packed_attention_function(heads: int, scale: float, causal: int) -> str:
             attn_mask=visible, scale=scale or None)
         result = attended.transpose(1, 2).reshape(batch * length, -1)
         torch.index_select(result, 0, rows, out=torch.from_dlpack(out))
+
+    tvm.register_global_func(name, run, override=True)
+    return name
+
+
+def fbgemm_prepack(weight: np.ndarray, weight_scale: np.ndarray, bias: np.ndarray | None = None):
+    """fbgemm's packed form of an int8 [K, N] weight quantized per output channel (+ fp32 bias)."""
+    with warnings.catch_warnings():  # torch deprecates quantized tensors, but they are fbgemm's only way in
+        warnings.simplefilter("ignore", UserWarning)
+        quantized = torch._make_per_channel_quantized_tensor(
+            torch.from_numpy(np.ascontiguousarray(weight.T)), torch.from_numpy(weight_scale.astype(np.float64)),
+            torch.zeros(weight.shape[1], dtype=torch.int64), 0)
+    return torch.ops.quantized.linear_prepack(quantized, None if bias is None else torch.from_numpy(bias.copy()))
+
+
+def quant_linear_function(weight: np.ndarray, weight_scale: np.ndarray, bias: np.ndarray | None, activation: str,
+                          activation_bits: int) -> str:
+    """The name of a packed function running leangraph::DynamicQuantLinear with these constant
+    weights through fbgemm (torch's x86 int8 GEMM: u8 activations quantized per call, s8 weights
+    per channel, prepacked once here). fbgemm's ``reduce_range`` is the op's 7-bit activations."""
+    if activation_bits not in (7, 8):
+        raise ValueError(f"activation_bits must be 7 or 8, not {activation_bits}")
+    digest = hashlib.sha256()
+    for array in (weight, weight_scale, bias if bias is not None else np.zeros(0)):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    name = f"leangraph.quant_linear.{digest.hexdigest()[:24]}.{activation}.a{activation_bits}"
+    if tvm.get_global_func(name, allow_missing=True) is not None:
+        return name
+    packed = fbgemm_prepack(weight, weight_scale, bias)
+    apply = ACTIVATIONS[activation]
+    reduce_range = activation_bits == 7
+
+    def run(a, out):
+        x = torch.from_dlpack(a)
+        result = torch.from_dlpack(out)
+        y = torch.ops.quantized.linear_dynamic(x.reshape(-1, x.shape[-1]), packed, reduce_range)
+        result.view(-1, y.shape[-1]).copy_(y)
+        apply(result)
 
     tvm.register_global_func(name, run, override=True)
     return name

@@ -1,5 +1,6 @@
 """The `leangraph` ops. Importing this package registers every one of them."""
 
 from leangraph.ir.ops import (  # noqa: F401
-    attention, gelu, layer_norm, matmul_bias_act, multi_head_attention, packed_attention, packing, rms_norm,
+    attention, gelu, layer_norm, matmul_bias_act, multi_head_attention, packed_attention, packing, quant_linear,
+    rms_norm,
 )

@@ -1,0 +1,1 @@
+"""Measurements the optimizer chooses by (DESIGN.md: it may import ir and backends, to measure)."""

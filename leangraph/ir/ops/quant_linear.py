@@ -1,0 +1,90 @@
+"""leangraph::DynamicQuantLinear(a, weight, weight_scale, bias?) -> y: an int8 linear layer.
+
+``weight`` is int8 [K, N], quantized per output channel (symmetric: ``w ~= weight * weight_scale``,
+``weight_scale`` float [N]). ``a`` (float [..., K]) is quantized per call, per tensor, to
+``activation_bits`` unsigned bits (asymmetric over [min(a, 0), max(a, 0)], zero exactly
+representable); the product is accumulated in int32 and scaled back:
+``y = activation((a_q - zero) @ weight * a_scale * weight_scale + bias)``.
+
+``activation_bits`` = 7 is what int8 kernels without VNNI need on AVX2 (fbgemm's ``reduce_range``:
+the u8 x s8 pair sums of ``vpmaddubsw`` then cannot saturate int16); 8 is the full range.
+Written by the mixed-precision quantization pass (passes/quantization).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from leangraph.ir.ops import activations
+from leangraph.ir.ops._util import const
+from leangraph.ir.ops.matmul_bias_act import _activation
+from leangraph.ir.registry import OpDef, TensorInfo, register
+
+
+def quantize_activations(a: np.ndarray, bits: int) -> tuple[np.ndarray, float, float]:
+    """(a_q, scale, zero point) of the per-tensor asymmetric quantization defined above."""
+    levels = float(2**bits - 1)
+    low, high = min(float(a.min(initial=0.0)), 0.0), max(float(a.max(initial=0.0)), 0.0)
+    scale = np.float32((high - low) / levels) or np.float32(1.0)
+    zero = float(np.clip(np.round(-low / scale), 0, levels))
+    return np.clip(np.round(a / scale) + zero, 0, levels), float(scale), zero
+
+
+def quantize_weight(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 [K, N], float32 scale [N]): symmetric per output channel."""
+    peak = np.abs(weight).max(axis=0)
+    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+    return np.clip(np.round(weight / scale), -127, 127).astype(np.int8), scale
+
+
+def _reference(a, weight, weight_scale, bias=None, activation="none", activation_bits=7):
+    q, scale, zero = quantize_activations(a, activation_bits)
+    accumulated = (q.astype(np.int64) - int(zero)) @ weight.astype(np.int64)
+    y = accumulated.astype(np.float64) * (scale * weight_scale.astype(np.float64))
+    if bias is not None:
+        y = y + bias
+    return (activations.NUMPY[_activation({"activation": activation})](y).astype(a.dtype),)
+
+
+def _shape(inputs, attrs):
+    a, weight = inputs[0], inputs[1]
+    if a.shape is None or weight.shape is None:
+        return [TensorInfo(a.dtype, None)]
+    return [TensorInfo(a.dtype, (*a.shape[:-1], weight.shape[-1]))]
+
+
+def _decompose(tape, inputs, attrs):
+    """ONNX: the quantization written out, MatMulInteger (u8 x s8 -> int32), scaled back."""
+    a, weight, weight_scale = inputs[:3]
+    bias = inputs[3] if len(inputs) > 3 else None
+    levels = float(2 ** attrs["activation_bits"] - 1)
+    zero_f = const(tape, 0.0)
+    low = tape.op("Min", [tape.op("ReduceMin", [a], {"keepdims": 0}), zero_f])
+    high = tape.op("Max", [tape.op("ReduceMax", [a], {"keepdims": 0}), zero_f])
+    scale = tape.op("Div", [tape.op("Sub", [high, low]), const(tape, levels)])
+    scale = tape.op("Where", [tape.op("Equal", [scale, zero_f]), const(tape, 1.0), scale])
+    zero = tape.op("Clip", [tape.op("Round", [tape.op("Div", [tape.op("Neg", [low]), scale])]), zero_f,
+                            const(tape, levels)])
+    quantized = tape.op("Clip", [tape.op("Add", [tape.op("Round", [tape.op("Div", [a, scale])]), zero]), zero_f,
+                                 const(tape, levels)])
+    uint8 = {"to": 2}  # TensorProto.UINT8
+    accumulated = tape.op("MatMulInteger", [tape.op("Cast", [quantized], uint8), weight,
+                                            tape.op("Cast", [zero], uint8)])
+    y = tape.op("Mul", [tape.op("Cast", [accumulated], {"to": 1}), tape.op("Mul", [scale, weight_scale])])
+    if bias is not None:
+        y = tape.op("Add", [y, bias])
+    return [activations.to_onnx(tape, y, _activation(attrs), np.float32)]
+
+
+DYNAMIC_QUANT_LINEAR = register(
+    OpDef(
+        name="DynamicQuantLinear",
+        doc=__doc__,
+        inputs=("a", "weight", "weight_scale", "bias?"),
+        outputs=("y",),
+        attributes={"activation": "none", "activation_bits": 7},
+        shape_rule=_shape,
+        reference=_reference,
+        decompose=_decompose,
+    )
+)
