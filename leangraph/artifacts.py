@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import time
 
-from leangraph.backends import get_backend
+from leangraph.backends import chain_for
+from leangraph.backends.partition import compile_partitioned
 from leangraph.errors import OptionError
 from leangraph.ir import node_count, verify_model
 from leangraph.passes import Report
@@ -24,7 +25,8 @@ def load(directory: str | os.PathLike, *, backend: str | None = None) -> Compile
     chosen = backend or manifest["backend"]
     if not isinstance(chosen, str):
         raise OptionError(f"backend must be a name, got {chosen!r}", hint="pass e.g. backend='onnxruntime'")
-    executable = get_backend(chosen).compile(model)
+    # The backend and its fallback, each node where a measurement (backend="auto") put it.
+    executable = compile_partitioned(model, chain_for(chosen))[0]
     nodes = node_count(model)
     report = Report(model_name=manifest.get("name", model.graph.name), nodes_before=nodes, nodes_after=nodes,
                     backend=chosen, compile_seconds=time.perf_counter() - start)

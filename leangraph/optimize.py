@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from leangraph.backends import AVAILABLE, get_backend
+from leangraph.backends import AVAILABLE, chain_for, get_backend
+from leangraph.backends.auto import choose_backends
 from leangraph.backends.partition import compile_partitioned
 from leangraph.backends.reference import ReferenceExecutable
 from leangraph.artifacts import load
@@ -25,14 +26,10 @@ from leangraph.passes.manager import CountsInstrument, DiffInstrument, VerifyIns
 from leangraph.runtime import CompiledModel, to_numpy
 
 
-FALLBACKS = ("onnxruntime", "reference")
-"""Backends that run every ONNX op; any other backend gets onnxruntime behind it for what it cannot run."""
-
-
 def _resolve_backend(backend: str) -> tuple[str, str]:
     """(backend to use, why) for the requested name."""
     if backend == "auto":
-        return "onnxruntime", "auto: whole graph on onnxruntime (the fastest backend available here)"
+        return "auto", ""
     if backend not in AVAILABLE:
         raise OptionError(
             f"backend '{backend}' is not available (available: auto, {', '.join(AVAILABLE)})",
@@ -119,13 +116,17 @@ def optimize(
         graph, report.records = PassManager(pipeline, instruments=instruments).run(graph)
     else:
         report.notes.append("no passes were run")
-    chain = [get_backend(backend_name)]
-    if backend_name not in FALLBACKS:
-        chain.append(get_backend(FALLBACKS[0]))
+    chain = chain_for(backend_name)
+    if backend_name == "auto" and len(chain) > 1 and not input_sets:
+        chain = chain[-1:]
+        report.notes.append("auto: no example inputs to measure the backends with; whole graph on onnxruntime")
     if captured_graph is not None:
-        graph = _quantize(graph, captured_graph, chain, backend_name, input_sets, tolerance, evaluate, max_drop, report)
+        graph = _quantize(graph, captured_graph, chain, chain[0].name, input_sets, tolerance, evaluate, max_drop,
+                          report)
     report.passes_seconds = time.perf_counter() - captured
     compile_start = time.perf_counter()
+    if backend_name == "auto" and len(chain) > 1:
+        report.notes += choose_backends(graph, chain, input_sets[0])
     executable, pieces, fallbacks = compile_partitioned(graph, chain)
     report.partitions = [(piece.backend, len(piece.nodes)) for piece in pieces]
     report.fallbacks = [f"{f.op} (node '{f.node}'): {f.wanted} -> {f.used}" for f in fallbacks]
@@ -143,7 +144,7 @@ def _lossy_allowed(tolerance, evaluate, max_drop) -> bool:
     return (evaluate is not None and max_drop > 0) or (tolerance is not None and not tolerance.is_exact)
 
 
-def _quantize(graph, captured_graph, chain, backend_name, input_sets, tolerance, evaluate, max_drop, report):
+def _quantize(graph, captured_graph, chain, kernels_of, input_sets, tolerance, evaluate, max_drop, report):
     """Budgeted int8 for the linear layers (passes/quantization/mixed_precision.py), recorded in the report."""
     from tqdm import tqdm
 
@@ -151,12 +152,12 @@ def _quantize(graph, captured_graph, chain, backend_name, input_sets, tolerance,
     from leangraph.passes import PASSES, PassRecord
     from leangraph.passes.quantization.mixed_precision import choose_precisions
 
-    if backend_name not in BACKEND_KERNELS:
-        report.notes.append(f"quantization skipped: backend '{backend_name}' has no int8 kernels")
+    if kernels_of not in BACKEND_KERNELS:
+        report.notes.append(f"quantization skipped: backend '{kernels_of}' has no int8 kernels")
         return graph
 
     def compile_model(model):
-        return CompiledModel(model, compile_partitioned(model, chain)[0], backend=backend_name, report=None)
+        return CompiledModel(model, compile_partitioned(model, chain)[0], backend=kernels_of, report=None)
 
     start = time.perf_counter()
     nodes_before = node_count(graph)
@@ -170,7 +171,7 @@ def _quantize(graph, captured_graph, chain, backend_name, input_sets, tolerance,
             bar.update()
 
         quantized, choices, notes = choose_precisions(
-            graph, input_sets, compile_model, time_kernels, BACKEND_KERNELS[backend_name], evaluate=evaluate,
+            graph, input_sets, compile_model, time_kernels, BACKEND_KERNELS[kernels_of], evaluate=evaluate,
             max_drop=max_drop, baseline=baseline, tolerance=tolerance or EXACT, progress=progress)
     changed = quantized is not graph
     if changed:

@@ -116,7 +116,7 @@ def test_bench_factory_against_eager_and_artifact_against_onnxruntime(tmp_path):
     result = run_cli("bench", "tests.models_for_cli:tiny_bert", "--baseline", "eager", "--rounds", "3", "--json")
     assert result.returncode == 0, result.stderr
     table = json.loads(result.stdout)
-    assert set(table) == {"leangraph (onnxruntime)", "baseline (eager)"}
+    assert set(table) == {"leangraph (auto)", "baseline (eager)"}
     assert all(row["median_ms"] > 0 for row in table.values())
     out = tmp_path / "artifact"
     assert run_cli("compile", "tests.models_for_cli:tiny_bert", "-o", str(out)).returncode == 0

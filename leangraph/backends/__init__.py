@@ -30,4 +30,21 @@ def get_backend(name: str) -> Backend:
 
 AVAILABLE = ("reference", "onnxruntime", "tvm")
 
-__all__ = ["AVAILABLE", "Backend", "Executable", "get_backend"]
+FALLBACKS = ("onnxruntime", "reference")
+"""Backends that run every ONNX op; any other backend gets onnxruntime behind it for what it cannot run."""
+
+
+def chain_for(name: str) -> list[Backend]:
+    """The backend and, behind it, the fallback for what it cannot run. ``auto``: TVM where it is
+    installed (pieces are then moved to ONNX Runtime by measurement, backends/auto.py)."""
+    if name == "auto":
+        from leangraph.backends import tvm
+
+        return [get_backend("tvm"), get_backend("onnxruntime")] if tvm.available() else [get_backend("onnxruntime")]
+    chain = [get_backend(name)]
+    if name not in FALLBACKS:
+        chain.append(get_backend(FALLBACKS[0]))
+    return chain
+
+
+__all__ = ["AVAILABLE", "FALLBACKS", "Backend", "Executable", "chain_for", "get_backend"]

@@ -50,13 +50,21 @@ class Fallback:
     used: str
 
 
+BACKEND_CHOICE = "leangraph.backend"
+"""Node metadata: the backend a measurement chose for the node (backends/auto.py), honoured by
+:func:`assign` when that backend is in the chain and supports the node."""
+
+
 def assign(model: ir.Model, chain: Sequence[Backend]) -> tuple[dict[ir.Node, str], list[Fallback]]:
-    """Each node's backend (the first in ``chain`` that supports it) and the fallbacks that made."""
+    """Each node's backend (its recorded choice, else the first in ``chain`` that supports it) and
+    the fallbacks that made."""
     if not chain:
         raise OptionError("an empty backend chain cannot run anything", hint="name at least one backend")
     assignment, fallbacks = {}, []
     for node in model.graph:
-        for backend in chain:
+        chosen = node.metadata_props.get(BACKEND_CHOICE)
+        preferred = [b for b in chain if b.name == chosen] + list(chain)
+        for backend in preferred:
             if backend.supports(node):
                 assignment[node] = backend.name
                 break
@@ -65,7 +73,7 @@ def assign(model: ir.Model, chain: Sequence[Backend]) -> tuple[dict[ir.Node, str
                 f"no backend of {[b.name for b in chain]} supports node '{node.name}' ({op_key(node)})",
                 hint="end the chain with a backend that runs every ONNX op (onnxruntime or reference)",
             )
-        if assignment[node] != chain[0].name:
+        if assignment[node] != chain[0].name and chosen != assignment[node]:
             fallbacks.append(Fallback(node.name, op_key(node), chain[0].name, assignment[node]))
     return assignment, fallbacks
 

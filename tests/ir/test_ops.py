@@ -221,13 +221,15 @@ def test_packed_multi_head_attention_is_masked_attention_on_valid_rows(rng, caus
 
 
 @pytest.mark.parametrize("activation", ["none", "gelu"])
-def test_dynamic_quant_linear(rng, activation):
+@pytest.mark.parametrize(("activation_bits", "weight_bits"), [(7, 8), (8, 7)])  # fbgemm's, ONNX Runtime's
+def test_dynamic_quant_linear(rng, activation, activation_bits, weight_bits):
+    from leangraph.ir.ops.quant_linear import quantize_weight
+
     a, w, bias = f32(rng, 2, 5, 16), f32(rng, 16, 6) * 0.1, f32(rng, 6)
-    scale = np.abs(w).max(axis=0) / 127
-    weight = np.round(w / scale).astype(np.int8)
+    weight, scale = quantize_weight(w, weight_bits)
     # The decomposition computes the same integers: equal up to the float scaling.
-    y = check_op("DynamicQuantLinear", [a, weight, scale.astype(np.float32), bias], {"activation": activation},
-                 rtol=1e-5, atol=1e-5)
+    y = check_op("DynamicQuantLinear", [a, weight, scale, bias],
+                 {"activation": activation, "activation_bits": activation_bits}, rtol=1e-5, atol=1e-5)
     exact = lookup("MatMulBiasAct").reference(a, w, bias, activation=activation)[0]
     assert np.abs(y - exact).max() / np.abs(exact).max() < 0.03
 

@@ -6,8 +6,11 @@
 representable); the product is accumulated in int32 and scaled back:
 ``y = activation((a_q - zero) @ weight * a_scale * weight_scale + bias)``.
 
-``activation_bits`` = 7 is what int8 kernels without VNNI need on AVX2 (fbgemm's ``reduce_range``:
-the u8 x s8 pair sums of ``vpmaddubsw`` then cannot saturate int16); 8 is the full range.
+On AVX2 without VNNI the u8 x s8 kernels sum pairs of products in int16 (``vpmaddubsw``), which
+saturates unless one side gives up a bit: 7-bit activations (``activation_bits`` = 7, fbgemm's
+``reduce_range``) with 8-bit weights, or 8-bit activations with weights in [-63, 63] (ONNX Runtime's
+MatMulInteger). With ``activation_bits`` = 8 the decomposition is ONNX's DynamicQuantizeLinear +
+MatMulInteger, which ONNX Runtime fuses into one kernel (DynamicQuantizeMatMul).
 Written by the mixed-precision quantization pass (passes/quantization).
 """
 
@@ -30,11 +33,13 @@ def quantize_activations(a: np.ndarray, bits: int) -> tuple[np.ndarray, float, f
     return np.clip(np.round(a / scale) + zero, 0, levels), float(scale), zero
 
 
-def quantize_weight(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(int8 [K, N], float32 scale [N]): symmetric per output channel."""
+def quantize_weight(weight: np.ndarray, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 [K, N], float32 scale [N]): symmetric per output channel, to ``bits`` signed bits
+    (8: [-127, 127]; 7: [-63, 63], for 8-bit activations on AVX2 without VNNI)."""
+    levels = 2 ** (bits - 1) - 1
     peak = np.abs(weight).max(axis=0)
-    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
-    return np.clip(np.round(weight / scale), -127, 127).astype(np.int8), scale
+    scale = np.where(peak > 0, peak / levels, 1.0).astype(np.float32)
+    return np.clip(np.round(weight / scale), -levels, levels).astype(np.int8), scale
 
 
 def _reference(a, weight, weight_scale, bias=None, activation="none", activation_bits=7):
@@ -54,9 +59,17 @@ def _shape(inputs, attrs):
 
 
 def _decompose(tape, inputs, attrs):
-    """ONNX: the quantization written out, MatMulInteger (u8 x s8 -> int32), scaled back."""
+    """ONNX: the quantization (DynamicQuantizeLinear for 8 bits, written out for fewer),
+    MatMulInteger (u8 x s8 -> int32), scaled back."""
     a, weight, weight_scale = inputs[:3]
     bias = inputs[3] if len(inputs) > 3 else None
+    if attrs["activation_bits"] == 8:
+        quantized, scale, zero = tape.op_multi_out("DynamicQuantizeLinear", [a], num_outputs=3)
+        accumulated = tape.op("MatMulInteger", [quantized, weight, zero])
+        y = tape.op("Mul", [tape.op("Cast", [accumulated], {"to": 1}), tape.op("Mul", [scale, weight_scale])])
+        if bias is not None:
+            y = tape.op("Add", [y, bias])
+        return [activations.to_onnx(tape, y, _activation(attrs), np.float32)]
     levels = float(2 ** attrs["activation_bits"] - 1)
     zero_f = const(tape, 0.0)
     low = tape.op("Min", [tape.op("ReduceMin", [a], {"keepdims": 0}), zero_f])

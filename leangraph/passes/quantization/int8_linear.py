@@ -1,8 +1,8 @@
 """Linear layers to int8: leangraph::MatMulBiasAct -> leangraph::DynamicQuantLinear for the layers
 an assignment names (the search in ``mixed_precision.py`` chooses them).
 
-Weights are quantized once, per output channel, symmetric (scale = max |w| / 127 over the channel);
-activations per call (see the op). Lossy: runs only when the user allowed a loss, and the search
+Weights are quantized once, per output channel, symmetric (scale = max |w| / 127, or / 63 for 7-bit
+weights, over the channel); activations per call (see the op). Lossy: runs only when the user allowed a loss, and the search
 checks the result against the budget.
 """
 
@@ -31,13 +31,14 @@ def candidate_layers(model: ir.Model) -> list[ir.Node]:
     return layers
 
 
-def quantize_layers(model: ir.Model, names: Collection[str], activation_bits: int = 7) -> int:
-    """Rewrite the named candidate layers in place; returns how many were rewritten."""
+def quantize_layers(model: ir.Model, names: Collection[str], activation_bits: int = 7, weight_bits: int = 8) -> int:
+    """Rewrite the named candidate layers in place; returns how many were rewritten. The bits are
+    the kernel's (see leangraph::DynamicQuantLinear: 7/8 for fbgemm, 8/7 for ONNX Runtime)."""
     count = 0
     for node in candidate_layers(model):
         if node.name not in names:
             continue
-        quantized, scale = quantize_weight(node.inputs[1].const_value.numpy())
+        quantized, scale = quantize_weight(node.inputs[1].const_value.numpy(), weight_bits)
         constants = []
         for suffix, array in (("int8", quantized), ("scale", scale)):
             value = ir.Value(name=f"{node.inputs[1].name}_{suffix}", shape=ir.Shape(array.shape),

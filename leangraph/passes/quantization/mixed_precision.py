@@ -76,7 +76,7 @@ def choose_precisions(
     input_sets: Sequence[Sequence[np.ndarray]],
     compile_model: Callable[[ir.Model], Any],
     kernel_seconds: Callable[[np.ndarray], dict[str, float]],
-    kernels: dict[str, str],
+    kernels: dict[str, Any],
     *,
     evaluate: Callable[[Callable], float] | None = None,
     max_drop: float = 0.0,
@@ -88,7 +88,8 @@ def choose_precisions(
 
     ``compile_model`` gives a compiled candidate (``run_flat(arrays)`` runs it, ``evaluate`` takes
     it); ``kernel_seconds(weight)`` times every linear kernel at that weight's shape, and
-    ``kernels`` names the backend's kernel for "fp32" and "int8" among them."""
+    ``kernels`` names the backend's kernel for "fp32" and "int8" among them and the int8 kernel's
+    "activation_bits" and "weight_bits"."""
     layers = candidate_layers(model)
     if not layers:
         return model, [], ["quantization: no linear layer with constant weights"]
@@ -106,7 +107,7 @@ def choose_precisions(
             timings[weight.shape] = kernel_seconds(weight)
         say(f"sensitivity of layer {index + 1}/{len(layers)}")
         single = clone_model(model)
-        quantize_layers(single, {node.name})
+        quantize_layers(single, {node.name}, kernels["activation_bits"], kernels["weight_bits"])
         candidate = compile_model(single)
         error = float(np.mean([output_error(candidate.run_flat(inputs), want)
                                for inputs, want in zip(input_sets, expected)]))
@@ -123,7 +124,7 @@ def choose_precisions(
             break
         names = {c.name for c, pick in zip(choices, chosen) if pick}
         candidate_model = clone_model(model)
-        quantize_layers(candidate_model, names)
+        quantize_layers(candidate_model, names, kernels["activation_bits"], kernels["weight_bits"])
         candidate = compile_model(candidate_model)
         verdict = _check(candidate, input_sets, expected, evaluate, max_drop, baseline, tolerance)
         notes.append(f"quantization attempt {attempt + 1}: {len(names)}/{len(choices)} layers int8 "

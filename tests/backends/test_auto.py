@@ -1,0 +1,72 @@
+"""backend="auto": pieces measured on both backends, the faster kept, the choice stored in the graph
+and honoured when the artifact is loaded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils import _pytree as pytree
+
+import leangraph
+from leangraph.backends.auto import choose_backends
+from leangraph.backends.onnxruntime import OnnxRuntimeBackend
+from leangraph.backends.partition import BACKEND_CHOICE, assign, compile_partitioned
+from leangraph.backends.reference import ReferenceBackend
+from tests.frontend.test_zoo import eager_outputs
+from tests.passes._build import model_from_text
+from tests.zoo import ZOO
+
+TEXT = """<ir_version: 10, opset_import: ["" : 20]>
+g (float[batch,64] x) => (float[batch,64] y) {
+    a = MatMul(x, w)
+    b = Relu(a)
+    c = MatMul(b, w)
+    y = Tanh(c)
+}"""
+W = {"w": np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32) / 8}
+X = np.random.default_rng(1).standard_normal((32, 64)).astype(np.float32)
+
+
+class Interpreted(ReferenceBackend):
+    """Runs everything, slowly (onnx.reference): ONNX Runtime must win every piece it is timed on."""
+
+    name = "interpreted"
+
+
+def test_slower_pieces_move_to_the_fallback_and_the_choice_is_recorded():
+    model = model_from_text(TEXT, W)
+    chain = [Interpreted(), OnnxRuntimeBackend()]
+    lines = choose_backends(model, chain, [X])
+    assert len(lines) == 1 and lines[0].endswith("-> onnxruntime"), lines
+    assert {node.metadata_props[BACKEND_CHOICE] for node in model.graph} == {"onnxruntime"}
+    assignment, fallbacks = assign(model, chain)
+    assert set(assignment.values()) == {"onnxruntime"} and not fallbacks  # a choice, not a fallback
+    executable, pieces, _ = compile_partitioned(model, chain)
+    assert [p.backend for p in pieces] == ["onnxruntime"]
+    np.testing.assert_allclose(executable([X])[0], np.tanh(np.maximum(X @ W["w"], 0) @ W["w"]), rtol=1e-5, atol=1e-6)
+
+
+def test_auto_without_inputs_runs_on_onnxruntime():
+    cm = leangraph.optimize(model_from_text(TEXT, W), backend="auto")
+    assert cm.report.partitions == [("onnxruntime", len(list(cm.graph.graph)))]
+    assert any("no example inputs" in note for note in cm.report.notes)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["bert", "gpt2", "vit"])
+def test_zoo_through_auto_matches_eager_and_reloads_without_measuring(name, tmp_path):
+    entry = ZOO[name]
+    model = entry.build()
+    cm = leangraph.optimize(model, entry.inputs(*entry.shapes[0]), dynamic_shapes=entry.dynamic_shapes, backend="auto")
+    assert any(note.startswith("auto: piece") for note in cm.report.notes), cm.report.notes
+    cm.save(tmp_path / "artifact")
+    loaded = leangraph.load(tmp_path / "artifact")
+    assert loaded.backend == "auto"
+    for shape in entry.shapes:
+        inputs = entry.inputs(*shape)
+        expected = eager_outputs(model, inputs)
+        for compiled in (cm, loaded):
+            got = [t.numpy() for t in pytree.tree_leaves(compiled(*inputs)) if isinstance(t, torch.Tensor)]
+            for g, e in zip(got, expected):
+                np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5, err_msg=f"{name} at {shape}")

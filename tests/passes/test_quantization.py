@@ -1,0 +1,104 @@
+"""Mixed-precision int8 (passes/quantization): the rewrite, the integer program, and the budgeted
+search through optimize() (back-off when the budget is missed, nothing lossy without a budget)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import leangraph
+from leangraph.ir.stats import op_key
+from leangraph.passes.quantization.int8_linear import candidate_layers, quantize_layers
+from leangraph.passes.quantization.mixed_precision import solve
+from leangraph.backends.reference import ReferenceExecutable
+
+
+WIDTH = 512
+
+
+class MLP(torch.nn.Module):
+    """Three linear layers. The first writes one huge channel that the second scales back down: in
+    int8 the second layer's per-tensor activation scale follows the outlier and wipes out the other
+    channels, so it is the one layer that must stay fp32."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(WIDTH, WIDTH) for _ in range(3))
+        with torch.no_grad():
+            self.layers[0].weight[0] *= 500.0
+            self.layers[0].bias[0] = 500.0
+            self.layers[1].weight[:, 0] /= 500.0
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = torch.relu(layer(x))
+        return x
+
+
+INPUTS = [(torch.randn(16, WIDTH),) for _ in range(3)]
+
+
+def int8_layers(cm) -> int:
+    return sum(op_key(n) == "leangraph::DynamicQuantLinear" for n in cm.graph.graph)
+
+
+def test_solve_is_the_knapsack_optimum():
+    # gains 5, 4, 3 with sensitivities 3, 2, 2 under budget 4: {1, 2} (gain 7) beats {0} (gain 5)
+    assert solve([5.0, 4.0, 3.0], [3.0, 2.0, 2.0], 4.0) == [False, True, True]
+    assert solve([5.0, -1.0], [0.0, 0.0], 1.0) == [True, False]  # a slower int8 kernel is never chosen
+    assert solve([1.0, 1.0], [1.0, 1.0], 0.0) == [False, False]
+
+
+def test_quantize_layers_rewrites_only_the_named_layers():
+    graph = leangraph.optimize(MLP(), INPUTS[0], backend="reference").graph
+    layers = candidate_layers(graph)
+    assert len(layers) == 3
+    assert quantize_layers(graph, {layers[0].name, layers[2].name}) == 2
+    ops = [op_key(n) for n in graph.graph if n.domain == "leangraph"]
+    assert ops == ["leangraph::DynamicQuantLinear", "leangraph::MatMulBiasAct", "leangraph::DynamicQuantLinear"]
+    (got,) = ReferenceExecutable(graph)([INPUTS[0][0].numpy()])
+    with torch.no_grad():
+        expected = MLP()(INPUTS[0][0]).numpy()
+    assert np.abs(got - expected).max() / np.abs(expected).max() < 0.05
+
+
+def test_no_budget_no_quantization():
+    cm = leangraph.optimize(MLP(), INPUTS[0], backend="onnxruntime", calibration=INPUTS)
+    assert int8_layers(cm) == 0 and "quantize_int8" not in [r.name for r in cm.report.records]
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "tvm"])
+def test_tolerance_budget_keeps_the_sensitive_layer_in_fp32(backend):
+    model = MLP()
+    cm = leangraph.optimize(model, INPUTS[0], backend=backend, calibration=INPUTS,
+                            tolerance=leangraph.Tolerance(rtol=0.0, atol=0.02))
+    (record,) = [r for r in cm.report.records if r.name == "quantize_int8"]
+    rows = cm.report.quantization
+    assert len(rows) == 3 and "layers.1: fp32" in rows[1], rows
+    assert int8_layers(cm) == 2, "\n".join(record.notes)
+    assert "sensitivity" in str(cm.report) and "layer precisions" in str(cm.report)
+    for (x,) in INPUTS:
+        with torch.no_grad():
+            expected = model(x).numpy()
+        assert np.abs(cm(x.numpy()) - expected).max() <= 0.02
+
+
+def test_evaluate_budget_backs_off_until_it_holds():
+    model = MLP()
+    reference = [model(x).detach().numpy() for (x,) in INPUTS]
+    scores = []
+
+    def evaluate(candidate) -> float:  # higher is better: minus the worst error against fp32, x100
+        error = max(np.abs(candidate(x.numpy()) - want).max() for (x,), want in zip(INPUTS, reference))
+        scores.append(-100 * error)
+        return scores[-1]
+
+    cm = leangraph.optimize(model, INPUTS[0], backend="onnxruntime", calibration=INPUTS, evaluate=evaluate,
+                            max_drop=2.0)
+    (record,) = [r for r in cm.report.records if r.name == "quantize_int8"]
+    assert record.notes[0].startswith("evaluate() of the unoptimized model")
+    assert "attempt 1: 3/3 layers int8" in record.notes[1] and "below the unoptimized" in record.notes[1]
+    assert record.notes[-1].endswith("within budget")
+    assert scores[0] - scores[-1] <= 2.0 and 0 < int8_layers(cm) < 3
