@@ -58,19 +58,12 @@ def _shape(inputs, attrs):
     return [TensorInfo(a.dtype, (*a.shape[:-1], weight.shape[-1]))]
 
 
-def _decompose(tape, inputs, attrs):
-    """ONNX: the quantization (DynamicQuantizeLinear for 8 bits, written out for fewer),
-    MatMulInteger (u8 x s8 -> int32), scaled back."""
-    a, weight, weight_scale = inputs[:3]
-    bias = inputs[3] if len(inputs) > 3 else None
-    if attrs["activation_bits"] == 8:
-        quantized, scale, zero = tape.op_multi_out("DynamicQuantizeLinear", [a], num_outputs=3)
-        accumulated = tape.op("MatMulInteger", [quantized, weight, zero])
-        y = tape.op("Mul", [tape.op("Cast", [accumulated], {"to": 1}), tape.op("Mul", [scale, weight_scale])])
-        if bias is not None:
-            y = tape.op("Add", [y, bias])
-        return [activations.to_onnx(tape, y, _activation(attrs), np.float32)]
-    levels = float(2 ** attrs["activation_bits"] - 1)
+def _quantize_onnx(tape, a, bits: int):
+    """(u8 values, scale, u8 zero point) of ``a`` in ONNX: DynamicQuantizeLinear for 8 bits (which
+    ONNX Runtime fuses with the MatMulInteger after it), written out for fewer."""
+    if bits == 8:
+        return tape.op_multi_out("DynamicQuantizeLinear", [a], num_outputs=3)
+    levels = float(2**bits - 1)
     zero_f = const(tape, 0.0)
     low = tape.op("Min", [tape.op("ReduceMin", [a], {"keepdims": 0}), zero_f])
     high = tape.op("Max", [tape.op("ReduceMax", [a], {"keepdims": 0}), zero_f])
@@ -81,8 +74,15 @@ def _decompose(tape, inputs, attrs):
     quantized = tape.op("Clip", [tape.op("Add", [tape.op("Round", [tape.op("Div", [a, scale])]), zero]), zero_f,
                                  const(tape, levels)])
     uint8 = {"to": 2}  # TensorProto.UINT8
-    accumulated = tape.op("MatMulInteger", [tape.op("Cast", [quantized], uint8), weight,
-                                            tape.op("Cast", [zero], uint8)])
+    return tape.op("Cast", [quantized], uint8), scale, tape.op("Cast", [zero], uint8)
+
+
+def _decompose(tape, inputs, attrs):
+    """ONNX: the activations quantized, MatMulInteger (u8 x s8 -> int32), scaled back."""
+    a, weight, weight_scale = inputs[:3]
+    bias = inputs[3] if len(inputs) > 3 else None
+    quantized, scale, zero = _quantize_onnx(tape, a, attrs["activation_bits"])
+    accumulated = tape.op("MatMulInteger", [quantized, weight, zero])
     y = tape.op("Mul", [tape.op("Cast", [accumulated], {"to": 1}), tape.op("Mul", [scale, weight_scale])])
     if bias is not None:
         y = tape.op("Add", [y, bias])
