@@ -21,7 +21,7 @@ def test_backends_agree(backend):
 
 
 def test_unknown_backend():
-    with pytest.raises(OptionError, match=r"backend .tpu. is not available \(available: auto, reference, onnxruntime, tvm\)"):
+    with pytest.raises(OptionError, match=r"backend .tpu. is not available \(available: auto, reference, onnxruntime, tvm, torch\)"):
         leangraph.optimize(add_relu_model(), backend="tpu")
 
 

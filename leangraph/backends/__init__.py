@@ -22,13 +22,17 @@ def get_backend(name: str) -> Backend:
             raise OptionError("backend 'tvm' needs apache-tvm, which is not installed",
                               hint="pip install apache-tvm==0.27.0.post1 (make installs it)")
         return tvm.TVMBackend()
+    if name == "torch":
+        from leangraph.backends.torch import TorchBackend
+
+        return TorchBackend()
     raise OptionError(
         f"backend '{name}' is not available (available: {', '.join(AVAILABLE)})",
         hint="pass one of the available backends",
     )
 
 
-AVAILABLE = ("reference", "onnxruntime", "tvm")
+AVAILABLE = ("reference", "onnxruntime", "tvm", "torch")
 
 FALLBACKS = ("onnxruntime", "reference")
 """Backends that run every ONNX op; any other backend gets onnxruntime behind it for what it cannot run."""

@@ -1,0 +1,199 @@
+"""One function per op the torch backend runs: ``fn(inputs, attrs) -> list of tensors``.
+
+``inputs`` are torch tensors (None for an omitted optional input), ``attrs`` the node's attributes
+as plain Python values (leangraph ops: with their defaults filled in). Only ops whose ONNX
+semantics map one to one onto torch are here; the rest fall back to ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+Op = Callable[[list, dict], list]
+OPS: dict[tuple[str, str], Op] = {}
+
+_DTYPES = {1: torch.float32, 2: torch.uint8, 3: torch.int8, 6: torch.int32, 7: torch.int64, 9: torch.bool,
+           10: torch.float16, 11: torch.float64, 16: torch.bfloat16}
+
+
+def op(name: str, domain: str = ""):
+    def register(fn: Op) -> Op:
+        OPS[(domain, name)] = fn
+        return fn
+
+    return register
+
+
+def _elementwise(name: str, fn) -> None:
+    OPS[("", name)] = lambda inputs, attrs: [fn(*inputs)]
+
+
+for _name, _fn in {
+    "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Pow": torch.pow, "Neg": torch.neg, "Sqrt": torch.sqrt,
+    "Exp": torch.exp, "Log": torch.log, "Tanh": torch.tanh, "Sigmoid": torch.sigmoid, "Relu": torch.relu,
+    "Erf": torch.erf, "Abs": torch.abs, "Reciprocal": torch.reciprocal, "Equal": torch.eq, "Less": torch.lt,
+    "Greater": torch.gt, "LessOrEqual": torch.le, "GreaterOrEqual": torch.ge, "Not": torch.logical_not,
+    "And": torch.logical_and, "Or": torch.logical_or, "Where": torch.where, "Identity": lambda x: x,
+}.items():
+    _elementwise(_name, _fn)
+
+
+@op("Div")
+def _div(inputs, attrs):
+    a, b = inputs
+    if a.dtype.is_floating_point:
+        return [a / b]
+    return [torch.div(a, b, rounding_mode="trunc")]  # ONNX integer Div truncates
+
+
+@op("Cast")
+def _cast(inputs, attrs):
+    return [inputs[0].to(_DTYPES[attrs["to"]])]
+
+
+@op("MatMul")
+def _matmul(inputs, attrs):
+    return [torch.matmul(*inputs)]
+
+
+@op("Transpose")
+def _transpose(inputs, attrs):
+    x = inputs[0]
+    perm = attrs.get("perm") or list(reversed(range(x.dim())))
+    return [x.permute(*perm)]
+
+
+@op("Softmax")
+def _softmax(inputs, attrs):
+    return [torch.softmax(inputs[0], dim=attrs.get("axis", -1))]
+
+
+@op("Reshape")
+def _reshape(inputs, attrs):
+    x, shape = inputs
+    target = shape.tolist()
+    if not attrs.get("allowzero", 0):
+        target = [x.shape[i] if d == 0 else d for i, d in enumerate(target)]
+    return [x.reshape(target)]
+
+
+@op("Concat")
+def _concat(inputs, attrs):
+    return [torch.cat([x for x in inputs if x is not None], dim=attrs["axis"])]
+
+
+@op("Unsqueeze")
+def _unsqueeze(inputs, attrs):
+    x, axes = inputs
+    rank = x.dim() + axes.numel()
+    for axis in sorted(a % rank for a in axes.tolist()):
+        x = x.unsqueeze(axis)
+    return [x]
+
+
+@op("Gather")
+def _gather(inputs, attrs):
+    data, indices = inputs
+    axis = attrs.get("axis", 0) % data.dim()
+    indices = torch.where(indices < 0, indices + data.shape[axis], indices)
+    flat = torch.index_select(data, axis, indices.reshape(-1))
+    return [flat.reshape(*data.shape[:axis], *indices.shape, *data.shape[axis + 1:])]
+
+
+# --- leangraph ops -------------------------------------------------------------------------------
+
+_ACTIVATIONS = {
+    "none": lambda y: y, "relu": torch.relu, "gelu": F.gelu, "gelu_tanh": lambda y: F.gelu(y, approximate="tanh"),
+    "silu": F.silu, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
+}
+
+
+@op("MatMulBiasAct", "leangraph")
+def _matmul_bias_act(inputs, attrs):
+    a, b, bias = (inputs + [None])[:3]
+    y = torch.matmul(a, b) if bias is None else torch.matmul(a, b) + bias
+    return [_ACTIVATIONS[attrs["activation"]](y)]
+
+
+@op("LayerNorm", "leangraph")
+def _layer_norm(inputs, attrs):
+    x, scale, bias = (inputs + [None])[:3]
+    axis = attrs["axis"] % x.dim()
+    return [F.layer_norm(x, x.shape[axis:], scale.expand(x.shape[axis:]) if scale is not None else None,
+                         bias.expand(x.shape[axis:]) if bias is not None else None, attrs["epsilon"])]
+
+
+@op("RMSNorm", "leangraph")
+def _rms_norm(inputs, attrs):
+    x, scale = inputs
+    dims = tuple(range(attrs["axis"] % x.dim(), x.dim()))
+    return [x * torch.rsqrt(x.pow(2).mean(dims, keepdim=True) + attrs["epsilon"]) * scale]
+
+
+@op("Gelu", "leangraph")
+def _gelu(inputs, attrs):
+    return [F.gelu(inputs[0], approximate="tanh" if attrs["approximate"] == "tanh" else "none")]
+
+
+def _attention(q, k, v, mask, scale, causal):
+    if mask is not None and mask.dtype != torch.bool:
+        mask = mask.to(q.dtype)
+    if causal and mask is not None:  # torch takes a mask or is_causal, not both: fold the triangle in
+        visible = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril()
+        mask = mask & visible if mask.dtype == torch.bool else mask.masked_fill(~visible, float("-inf"))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=bool(causal) and mask is None,
+                                         scale=scale or 1.0 / math.sqrt(q.shape[-1]))
+    return torch.nan_to_num(out, nan=0.0)  # rows with no visible key give 0, as leangraph::Attention defines
+
+
+@op("Attention", "leangraph")
+def _attention_op(inputs, attrs):
+    q, k, v, mask = (inputs + [None])[:4]
+    return [_attention(q, k, v, mask, attrs["scale"], attrs["causal"])]
+
+
+def _heads(x, heads):
+    return x.reshape(*x.shape[:-1], heads, -1).transpose(-3, -2)
+
+
+@op("MultiHeadAttention", "leangraph")
+def _multi_head_attention(inputs, attrs):
+    q, k, v, mask = (inputs + [None])[:4]
+    heads = attrs["num_heads"]
+    out = _attention(_heads(q, heads), _heads(k, heads), _heads(v, heads), mask, attrs["scale"], attrs["causal"])
+    return [out.transpose(-3, -2).reshape(*q.shape[:-1], -1)]
+
+
+def _valid(mask):
+    return mask.reshape(-1) != 0
+
+
+@op("PackTokens", "leangraph")
+def _pack(inputs, attrs):
+    x, mask = inputs
+    rows = x.expand(*mask.shape, *x.shape[2:]).reshape(-1, *x.shape[2:])
+    return [rows[_valid(mask)]]
+
+
+@op("UnpackTokens", "leangraph")
+def _unpack(inputs, attrs):
+    packed, mask = inputs
+    out = packed.new_zeros(mask.numel(), *packed.shape[1:])
+    out[_valid(mask)] = packed
+    return [out.reshape(*mask.shape, *packed.shape[1:])]
+
+
+@op("PackedMultiHeadAttention", "leangraph")
+def _packed_multi_head_attention(inputs, attrs):
+    q, k, v, mask = inputs
+    heads, valid = attrs["num_heads"], _valid(mask)
+    padded = [_unpack([x, mask], attrs)[0] for x in (q, k, v)]
+    visible = (mask != 0)[:, None, None, :]
+    if attrs["causal"]:
+        visible = visible & torch.ones(mask.shape[1], mask.shape[1], dtype=torch.bool).tril()
+    out = _attention(*(_heads(x, heads) for x in padded), visible, attrs["scale"], 0)
+    return [out.transpose(-3, -2).reshape(mask.numel(), -1)[valid]]

@@ -1,0 +1,56 @@
+"""torch backend: every op of its table against the reference on single-op graphs, and whole models
+(partitioned, ONNX Runtime for what it does not take) against eager PyTorch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils import _pytree as pytree
+
+import leangraph
+from leangraph.backends.reference import ReferenceExecutable
+from leangraph.backends.torch import TorchBackend, TorchExecutable
+from tests.frontend.test_zoo import eager_outputs
+from tests.ir.test_ops import PADDING, single_op_model
+from tests.zoo import ZOO
+
+rng = np.random.default_rng(0)
+
+
+def f32(*shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+@pytest.mark.parametrize(("op", "inputs", "attrs"), [
+    ("MatMulBiasAct", lambda: [f32(2, 5, 8), f32(8, 6), f32(6)], {"activation": "gelu_tanh"}),
+    ("LayerNorm", lambda: [f32(2, 5, 8), f32(8), f32(8)], {"epsilon": 1e-5}),
+    ("RMSNorm", lambda: [f32(2, 5, 8), f32(8)], {"epsilon": 1e-6}),
+    ("Gelu", lambda: [f32(2, 5, 8)], {}),
+    ("Attention", lambda: [f32(2, 4, 5, 8), f32(2, 4, 5, 8), f32(2, 4, 5, 8), rng.random((2, 1, 5, 5)) < 0.7], {"causal": 1}),
+    ("MultiHeadAttention", lambda: [f32(2, 5, 16), f32(2, 5, 16), f32(2, 5, 16)], {"num_heads": 4}),
+    ("PackTokens", lambda: [f32(1, 5, 3), PADDING], {}),
+    ("UnpackTokens", lambda: [f32(int(PADDING.sum()), 3), PADDING], {}),
+    ("PackedMultiHeadAttention", lambda: [f32(int(PADDING.sum()), 16)] * 3 + [PADDING], {"num_heads": 4, "causal": 1}),
+])
+def test_leangraph_ops(op, inputs, attrs):
+    arrays = inputs()
+    model = single_op_model(op, arrays, attrs)
+    assert all(TorchBackend().supports(n) for n in model.graph)
+    for got, want in zip(TorchExecutable(model)(arrays), ReferenceExecutable(model)(arrays)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["minilm", "gpt2", "vit", "resnet"])
+def test_zoo_through_torch_matches_eager(name):
+    entry = ZOO[name]
+    model = entry.build()
+    cm = leangraph.optimize(model, entry.inputs(*entry.shapes[0]), dynamic_shapes=entry.dynamic_shapes,
+                            backend="torch")
+    assert any(backend == "torch" for backend, _ in cm.report.partitions)
+    for shape in entry.shapes:
+        inputs = entry.inputs(*shape)
+        got = [t.numpy() for t in pytree.tree_leaves(cm(*inputs)) if isinstance(t, torch.Tensor)]
+        for g, e in zip(got, eager_outputs(model, inputs)):
+            np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5, err_msg=f"{name} at {shape}")
