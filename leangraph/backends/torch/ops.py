@@ -139,7 +139,7 @@ def _gelu(inputs, attrs):
     return [F.gelu(inputs[0], approximate="tanh" if attrs["approximate"] == "tanh" else "none")]
 
 
-def _attention(q, k, v, mask, scale, causal):
+def _attention(q, k, v, mask, scale, causal, nan_guard=True):
     if mask is not None and mask.dtype != torch.bool:
         mask = mask.to(q.dtype)
     if causal and mask is not None:  # torch takes a mask or is_causal, not both: fold the triangle in
@@ -147,7 +147,9 @@ def _attention(q, k, v, mask, scale, causal):
         mask = mask & visible if mask.dtype == torch.bool else mask.masked_fill(~visible, float("-inf"))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=bool(causal) and mask is None,
                                          scale=scale or 1.0 / math.sqrt(q.shape[-1]))
-    return torch.nan_to_num(out, nan=0.0)  # rows with no visible key give 0, as leangraph::Attention defines
+    # Rows with no visible key give 0, as leangraph::Attention defines (packed attention skips the
+    # pass: its valid rows always see themselves, and the padded rows are dropped).
+    return torch.nan_to_num(out, nan=0.0) if nan_guard else out
 
 
 @op("Attention", "leangraph")
@@ -168,32 +170,35 @@ def _multi_head_attention(inputs, attrs):
     return [out.transpose(-3, -2).reshape(*q.shape[:-1], -1)]
 
 
-def _valid(mask):
-    return mask.reshape(-1) != 0
+def _rows(mask):
+    """The flat positions (b * seq + s) of the valid tokens, in order."""
+    return (mask.reshape(-1) != 0).nonzero().squeeze(1)
+
+
+def _unpacked(packed, mask, rows):
+    out = packed.new_zeros(mask.numel(), *packed.shape[1:])
+    return out.index_copy_(0, rows, packed).reshape(*mask.shape, *packed.shape[1:])
 
 
 @op("PackTokens", "leangraph")
 def _pack(inputs, attrs):
     x, mask = inputs
-    rows = x.expand(*mask.shape, *x.shape[2:]).reshape(-1, *x.shape[2:])
-    return [rows[_valid(mask)]]
+    return [x.expand(*mask.shape, *x.shape[2:]).reshape(-1, *x.shape[2:]).index_select(0, _rows(mask))]
 
 
 @op("UnpackTokens", "leangraph")
 def _unpack(inputs, attrs):
     packed, mask = inputs
-    out = packed.new_zeros(mask.numel(), *packed.shape[1:])
-    out[_valid(mask)] = packed
-    return [out.reshape(*mask.shape, *packed.shape[1:])]
+    return [_unpacked(packed, mask, _rows(mask))]
 
 
 @op("PackedMultiHeadAttention", "leangraph")
 def _packed_multi_head_attention(inputs, attrs):
     q, k, v, mask = inputs
-    heads, valid = attrs["num_heads"], _valid(mask)
-    padded = [_unpack([x, mask], attrs)[0] for x in (q, k, v)]
+    heads, rows = attrs["num_heads"], _rows(mask)
     visible = (mask != 0)[:, None, None, :]
     if attrs["causal"]:
         visible = visible & torch.ones(mask.shape[1], mask.shape[1], dtype=torch.bool).tril()
-    out = _attention(*(_heads(x, heads) for x in padded), visible, attrs["scale"], 0)
-    return [out.transpose(-3, -2).reshape(mask.numel(), -1)[valid]]
+    out = _attention(*(_heads(_unpacked(x, mask, rows), heads) for x in (q, k, v)), visible, attrs["scale"], 0,
+                     nan_guard=False)
+    return [out.transpose(-3, -2).reshape(mask.numel(), -1).index_select(0, rows)]

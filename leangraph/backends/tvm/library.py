@@ -86,31 +86,19 @@ def multi_head_attention_function(heads: int, scale: float, causal: int, masked:
 
 def packed_attention_function(heads: int, scale: float, causal: int) -> str:
     """The name of a packed function running leangraph::PackedMultiHeadAttention with these
-    attributes: the sequences are laid out padded inside the kernel, one batched
-    scaled_dot_product_attention with the key-padding mask runs over them, and the valid rows are
-    gathered back."""
+    attributes, through the torch backend's kernel for it (sequences laid out padded, one batched
+    scaled_dot_product_attention with the key-padding mask, the valid rows gathered back)."""
+    from leangraph.backends.torch.ops import OPS
+
     name = f"leangraph.packed_multi_head_attention.h{heads}.s{scale!r}.c{causal}"
     if tvm.get_global_func(name, allow_missing=True) is not None:
         return name
+    kernel = OPS[("leangraph", "PackedMultiHeadAttention")]
+    attrs = {"num_heads": heads, "scale": scale, "causal": causal}
 
     def run(q, k, v, mask, out):
-        valid = torch.from_dlpack(mask) != 0
-        batch, length = valid.shape
-        rows = valid.reshape(-1).nonzero().squeeze(1)
-
-        def padded(packed):
-            x = packed.new_zeros(batch * length, packed.shape[1])
-            x.index_copy_(0, rows, packed)
-            return x.reshape(batch, length, heads, -1).transpose(1, 2)
-
-        visible = valid[:, None, None, :]
-        if causal:
-            visible = visible & torch.ones(length, length, dtype=torch.bool).tril()
-        attended = torch.nn.functional.scaled_dot_product_attention(
-            padded(torch.from_dlpack(q)), padded(torch.from_dlpack(k)), padded(torch.from_dlpack(v)),
-            attn_mask=visible, scale=scale or None)
-        result = attended.transpose(1, 2).reshape(batch * length, -1)
-        torch.index_select(result, 0, rows, out=torch.from_dlpack(out))
+        (result,) = kernel([torch.from_dlpack(x) for x in (q, k, v, mask)], attrs)
+        torch.from_dlpack(out).copy_(result)
 
     tvm.register_global_func(name, run, override=True)
     return name
