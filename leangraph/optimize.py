@@ -13,10 +13,10 @@ import numpy as np
 import onnx_ir as ir
 
 from leangraph.backends import AVAILABLE, chain_for, get_backend
-from leangraph.backends.auto import choose_backends
 from leangraph.backends.partition import compile_partitioned
 from leangraph.backends.reference import ReferenceExecutable
 from leangraph.artifacts import load
+from leangraph.cost_model.backend_choice import choose_backends
 from leangraph.errors import ArtifactError, OptionError
 from leangraph.frontend import capture
 from leangraph.ir import clone_model, node_count

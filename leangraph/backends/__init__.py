@@ -40,7 +40,7 @@ FALLBACKS = ("onnxruntime", "reference")
 
 def chain_for(name: str) -> list[Backend]:
     """The backend and, behind it, the fallback for what it cannot run. ``auto``: TVM where it is
-    installed (pieces are then moved to ONNX Runtime by measurement, backends/auto.py)."""
+    installed (pieces are then moved to ONNX Runtime by measurement, cost_model/backend_choice.py)."""
     if name == "auto":
         from leangraph.backends import tvm
 

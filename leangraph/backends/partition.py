@@ -51,7 +51,7 @@ class Fallback:
 
 
 BACKEND_CHOICE = "leangraph.backend"
-"""Node metadata: the backend a measurement chose for the node (backends/auto.py), honoured by
+"""Node metadata: the backend a measurement chose for the node (cost_model/backend_choice.py), honoured by
 :func:`assign` when that backend is in the chain and supports the node."""
 
 

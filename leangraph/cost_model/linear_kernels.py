@@ -7,12 +7,12 @@ at which shape is exactly what cannot be guessed.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import onnx_ir as ir
 
+from leangraph.cost_model.timing import median_seconds
 from leangraph.ir import DOMAIN, TARGET_OPSET, lower_to_onnx
 from leangraph.ir.ops.quant_linear import quantize_weight
 
@@ -27,16 +27,7 @@ BACKEND_KERNELS = {
 """The kernel each backend calls for a linear layer in each precision, and the int8 kernel's bits
 (without VNNI one side gives up a bit, see leangraph::DynamicQuantLinear)."""
 
-
-def _time(fn: Callable[[], object], repeats: int = 20) -> float:
-    fn()
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-        times.append((time.perf_counter() - start) / repeats)
-    return float(np.median(times))
+_time_calls = partial(median_seconds, calls=20, rounds=3)
 
 
 def time_kernels(weight: np.ndarray, rows: int = KERNEL_ROWS) -> dict[str, float]:
@@ -52,15 +43,15 @@ def time_kernels(weight: np.ndarray, rows: int = KERNEL_ROWS) -> dict[str, float
     x = rng.standard_normal((rows, k)).astype(np.float32)
     seconds = {}
     xt, wt = torch.from_numpy(x), torch.from_numpy(weight)
-    seconds[BACKEND_KERNELS["tvm"]["fp32"]] = _time(lambda: torch.mm(xt, wt))
+    seconds[BACKEND_KERNELS["tvm"]["fp32"]] = _time_calls(lambda: torch.mm(xt, wt))
     quantized, scale = quantize_weight(weight, BACKEND_KERNELS["tvm"]["weight_bits"])
     packed = fbgemm_prepack(quantized, scale)
-    seconds[BACKEND_KERNELS["tvm"]["int8"]] = _time(lambda: torch.ops.quantized.linear_dynamic(xt, packed, True))
+    seconds[BACKEND_KERNELS["tvm"]["int8"]] = _time_calls(lambda: torch.ops.quantized.linear_dynamic(xt, packed, True))
     ort_int8 = quantize_weight(weight, BACKEND_KERNELS["onnxruntime"]["weight_bits"])
     for precision, model in (("fp32", _ort_linear(weight, None)), ("int8", _ort_linear(*ort_int8))):
         session = ort.InferenceSession(model, session_options(threads=torch.get_num_threads()),
                                        providers=["CPUExecutionProvider"])
-        seconds[BACKEND_KERNELS["onnxruntime"][precision]] = _time(lambda s=session: s.run(None, {"x": x}))
+        seconds[BACKEND_KERNELS["onnxruntime"][precision]] = _time_calls(lambda s=session: s.run(None, {"x": x}))
     return seconds
 
 

@@ -9,7 +9,9 @@ import onnx_ir as ir
 
 from leangraph.ir import ops as _ops  # noqa: F401  (registers the leangraph ops)
 from leangraph.ir.lowering import lower_to_onnx
-from leangraph.ir.registry import DOMAIN, DOMAIN_VERSION, OpDef, TensorInfo, all_ops, lookup, register
+from leangraph.ir.registry import (
+    DOMAIN, DOMAIN_VERSION, OpDef, TensorInfo, all_ops, attributes_of, lookup, register,
+)
 from leangraph.ir.shapes import infer_leangraph_shapes
 from leangraph.ir.stats import node_count, op_histogram, parameter_count
 from leangraph.ir.verify import verify_model
@@ -33,6 +35,7 @@ __all__ = [
     "OpDef",
     "TensorInfo",
     "all_ops",
+    "attributes_of",
     "clone_model",
     "infer_leangraph_shapes",
     "lookup",

@@ -124,6 +124,13 @@ def lookup(op_type: str) -> OpDef:
         ) from None
 
 
+def attributes_of(node: ir.Node) -> dict[str, Any]:
+    """A node's attributes as plain Python values; for a leangraph op with its defaults filled in."""
+    if node.domain == DOMAIN:
+        return lookup(node.op_type).attrs_of(node)
+    return {name: attr.value for name, attr in node.attributes.items()}
+
+
 def is_registered(op_type: str) -> bool:
     return op_type in _REGISTRY
 

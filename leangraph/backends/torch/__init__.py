@@ -10,19 +10,10 @@ import numpy as np
 import onnx_ir as ir
 
 from leangraph.errors import ExecutionError
-from leangraph.ir import DOMAIN, lookup
+from leangraph.ir import attributes_of
 from leangraph.ir.verify import model_name
 
 _DTYPES = {ir.DataType.FLOAT, ir.DataType.INT64, ir.DataType.INT32, ir.DataType.BOOL}
-
-
-def _attributes(node: ir.Node) -> dict:
-    if node.domain == DOMAIN:
-        values = lookup(node.op_type).attrs_of(node)
-    else:
-        values = {name: attr.value for name, attr in node.attributes.items()}
-    return {k: (v.decode() if isinstance(v, bytes) else list(v) if isinstance(v, tuple) else v)
-            for k, v in values.items()}
 
 
 class TorchExecutable:
@@ -39,7 +30,7 @@ class TorchExecutable:
         self.constants = {name: torch.from_numpy(np.array(value.const_value.numpy()))
                           for name, value in model.graph.initializers.items()}
         self.steps = [(OPS[(node.domain, node.op_type)], [v.name if v is not None else None for v in node.inputs],
-                       [v.name for v in node.outputs], _attributes(node), node) for node in model.graph]
+                       [v.name for v in node.outputs], attributes_of(node), node) for node in model.graph]
 
     def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         import torch

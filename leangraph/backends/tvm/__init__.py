@@ -1,12 +1,12 @@
 """TVM backend (apache-tvm, Relax): lowers IR pieces, leangraph ops included, to Relax and builds
 them for ``llvm``, run by the Relax VM.
 
-Linear layers (leangraph::MatMulBiasAct with constant weights) and multi-head attention call
-library kernels (torch's GEMM and scaled_dot_product_attention) through destination-passing packed
-functions over zero-copy DLPack views (library.py); the rest is legalized to TIR, fused and given
-CPU schedules (schedule.py: dlight's reduction rule and a parallel, vectorized elementwise rule of
-ours). What the converter table does not cover (shape arithmetic, gathers, mask building)
-falls back to ONNX Runtime through the partitioner.
+Linear layers (leangraph::MatMulBiasAct with constant weights, int8 DynamicQuantLinear) and
+attention call library kernels (torch's GEMM, fbgemm, scaled_dot_product_attention) through
+destination-passing packed functions over zero-copy DLPack views (library.py); the rest is
+legalized to TIR, fused, and its elementwise loops vectorized (schedule.py). What the converter
+table does not cover (shape arithmetic, gathers, mask building) falls back to ONNX Runtime through
+the partitioner.
 """
 
 from __future__ import annotations

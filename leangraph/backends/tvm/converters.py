@@ -14,7 +14,7 @@ import numpy as np
 import onnx_ir as ir
 from tvm import relax
 
-from leangraph.ir import DOMAIN, lookup
+from leangraph.ir import DOMAIN, attributes_of
 
 Converter = Callable[["Context", ir.Node, list], list]
 
@@ -67,10 +67,6 @@ def _activation(name: str, x):
     raise ValueError(f"activation {name!r}")
 
 
-def _attrs(node: ir.Node) -> dict:
-    return lookup(node.op_type).attrs_of(node) if node.domain == DOMAIN else {k: a.value for k, a in node.attributes.items()}
-
-
 @converts("MatMulBiasAct", DOMAIN)
 def _matmul_bias_act(ctx, node, inputs):
     """A library GEMM (with bias and activation applied in place) when b is a constant matrix and
@@ -78,7 +74,7 @@ def _matmul_bias_act(ctx, node, inputs):
     from leangraph.backends.tvm import library
 
     a, b, bias = (inputs + [None])[:3]
-    activation = str(_attrs(node)["activation"])
+    activation = str(attributes_of(node)["activation"])
     weight = node.inputs[1].const_value
     bias_value = node.inputs[2] if len(node.inputs) > 2 else None
     if weight is not None and len(weight.shape) == 2 and (bias_value is None or len(bias_value.shape or ()) == 1):
@@ -95,7 +91,7 @@ def _matmul_bias_act(ctx, node, inputs):
 @converts("LayerNorm", DOMAIN)
 def _layer_norm(ctx, node, inputs):
     x, scale, bias = (inputs + [None])[:3]
-    attrs = _attrs(node)
+    attrs = attributes_of(node)
     rank = len(_dims(ctx.bb, x))
     axis = attrs["axis"] % rank
     if bias is None:
@@ -106,14 +102,14 @@ def _layer_norm(ctx, node, inputs):
 @converts("RMSNorm", DOMAIN)
 def _rms_norm(ctx, node, inputs):
     x, scale = inputs
-    attrs = _attrs(node)
+    attrs = attributes_of(node)
     rank = len(_dims(ctx.bb, x))
     return [relax.op.nn.rms_norm(x, scale, axes=list(range(attrs["axis"] % rank, rank)), epsilon=float(attrs["epsilon"]))]
 
 
 @converts("Gelu", DOMAIN)
 def _gelu(ctx, node, inputs):
-    return [_activation("gelu" if str(_attrs(node)["approximate"]) == "none" else "gelu_tanh", inputs[0])]
+    return [_activation("gelu" if str(attributes_of(node)["approximate"]) == "none" else "gelu_tanh", inputs[0])]
 
 
 def _attention(ctx, q, k, v, mask, scale: float, causal: int):
@@ -154,7 +150,7 @@ def _cast_to_broadcast(ctx: Context, operand, target_dims: list):
 @converts("Attention", DOMAIN)
 def _attention_op(ctx, node, inputs):
     q, k, v, mask = (inputs + [None])[:4]
-    attrs = _attrs(node)
+    attrs = attributes_of(node)
     return [_attention(ctx, q, k, v, mask, float(attrs["scale"]), int(attrs["causal"]))]
 
 
@@ -164,7 +160,7 @@ def _multi_head_attention(ctx, node, inputs):
     from leangraph.backends.tvm import library
 
     q, k, v, mask = (inputs + [None])[:4]
-    attrs = _attrs(node)
+    attrs = attributes_of(node)
     heads = int(attrs["num_heads"])
     if mask is None or ctx.bb.normalize(mask).ty.dtype == "float32":
         if mask is not None:
@@ -182,7 +178,7 @@ def _dynamic_quant_linear(ctx, node, inputs):
     """fbgemm's int8 GEMM through a packed function holding the prepacked constant weights."""
     from leangraph.backends.tvm import library
 
-    attrs = _attrs(node)
+    attrs = attributes_of(node)
     constants = [v.const_value.numpy() if v is not None and v.const_value is not None else None
                  for v in (list(node.inputs) + [None])[1:4]]
     if constants[0] is None or constants[1] is None or (len(node.inputs) > 3 and constants[2] is None):
@@ -198,7 +194,7 @@ def _packed_multi_head_attention(ctx, node, inputs):
     from leangraph.backends.tvm import library
 
     q, k, v, mask = inputs
-    attrs = _attrs(node)
+    attrs = attributes_of(node)
     name = library.packed_attention_function(int(attrs["num_heads"]), float(attrs["scale"]), int(attrs["causal"]))
     out = relax.TensorType([_dims(ctx.bb, q)[0], _dims(ctx.bb, v)[-1]], "float32")
     return [relax.call_dps_packed(name, relax.Tuple([q, k, v, mask]), out)]
@@ -206,7 +202,7 @@ def _packed_multi_head_attention(ctx, node, inputs):
 
 def _multi_head_attention_relax(ctx, node, inputs):
     q, k, v, mask = (inputs + [None])[:4]
-    attrs = _attrs(node)
+    attrs = attributes_of(node)
     heads = int(attrs["num_heads"])
 
     def split(x):

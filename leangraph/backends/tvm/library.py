@@ -58,50 +58,38 @@ def _register() -> None:
 _register()
 
 
-def multi_head_attention_function(heads: int, scale: float, causal: int, masked: bool) -> str:
-    """The name of a packed function running leangraph::MultiHeadAttention with these attributes
-    (registered on first use: Relax here cannot pass scalars to packed functions)."""
-    name = f"leangraph.multi_head_attention.h{heads}.s{scale!r}.c{causal}.m{int(masked)}"
-    if tvm.get_global_func(name, allow_missing=True) is not None:
-        return name
-
-    def run(q, k, v, *rest):
-        *mask, out = rest
-        query, key, value = (torch.from_dlpack(x) for x in (q, k, v))
-        batch, length, _ = query.shape
-
-        def split(t):
-            return t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2)
-
-        attended = torch.nn.functional.scaled_dot_product_attention(
-            split(query), split(key), split(value), attn_mask=torch.from_dlpack(mask[0]) if mask else None,
-            is_causal=bool(causal), scale=scale or None)
-        result = torch.from_dlpack(out)
-        result.copy_(attended.transpose(1, 2).reshape(batch, length, -1))
-        torch.nan_to_num_(result, nan=0.0)  # rows with no visible key give 0, as leangraph::Attention defines
-
-    tvm.register_global_func(name, run, override=True)
-    return name
-
-
-def packed_attention_function(heads: int, scale: float, causal: int) -> str:
-    """The name of a packed function running leangraph::PackedMultiHeadAttention with these
-    attributes, through the torch backend's kernel for it (sequences laid out padded, one batched
-    scaled_dot_product_attention with the key-padding mask, the valid rows gathered back)."""
+def _torch_kernel(op_type: str, name: str, attrs: dict) -> str:
+    """Register ``name`` as a packed function running the torch backend's kernel of
+    ``leangraph::op_type`` with these attributes (destination-passing: the last argument is the
+    output). Registered on first use: Relax here cannot pass scalars to packed functions."""
     from leangraph.backends.torch.ops import OPS
 
-    name = f"leangraph.packed_multi_head_attention.h{heads}.s{scale!r}.c{causal}"
     if tvm.get_global_func(name, allow_missing=True) is not None:
         return name
-    kernel = OPS[("leangraph", "PackedMultiHeadAttention")]
-    attrs = {"num_heads": heads, "scale": scale, "causal": causal}
+    kernel = OPS[("leangraph", op_type)]
 
-    def run(q, k, v, mask, out):
-        (result,) = kernel([torch.from_dlpack(x) for x in (q, k, v, mask)], attrs)
+    def run(*args):
+        *inputs, out = args
+        (result,) = kernel([torch.from_dlpack(x) for x in inputs], attrs)
         torch.from_dlpack(out).copy_(result)
 
     tvm.register_global_func(name, run, override=True)
     return name
+
+
+def multi_head_attention_function(heads: int, scale: float, causal: int, masked: bool) -> str:
+    """The packed function running leangraph::MultiHeadAttention with these attributes (torch's
+    scaled_dot_product_attention on the split heads)."""
+    name = f"leangraph.multi_head_attention.h{heads}.s{scale!r}.c{causal}.m{int(masked)}"
+    return _torch_kernel("MultiHeadAttention", name, {"num_heads": heads, "scale": scale, "causal": causal})
+
+
+def packed_attention_function(heads: int, scale: float, causal: int) -> str:
+    """The packed function running leangraph::PackedMultiHeadAttention with these attributes
+    (sequences laid out padded, one batched scaled_dot_product_attention with the key-padding
+    mask, the valid rows gathered back)."""
+    name = f"leangraph.packed_multi_head_attention.h{heads}.s{scale!r}.c{causal}"
+    return _torch_kernel("PackedMultiHeadAttention", name, {"num_heads": heads, "scale": scale, "causal": causal})
 
 
 def fbgemm_prepack(weight: np.ndarray, weight_scale: np.ndarray, bias: np.ndarray | None = None):

@@ -27,6 +27,7 @@ and verification compares the valid positions only (the output is marked with
 from __future__ import annotations
 
 import collections
+import dataclasses
 import re
 from collections.abc import Iterable
 
@@ -35,6 +36,7 @@ import onnx_ir as ir
 
 from leangraph.ir.registry import DOMAIN
 from leangraph.passes.base import Pass, PassResult
+from leangraph.passes.fusion._checks import rank as rank_of
 from leangraph.passes.verification import VALID_WHERE
 
 TOKENS = "tokens"
@@ -74,12 +76,15 @@ def remove_padding_pass(padded_outputs: str = "skip") -> Pass:
 REMOVE_PADDING = remove_padding_pass()
 
 
+@dataclasses.dataclass
 class _Plan:
-    def __init__(self, mask: ir.Value, batch, seq, attention: dict[ir.Node, int], region: set[ir.Node],
-                 packed_inputs: list[ir.Value], exits: list[ir.Value], zeroed_outputs: list[ir.Value]) -> None:
-        self.mask, self.batch, self.seq = mask, batch, seq
-        self.attention, self.region = attention, region
-        self.packed_inputs, self.exits, self.zeroed_outputs = packed_inputs, exits, zeroed_outputs
+    mask: ir.Value
+    attention: dict[ir.Node, int]
+    """The attention nodes to pack, each with its causal flag."""
+    region: set[ir.Node]
+    packed_inputs: list[ir.Value]
+    exits: list[ir.Value]
+    zeroed_outputs: list[ir.Value]
 
     @property
     def summary(self) -> str:
@@ -88,10 +93,6 @@ class _Plan:
                 f"{', '.join(f'{n} {k}' for k, n in kinds.items())} attention, {len(self.packed_inputs)} values packed, "
                 f"{len(self.exits)} unpacked" + (f", padded positions of {[v.name for v in self.zeroed_outputs]} "
                                                   "zeroed" if self.zeroed_outputs else ""))
-
-
-def _rank(value: ir.Value | None) -> int | None:
-    return None if value is None or value.shape is None else len(value.shape)
 
 
 def _plan(model: ir.Model, padded_outputs: str) -> _Plan | str:
@@ -137,7 +138,7 @@ def _plan(model: ir.Model, padded_outputs: str) -> _Plan | str:
 
     def side(value: ir.Value | None, rank: int) -> bool:
         """An operand that broadcasts over trailing dims only (its rank is below the token dims)."""
-        return value is None or (_rank(value) is not None and _rank(value) <= rank - 2)
+        return value is None or (rank_of(value) is not None and rank_of(value) <= rank - 2)
 
     def tokenwise(node: ir.Node) -> bool:
         if node in attention:
@@ -145,9 +146,9 @@ def _plan(model: ir.Model, padded_outputs: str) -> _Plan | str:
         outputs = [v for v in node.outputs if v is not None]
         if not outputs or not all(token_layout(v) for v in outputs):
             return False
-        rank = _rank(outputs[0])
+        rank = rank_of(outputs[0])
         if node.domain in ("", "ai.onnx") and node.op_type == "Split":
-            return (token_layout(node.inputs[0]) and _rank(node.inputs[0]) == rank
+            return (token_layout(node.inputs[0]) and rank_of(node.inputs[0]) == rank
                     and node.attributes.get_int("axis", 0) % rank >= 2)
         if len(outputs) != 1:
             return False
@@ -159,19 +160,19 @@ def _plan(model: ir.Model, padded_outputs: str) -> _Plan | str:
         if node.domain in ("", "ai.onnx") and node.op_type in _ELEMENTWISE:
             inputs = [v for v in node.inputs if v is not None]
             return (any(token_layout(v) for v in inputs)
-                    and all((token_layout(v) and _rank(v) == rank) or side(v, rank) for v in inputs))
+                    and all((token_layout(v) and rank_of(v) == rank) or side(v, rank) for v in inputs))
         if node.domain in ("", "ai.onnx") and node.op_type == "MatMul":
-            return token_layout(node.inputs[0]) and _rank(node.inputs[1]) == 2
+            return token_layout(node.inputs[0]) and rank_of(node.inputs[1]) == 2
         if node.domain in ("", "ai.onnx") and node.op_type == "Gather":
             data, indices = node.inputs
             return (node.attributes.get_int("axis", 0) == 0 and token_layout(indices) and not token_layout(data)
                     and data.shape is not None)
         if node.domain == DOMAIN and node.op_type in _LEANGRAPH_TOKENWISE:
             first, rest = node.inputs[0], node.inputs[1:]
-            if not token_layout(first) or _rank(first) != rank:
+            if not token_layout(first) or rank_of(first) != rank:
                 return False
             if node.op_type == "MatMulBiasAct":
-                return _rank(rest[0]) == 2 and side(rest[1] if len(rest) > 1 else None, rank)
+                return rank_of(rest[0]) == 2 and side(rest[1] if len(rest) > 1 else None, rank)
             if node.op_type in ("LayerNorm", "RMSNorm") and node.attributes.get_int("axis", -1) % rank < 2:
                 return False
             return all(side(v, rank) for v in rest)
@@ -223,7 +224,7 @@ def _plan(model: ir.Model, padded_outputs: str) -> _Plan | str:
                                if outside else "use remove_padding_pass(padded_outputs='zero') to zero them"))
                 zeroed.append(value)
             exits.append(value)
-    return _Plan(mask, batch, seq, attention, region, packed_inputs, exits, zeroed)
+    return _Plan(mask, attention, region, packed_inputs, exits, zeroed)
 
 
 def _rewrite(model: ir.Model, plan: _Plan) -> None:
@@ -269,7 +270,7 @@ def _rewrite(model: ir.Model, plan: _Plan) -> None:
     for value in plan.exits:
         name = value.name
         value.name = f"{name}_packed"
-        restored = ir.Value(name=name, type=value.type, shape=ir.Shape([plan.batch, plan.seq, *value.shape[1:]]))
+        restored = ir.Value(name=name, type=value.type, shape=ir.Shape([*plan.mask.shape, *value.shape[1:]]))
         unpack = ir.Node(DOMAIN, "UnpackTokens", [value, plan.mask], outputs=[restored], name=f"{name}_unpack")
         readers = [(c, i) for c, i in value.uses() if c not in plan.region and c is not unpack]
         graph.insert_after(value.producer(), unpack)
@@ -329,10 +330,10 @@ def _padding_mask_of(model: ir.Model, node: ir.Node) -> tuple[ir.Value, bool] | 
     attention_mask = node.inputs[3] if len(node.inputs) > 3 else None
     if attention_mask is None:
         return "it has no mask"
-    if any(_rank(v) != 3 for v in (query, key, value)) or not (query.shape[:2] == key.shape[:2] == value.shape[:2]):
+    if any(rank_of(v) != 3 for v in (query, key, value)) or not (query.shape[:2] == key.shape[:2] == value.shape[:2]):
         return "not self-attention over [batch, seq, width] inputs"
     inputs = _ancestor_inputs(attention_mask)
-    candidates = [v for v in inputs if _rank(v) == 2 and v.shape[0] == query.shape[0] and v.shape[1] == query.shape[1]
+    candidates = [v for v in inputs if rank_of(v) == 2 and v.shape[0] == query.shape[0] and v.shape[1] == query.shape[1]
                   and v.dtype in (ir.DataType.INT64, ir.DataType.INT32, ir.DataType.BOOL, ir.DataType.FLOAT)]
     if not candidates:
         return f"its mask is computed from {[v.name for v in inputs]}, none of them a [batch, seq] input"
@@ -383,7 +384,7 @@ def _zero_where_padded(model: ir.Model, value: ir.Value, mask: ir.Value) -> bool
         return False
     for factor in producer.inputs:
         inputs = _ancestor_inputs(factor)
-        if factor is None or mask not in inputs or _rank(factor) is None:
+        if factor is None or mask not in inputs or rank_of(factor) is None:
             continue
         probes = list(_probe_masks(np.random.default_rng(1)))
         try:

@@ -9,7 +9,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 import leangraph
-from leangraph.backends.auto import choose_backends
+from leangraph.cost_model.backend_choice import choose_backends
 from leangraph.backends.onnxruntime import OnnxRuntimeBackend
 from leangraph.backends.partition import BACKEND_CHOICE, assign, compile_partitioned
 from leangraph.backends.reference import ReferenceBackend

@@ -11,8 +11,6 @@ instead of measuring again.
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,18 +18,7 @@ import onnx_ir as ir
 
 from leangraph.backends.base import Backend
 from leangraph.backends.partition import BACKEND_CHOICE, assign, partition, piece_model
-
-REPEATS = 5
-
-
-def _seconds(run, inputs: Sequence[np.ndarray]) -> float:
-    run(inputs)
-    times = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        run(inputs)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from leangraph.cost_model.timing import median_seconds
 
 
 def choose_backends(model: ir.Model, chain: Sequence[Backend], inputs: Sequence[np.ndarray]) -> list[str]:
@@ -50,7 +37,7 @@ def choose_backends(model: ir.Model, chain: Sequence[Backend], inputs: Sequence[
         outputs = own(piece_inputs)
         if piece.backend != fallback.name:
             other = fallback.compile(sub_model, alone=len(pieces) == 1)
-            mine, theirs = _seconds(own, piece_inputs), _seconds(other, piece_inputs)
+            mine, theirs = (median_seconds(lambda run=run: run(piece_inputs)) for run in (own, other))
             winner = piece.backend if mine <= theirs else fallback.name
             lines.append(f"auto: piece {index + 1} ({len(piece.nodes)} nodes) {piece.backend} {mine * 1e3:.2f} ms, "
                          f"{fallback.name} {theirs * 1e3:.2f} ms -> {winner}")
