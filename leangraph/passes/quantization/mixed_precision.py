@@ -118,6 +118,10 @@ def choose_precisions(
     sensitivity = [c.sensitivity for c in choices]
     budget = float(sum(sensitivity))
     notes = []
+    if not any(g > 0 for g in gain):
+        notes.append(f"quantization: no layer shape where {kernels['int8']} is faster than {kernels['fp32']} "
+                     "on this machine; every layer stays fp32")
+        return model, choices, notes
     for attempt in range(8):
         chosen = solve(gain, sensitivity, budget)
         if not any(chosen):
