@@ -7,6 +7,7 @@ runtime's job, not the backend's.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -28,3 +29,16 @@ class Backend(Protocol):
         """A callable running ``model``; the model is not modified. ``alone`` is False for a piece
         that takes turns with other backends' pieces: it must not keep threads busy between calls."""
 
+
+
+class LibraryBackend(Backend, Protocol):
+    """A backend whose compiled pieces are native libraries (TVM). Its executables also have
+    ``export_library(path)``; artifacts keep those files and load them instead of compiling again."""
+
+    library_suffix: str
+
+    def library_target(self) -> str:
+        """What the libraries are built for (the CPU); a library built for another is rebuilt, not loaded."""
+
+    def load_library(self, model: ir.Model, path: str | os.PathLike, *, alone: bool = True) -> Executable:
+        """The executable of ``model`` from the library its executable exported to ``path``."""

@@ -14,7 +14,9 @@ the graph inputs or from earlier pieces, its outputs what later pieces or the gr
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import hashlib
+import os
+from collections.abc import Mapping, Sequence
 
 import networkx as nx
 import numpy as np
@@ -31,6 +33,12 @@ class Partition:
     nodes: list[ir.Node]
     inputs: list[str]
     outputs: list[str]
+
+    @property
+    def key(self) -> str:
+        """Names the piece across save and load: its backend and a digest of its node names."""
+        digest = hashlib.sha256("\n".join(node.name or "" for node in self.nodes).encode()).hexdigest()
+        return f"{self.backend}-{digest[:20]}"
 
     @property
     def ops(self) -> dict[str, int]:
@@ -147,18 +155,30 @@ class PartitionedExecutable:
         self.executables = executables
 
     def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        if len(self.executables) == 1:  # compiled from the whole model: its outputs in graph order
+            return self.executables[0](inputs)
         values = dict(zip(self.input_names, inputs))
         for piece, run in zip(self.pieces, self.executables):
             values.update(zip(piece.outputs, run([values[name] for name in piece.inputs])))
         return [values[name] for name in self.output_names]
 
 
-def compile_partitioned(model: ir.Model, chain: Sequence[Backend]):
-    """(executable, pieces, fallbacks) running ``model`` on ``chain``; a single piece is compiled whole."""
+def compile_partitioned(model: ir.Model, chain: Sequence[Backend],
+                        libraries: Mapping[str, str | os.PathLike] | None = None):
+    """(executable, pieces, fallbacks) running ``model`` on ``chain``; a single piece is compiled
+    whole. ``libraries`` maps piece keys to libraries their backend exported (artifacts): those
+    pieces are loaded instead of compiled."""
     assignment, fallbacks = assign(model, chain)
     pieces = partition(model, assignment)
     by_name = {backend.name: backend for backend in chain}
-    if len(pieces) == 1:
-        return by_name[pieces[0].backend].compile(model), pieces, fallbacks
-    executables = [by_name[piece.backend].compile(piece_model(model, piece), alone=False) for piece in pieces]
+    alone = len(pieces) == 1
+    executables = []
+    for piece in pieces:
+        backend = by_name[piece.backend]
+        graph = model if alone else piece_model(model, piece)
+        library = (libraries or {}).get(piece.key)
+        if library is not None:
+            executables.append(backend.load_library(graph, library, alone=alone))
+        else:
+            executables.append(backend.compile(graph, alone=alone))
     return PartitionedExecutable(model, pieces, executables), pieces, fallbacks

@@ -5,6 +5,9 @@ weight in one safetensors file. Never pickle.
                                 structure, sha256 of every file, and a content hash over all of it
     OUT_DIR/graph.onnx          the optimized IR (leangraph ops included), weights external
     OUT_DIR/graph.safetensors   the weights
+    OUT_DIR/<piece key>.so      the compiled library of every piece a library backend (TVM) built,
+                                with the target it was built for; loading uses it instead of
+                                compiling again when this machine is that target
 
 Loading checks every file's hash and the manifest's content hash before parsing anything, so a
 tampered, truncated or mixed-up artifact is refused with a clear error. Saving the same model twice
@@ -13,12 +16,14 @@ gives byte-identical files.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import onnx_ir as ir
@@ -51,8 +56,21 @@ def content_hash(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(_canonical({k: v for k, v in manifest.items() if k != "content_hash"})).hexdigest()
 
 
-def save_artifact(model: ir.Model, directory: str | os.PathLike, *, backend: str, signature: dict[str, Any]) -> Path:
-    """Write ``model`` as an artifact into ``directory`` (created; existing artifact files replaced)."""
+@dataclasses.dataclass(frozen=True)
+class Library:
+    """A compiled piece to store: its file name, what it is, and how to write it."""
+
+    file: str
+    piece: str
+    backend: str
+    target: str
+    write: Callable[[Path], None]
+
+
+def save_artifact(model: ir.Model, directory: str | os.PathLike, *, backend: str, signature: dict[str, Any],
+                  libraries: Sequence[Library] = ()) -> Path:
+    """Write ``model`` and its ``libraries`` as an artifact into ``directory`` (created; existing
+    artifact files replaced)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     clone = clone_model(model)
@@ -66,19 +84,41 @@ def save_artifact(model: ir.Model, directory: str | os.PathLike, *, backend: str
         if produced != sorted([GRAPH, WEIGHTS]) and produced != [GRAPH]:
             raise ArtifactError(f"saving '{signature.get('name')}' produced unexpected files {produced}",
                                 hint="report this as a leangraph bug")
-        files = {name: sha256_file(staged / name) for name in produced}
+        for library in libraries:
+            library.write(staged / library.file)
+        files = {name: sha256_file(staged / name) for name in produced + [lib.file for lib in libraries]}
         manifest = {
             "format": FORMAT,
             "version": VERSION,
             "backend": backend,
             **signature,
             "files": files,
+            "libraries": {lib.file: {"piece": lib.piece, "backend": lib.backend, "target": lib.target}
+                          for lib in libraries},
         }
         manifest["content_hash"] = content_hash(manifest)
-        for name in produced:
+        for stale in _listed_libraries(directory) - set(files):  # a previous save's, not listed any more
+            (directory / stale).unlink(missing_ok=True)
+        for name in files:
             shutil.move(staged / name, directory / name)
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return directory
+
+
+def _listed_libraries(directory: Path) -> set[str]:
+    try:
+        listed = json.loads((directory / MANIFEST).read_text()).get("libraries", {})
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {name for name in listed if isinstance(name, str) and Path(name).name == name} - {GRAPH, WEIGHTS, MANIFEST}
+
+
+def _well_formed(files: Any, libraries: Any) -> bool:
+    """The graph, maybe the weights, and libraries: each listed with its hash, plain names in this directory."""
+    if not isinstance(files, dict) or not isinstance(libraries, dict) or GRAPH not in files:
+        return False
+    plain = all(Path(name).name == name and name not in (GRAPH, WEIGHTS, MANIFEST) for name in libraries)
+    return plain and set(files) == {GRAPH} | (set(files) & {WEIGHTS}) | set(libraries)
 
 
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
@@ -104,7 +144,7 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
         raise ArtifactError(f"the manifest of artifact '{directory}' was altered (its content hash does not match)",
                             hint="recompile the model; do not edit artifacts by hand")
     files = manifest.get("files", {})
-    if set(files) - {GRAPH, WEIGHTS} or GRAPH not in files:
+    if not _well_formed(files, manifest.get("libraries", {})):
         raise ArtifactError(f"artifact '{directory}' lists unexpected files {sorted(files)}", hint="recompile the model")
     for name, expected in files.items():
         file = directory / name

@@ -115,7 +115,23 @@ class CompiledModel:
                        for s in self.inputs],
             "outputs": list(self.output_names),
         }
-        save_artifact(self._graph, directory, backend=self.backend, signature=signature)
+        save_artifact(self._graph, directory, backend=self.backend, signature=signature, libraries=self._libraries())
+
+    def _libraries(self) -> list:
+        """The pieces compiled to native libraries (TVM), to keep in the artifact."""
+        from leangraph.backends import get_backend
+        from leangraph.backends.partition import PartitionedExecutable
+        from leangraph.runtime.artifact import Library
+
+        if not isinstance(self._executable, PartitionedExecutable):
+            return []
+        libraries = []
+        for piece, executable in zip(self._executable.pieces, self._executable.executables):
+            if hasattr(executable, "export_library"):
+                backend = get_backend(piece.backend)
+                libraries.append(Library(f"{piece.key}{backend.library_suffix}", piece.key, piece.backend,
+                                         backend.library_target(), executable.export_library))
+        return libraries
 
     def _signature(self) -> str:
         return ", ".join(str(s) for s in self.inputs)

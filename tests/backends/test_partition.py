@@ -57,7 +57,7 @@ def test_onnxruntime_pieces_between_other_backends_do_not_spin():
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     alone, _, _ = compile_partitioned(model, [OnnxRuntimeBackend()])
     with pytest.raises(RuntimeError, match="does not have configuration"):  # ORT's default: spinning
-        alone.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+        alone.executables[0].session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
 
 
 def test_preferring_the_current_backend_keeps_pieces_few():

@@ -41,6 +41,20 @@ def test_leangraph_ops(op, inputs, attrs):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("split", ["sizes", "num_outputs"])
+def test_split(split):
+    from tests.passes._build import model_from_text
+
+    call = "Split<axis=-1>(x, sizes)" if split == "sizes" else "Split<axis=-1, num_outputs=3>(x)"
+    model = model_from_text(f"""<ir_version: 10, opset_import: ["" : 20]>
+    g (float[2,3,8] x) => (float[2,3,3] a, float[2,3,3] b, float[2,3,2] c) {{ a, b, c = {call} }}""",
+                            {"sizes": np.array([3, 3, 2], np.int64)} if split == "sizes" else {})
+    x = f32(2, 3, 8)
+    assert all(TorchBackend().supports(n) for n in model.graph)
+    for got, want in zip(TorchExecutable(model)([x]), ReferenceExecutable(model)([x])):
+        np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["minilm", "gpt2", "vit", "resnet"])
 def test_zoo_through_torch_matches_eager(name):

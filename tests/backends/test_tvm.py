@@ -65,6 +65,36 @@ def test_standard_ops_with_symbolic_batch():
             np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
 
 
+def test_onnx_layer_normalization():
+    model = model_from_text("""<ir_version: 10, opset_import: ["" : 20]>
+    g (float[batch,3,8] x) => (float[batch,3,8] y, float[batch,3,8] z) {
+        y = LayerNormalization<epsilon=1e-3>(x, scale, bias)
+        z = LayerNormalization<axis=1>(x, scale2)
+    }""", {"scale": f32(8), "bias": f32(8), "scale2": f32(3, 8)})
+    check(model, [f32(2, 3, 8)])
+
+
+def test_split_with_constant_sizes_or_parts_of_a_static_dim():
+    model = model_from_text("""<ir_version: 10, opset_import: ["" : 20]>
+    g (float[batch,3,8] x) => (float[batch,3,3] a, float[batch,3,5] b, float[batch,3,3] c, float[batch,3,3] d,
+                               float[batch,3,2] e) {
+        a, b = Split<axis=-1>(x, sizes)
+        c, d, e = Split<axis=-1, num_outputs=3>(x)
+    }""", {"sizes": np.array([3, 5], np.int64)})
+    check(model, [f32(2, 3, 8)])
+    dynamic = model_from_text("""<ir_version: 10, opset_import: ["" : 20]>
+    g (float[batch,3,8] x) => (float[a,3,8] a, float[b,3,8] b) { a, b = Split<axis=0, num_outputs=2>(x) }""")
+    assert not TVMBackend().supports(next(iter(dynamic.graph)))
+
+
+def test_layer_normalization_reading_its_statistics_is_not_taken():
+    model = model_from_text("""<ir_version: 10, opset_import: ["" : 20]>
+    g (float[2,8] x) => (float[2,8] y, float[2,1] mean) {
+        y, mean = LayerNormalization(x, scale)
+    }""", {"scale": f32(8)})
+    assert not TVMBackend().supports(next(iter(model.graph)))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["bert", "gpt2", "vit"])
 def test_zoo_through_tvm_matches_eager(name):
@@ -120,3 +150,28 @@ def test_dynamic_quant_linear_through_fbgemm(activation):
     expected = ReferenceExecutable(model)([a])[0]
     # fbgemm picks its activation zero point and scale its own way: a quantization step apart at most
     np.testing.assert_allclose(got, expected, rtol=0.02, atol=0.02 * np.abs(expected).max())
+
+
+SHAPE_FUNCTION = """
+# from tvm.script import ir as I
+# from tvm.script import tirx as T
+
+@I.ir_module
+class Module:
+    @T.prim_func
+    def shape_func(H: T.Buffer((T.int64(6),), "int64")):
+        T.func_attr({"tirx.is_host_func": True})
+        H[T.int64(5)] = H[T.int64(0)] + T.int64(1)
+        H[T.int64(2)] = H[T.int64(3)] * T.int64(2)
+        H[T.int64(3)] = H[T.int64(0)] * H[T.int64(1)]
+"""
+
+
+def test_shape_function_order_is_canonical_and_keeps_dependencies():
+    import tvm.script
+
+    from leangraph.backends.tvm import ordered_shape_functions
+
+    module = tvm.script.from_source(SHAPE_FUNCTION)
+    stores = ordered_shape_functions()(module)["shape_func"].body.seq
+    assert [int(store.indices[0]) for store in stores] == [3, 2, 5]  # 2 reads 3: after it, else by slot

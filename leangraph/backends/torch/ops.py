@@ -86,6 +86,15 @@ def _concat(inputs, attrs):
     return [torch.cat([x for x in inputs if x is not None], dim=attrs["axis"])]
 
 
+@op("Split")
+def _split(inputs, attrs):
+    x, sizes = (inputs + [None])[:2]
+    axis = attrs.get("axis", 0)
+    if sizes is None:  # num_outputs equal parts, the last one smaller
+        return list(torch.split(x, -(-x.shape[axis] // attrs["num_outputs"]), dim=axis))
+    return list(torch.split(x, sizes.tolist(), dim=axis))
+
+
 @op("Unsqueeze")
 def _unsqueeze(inputs, attrs):
     x, axes = inputs

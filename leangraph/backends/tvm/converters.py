@@ -99,6 +99,18 @@ def _layer_norm(ctx, node, inputs):
     return [relax.op.nn.layer_norm(x, scale, bias, axes=list(range(axis, rank)), epsilon=float(attrs["epsilon"]))]
 
 
+@converts("LayerNormalization")
+def _onnx_layer_norm(ctx, node, inputs):
+    """ONNX LayerNormalization, Y only (TVMBackend.supports refuses nodes that read Mean/InvStdDev)."""
+    x, scale, bias = (inputs + [None])[:3]
+    attrs = attributes_of(node)
+    rank = len(_dims(ctx.bb, x))
+    if bias is None:
+        bias = relax.op.zeros_like(scale)
+    return [relax.op.nn.layer_norm(x, scale, bias, axes=list(range(attrs.get("axis", -1) % rank, rank)),
+                                   epsilon=float(attrs.get("epsilon", 1e-5)))]
+
+
 @converts("RMSNorm", DOMAIN)
 def _rms_norm(ctx, node, inputs):
     x, scale = inputs
@@ -154,28 +166,59 @@ def _attention_op(ctx, node, inputs):
     return [_attention(ctx, q, k, v, mask, float(attrs["scale"]), int(attrs["causal"]))]
 
 
-@converts("MultiHeadAttention", DOMAIN)
-def _multi_head_attention(ctx, node, inputs):
-    """torch's scaled_dot_product_attention through a packed function (float32, additive or no mask)."""
+LibraryKernel = Callable[[ir.Node], "str | None"]
+LIBRARY_KERNELS: dict[tuple[str, str], LibraryKernel] = {}
+"""Ops whose converter calls a packed function registered from the node (its attributes, its
+constant weights): the function registers it and gives its name (None: this node is converted to
+Relax ops instead). A library loaded from an artifact calls these before it runs."""
+
+
+def library_kernel(op_type: str, domain: str = DOMAIN):
+    def register(fn: LibraryKernel) -> LibraryKernel:
+        LIBRARY_KERNELS[(domain, op_type)] = fn
+        return fn
+
+    return register
+
+
+def register_library_kernels(model: ir.Model) -> None:
+    """Register every packed function the converted ``model`` calls."""
+    for node in model.graph:
+        kernel = LIBRARY_KERNELS.get((node.domain, node.op_type))
+        if kernel is not None:
+            kernel(node)
+
+
+@library_kernel("MultiHeadAttention")
+def _multi_head_attention_kernel(node: ir.Node) -> str | None:
+    """torch's scaled_dot_product_attention, for no mask or an additive float32 one."""
     from leangraph.backends.tvm import library
 
-    q, k, v, mask = (inputs + [None])[:4]
+    mask = node.inputs[3] if len(node.inputs) > 3 else None
+    if mask is not None and mask.dtype != ir.DataType.FLOAT:
+        return None
     attrs = attributes_of(node)
-    heads = int(attrs["num_heads"])
-    if mask is None or ctx.bb.normalize(mask).ty.dtype == "float32":
-        if mask is not None:
-            batch, length, _ = _dims(ctx.bb, q)
-            mask = _cast_to_broadcast(ctx, mask, [batch, heads, length, _dims(ctx.bb, k)[1]])
-        name = library.multi_head_attention_function(heads, float(attrs["scale"]), int(attrs["causal"]), mask is not None)
-        batch, length, _ = _dims(ctx.bb, q)
-        out = relax.TensorType([batch, length, _dims(ctx.bb, v)[-1]], "float32")
-        return [relax.call_dps_packed(name, relax.Tuple([q, k, v] + ([mask] if mask is not None else [])), out)]
-    return _multi_head_attention_relax(ctx, node, inputs)
+    return library.multi_head_attention_function(int(attrs["num_heads"]), float(attrs["scale"]), int(attrs["causal"]),
+                                                 mask is not None)
 
 
-@converts("DynamicQuantLinear", DOMAIN)
-def _dynamic_quant_linear(ctx, node, inputs):
-    """fbgemm's int8 GEMM through a packed function holding the prepacked constant weights."""
+@converts("MultiHeadAttention", DOMAIN)
+def _multi_head_attention(ctx, node, inputs):
+    """A packed function (see _multi_head_attention_kernel), else Relax ops."""
+    q, k, v, mask = (inputs + [None])[:4]
+    name = _multi_head_attention_kernel(node)
+    if name is None:
+        return _multi_head_attention_relax(ctx, node, inputs)
+    batch, length, _ = _dims(ctx.bb, q)
+    if mask is not None:
+        mask = _cast_to_broadcast(ctx, mask, [batch, int(attributes_of(node)["num_heads"]), length, _dims(ctx.bb, k)[1]])
+    out = relax.TensorType([batch, length, _dims(ctx.bb, v)[-1]], "float32")
+    return [relax.call_dps_packed(name, relax.Tuple([q, k, v] + ([mask] if mask is not None else [])), out)]
+
+
+@library_kernel("DynamicQuantLinear")
+def _dynamic_quant_linear_kernel(node: ir.Node) -> str:
+    """fbgemm's int8 GEMM holding the prepacked constant weights."""
     from leangraph.backends.tvm import library
 
     attrs = attributes_of(node)
@@ -183,21 +226,30 @@ def _dynamic_quant_linear(ctx, node, inputs):
                  for v in (list(node.inputs) + [None])[1:4]]
     if constants[0] is None or constants[1] is None or (len(node.inputs) > 3 and constants[2] is None):
         raise NotImplementedError("DynamicQuantLinear with non-constant weights")
-    name = library.quant_linear_function(*constants, str(attrs["activation"]), int(attrs["activation_bits"]))
-    out_dims = [*_dims(ctx.bb, inputs[0])[:-1], int(constants[0].shape[1])]
+    return library.quant_linear_function(*constants, str(attrs["activation"]), int(attrs["activation_bits"]))
+
+
+@converts("DynamicQuantLinear", DOMAIN)
+def _dynamic_quant_linear(ctx, node, inputs):
+    name = _dynamic_quant_linear_kernel(node)
+    out_dims = [*_dims(ctx.bb, inputs[0])[:-1], int(node.inputs[1].const_value.shape[1])]
     return [relax.call_dps_packed(name, relax.Tuple([inputs[0]]), relax.TensorType(out_dims, "float32"))]
+
+
+@library_kernel("PackedMultiHeadAttention")
+def _packed_multi_head_attention_kernel(node: ir.Node) -> str:
+    from leangraph.backends.tvm import library
+
+    attrs = attributes_of(node)
+    return library.packed_attention_function(int(attrs["num_heads"]), float(attrs["scale"]), int(attrs["causal"]))
 
 
 @converts("PackedMultiHeadAttention", DOMAIN)
 def _packed_multi_head_attention(ctx, node, inputs):
     """Per-sequence attention over packed tokens, through a packed function (library.py)."""
-    from leangraph.backends.tvm import library
-
     q, k, v, mask = inputs
-    attrs = attributes_of(node)
-    name = library.packed_attention_function(int(attrs["num_heads"]), float(attrs["scale"]), int(attrs["causal"]))
     out = relax.TensorType([_dims(ctx.bb, q)[0], _dims(ctx.bb, v)[-1]], "float32")
-    return [relax.call_dps_packed(name, relax.Tuple([q, k, v, mask]), out)]
+    return [relax.call_dps_packed(_packed_multi_head_attention_kernel(node), relax.Tuple([q, k, v, mask]), out)]
 
 
 def _multi_head_attention_relax(ctx, node, inputs):
@@ -256,6 +308,32 @@ def _matmul(ctx, node, inputs):
 @converts("Softmax")
 def _softmax(ctx, node, inputs):
     return [relax.op.nn.softmax(inputs[0], axis=node.attributes.get_int("axis", -1))]
+
+
+def split_sizes(node: ir.Node) -> list[int] | None:
+    """The part sizes of a Split node when they are known at compile time."""
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        sizes = node.inputs[1].const_value
+        return None if sizes is None else [int(s) for s in sizes.numpy().reshape(-1)]
+    x, parts = node.inputs[0], node.attributes.get_int("num_outputs", len(node.outputs))
+    if x.shape is None:
+        return None
+    dim = x.shape[node.attributes.get_int("axis", 0) % len(x.shape)]
+    if not isinstance(dim, int):
+        return None
+    chunk = -(-dim // parts)  # ONNX: equal parts, the last one smaller
+    return [min(chunk, dim - i * chunk) for i in range(parts)]
+
+
+@converts("Split")
+def _split(ctx, node, inputs):
+    """Split with constant sizes, or into num_outputs parts of a static dim (TVMBackend.supports
+    takes no other form)."""
+    x = inputs[0]
+    axis = node.attributes.get_int("axis", 0) % len(_dims(ctx.bb, x))
+    sizes = split_sizes(node)
+    parts = ctx.bb.emit(relax.op.split(x, np.cumsum(sizes)[:-1].tolist(), axis=axis))
+    return [relax.TupleGetItem(parts, index) for index in range(len(sizes))]
 
 
 @converts("Transpose")

@@ -1,0 +1,96 @@
+"""Artifacts of TVM-compiled models keep the compiled libraries: loaded instead of rebuilt, byte-identical
+across compiles, refused when tampered with, rebuilt when built for another CPU."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+import leangraph
+from leangraph.errors import ArtifactError
+from leangraph.runtime.artifact import content_hash
+from tests.zoo import ZOO
+
+
+def _compile():
+    entry = ZOO["bert"]
+    model = entry.build()
+    return entry, leangraph.optimize(model, entry.inputs(*entry.shapes[0]), dynamic_shapes=entry.dynamic_shapes,
+                                     backend="tvm")
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    entry, cm = _compile()
+    directory = tmp_path_factory.mktemp("tvm-artifact") / "bert"
+    cm.save(directory)
+    return entry, cm, directory
+
+
+def libraries(directory):
+    return sorted(p.name for p in directory.glob("*.so"))
+
+
+def test_libraries_are_saved_and_loaded_not_rebuilt(saved, monkeypatch):
+    entry, cm, directory = saved
+    manifest = json.loads((directory / "manifest.json").read_text())
+    tvm_pieces = [p for p in cm._executable.pieces if p.backend == "tvm"]
+    assert libraries(directory) == sorted(f"{p.key}.so" for p in tvm_pieces) and tvm_pieces
+    assert set(manifest["libraries"]) <= set(manifest["files"])
+
+    from leangraph.backends import tvm as tvm_backend
+
+    monkeypatch.setattr(tvm_backend, "_build", lambda model: pytest.fail("a stored piece was compiled again"))
+    loaded = leangraph.load(directory)
+    assert f"{len(tvm_pieces)} compiled" in str(loaded.report)
+    inputs = entry.inputs(*entry.shapes[1])
+    torch.testing.assert_close(loaded(*inputs).last_hidden_state, cm(*inputs).last_hidden_state, rtol=0, atol=0)
+
+
+def test_compiling_twice_gives_byte_identical_libraries(saved, tmp_path):
+    _, _, first = saved
+    for attempt in range(2):  # TVM orders its shape functions by pointer: a lucky compile can match by chance
+        _, cm = _compile()
+        cm.save(tmp_path / str(attempt))
+        for name in ["manifest.json", "graph.onnx", "graph.safetensors"] + libraries(first):
+            assert (first / name).read_bytes() == (tmp_path / str(attempt) / name).read_bytes(), name
+
+
+def test_tampered_library_is_refused(saved, tmp_path):
+    _, _, directory = saved
+    copy = tmp_path / "copy"
+    shutil.copytree(directory, copy)
+    library = copy / libraries(copy)[0]
+    data = bytearray(library.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    library.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=f"{library.name} does not match the artifact's manifest"):
+        leangraph.load(copy)
+
+
+def test_library_outside_the_artifact_is_refused(saved, tmp_path):
+    _, _, directory = saved
+    copy = tmp_path / "copy"
+    shutil.copytree(directory, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    name = libraries(copy)[0]
+    manifest["libraries"]["../elsewhere.so"] = manifest["libraries"].pop(name)
+    manifest["files"]["../elsewhere.so"] = manifest["files"].pop(name)
+    manifest["content_hash"] = content_hash(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="lists unexpected files"):
+        leangraph.load(copy)
+
+
+def test_library_built_for_another_cpu_is_rebuilt(saved, monkeypatch):
+    entry, cm, directory = saved
+    from leangraph.backends import tvm as tvm_backend
+
+    monkeypatch.setattr(tvm_backend.TVMBackend, "library_target", lambda self: "llvm -mcpu=another-cpu")
+    loaded = leangraph.load(directory)
+    assert "not this machine (llvm -mcpu=another-cpu): compiled again" in str(loaded.report)
+    inputs = entry.inputs(*entry.shapes[0])
+    torch.testing.assert_close(loaded(*inputs).last_hidden_state, cm(*inputs).last_hidden_state, rtol=0, atol=0)
