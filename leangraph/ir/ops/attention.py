@@ -44,7 +44,8 @@ def _reference(query, key, value, mask=None, scale=0.0, causal=0):
     return ((weights @ value).astype(dtype),)
 
 
-def _decompose(tape, inputs, attrs):
+def _decompose(tape, inputs, attrs, empty_rows: bool = True):
+    """``empty_rows`` = False: the caller knows every row sees a key; the zeroing guard is left out."""
     query, key, value = inputs[:3]
     mask = inputs[3] if len(inputs) > 3 else None
     known = key if key.shape is not None else query  # key and query have the same rank
@@ -74,7 +75,8 @@ def _decompose(tape, inputs, attrs):
         else:
             scores = tape.op("Add", [scores, mask])
     weights = tape.op("Softmax", [scores], {"axis": -1})
-    weights = tape.op("Where", [tape.op("IsNaN", [weights]), const(tape, 0.0, dtype), weights])
+    if empty_rows:
+        weights = tape.op("Where", [tape.op("IsNaN", [weights]), const(tape, 0.0, dtype), weights])
     return [tape.op("MatMul", [weights, value])]
 
 

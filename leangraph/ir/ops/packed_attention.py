@@ -54,8 +54,10 @@ def _decompose(tape, inputs, attrs):
         x.dtype, x.shape = source.dtype, ir.Shape([None, None, None])
     visible = tape.op("Unsqueeze", [tape.op("Cast", [mask], {"to": int(ir.DataType.BOOL)}), const(tape, [1, 2], np.int64)])
     visible.dtype = ir.DataType.BOOL  # the attention decomposition reads it: boolean, not additive
-    (out,) = multi_head_attention._decompose(tape, [*padded, visible], attrs)
-    return [pack(tape, out, mask)]
+    # A valid query always sees a valid key (itself), so no row of the attention is empty: the
+    # guard that zeroes empty rows is left out (padded rows may be NaN; pack drops them).
+    (out,) = multi_head_attention._decompose(tape, [*padded, visible], attrs, empty_rows=False)
+    return [pack(tape, out, mask, broadcast=False)]
 
 
 PACKED_MULTI_HEAD_ATTENTION = register(

@@ -58,23 +58,32 @@ def valid_indices(tape: ir.tape.Tape, mask: ir.Value) -> ir.Value:
     return tape.op("Reshape", [tape.op("NonZero", [flat]), const(tape, [-1], np.int64)])
 
 
-def pack(tape: ir.tape.Tape, x: ir.Value, mask: ir.Value) -> ir.Value:
+def pack(tape: ir.tape.Tape, x: ir.Value, mask: ir.Value, broadcast: bool = True) -> ir.Value:
+    """The valid rows of ``x`` (``broadcast``: x may have batch 1, expanded to the mask's batch first)."""
     trailing = tape.op("Shape", [x], {"start": 2})
-    padded = tape.op("Expand", [x, tape.op("Concat", [tape.op("Shape", [mask]), trailing], {"axis": 0})])
+    padded = x
+    if broadcast:
+        padded = tape.op("Expand", [x, tape.op("Concat", [tape.op("Shape", [mask]), trailing], {"axis": 0})])
     rows = tape.op("Reshape", [padded, tape.op("Concat", [const(tape, [-1], np.int64), trailing], {"axis": 0})])
     return tape.op("Gather", [rows, valid_indices(tape, mask)], {"axis": 0})
 
 
 def unpack(tape: ir.tape.Tape, packed: ir.Value, mask: ir.Value) -> ir.Value:
+    """One Gather over the packed rows and a zero row: every padded position reads the zero row.
+    (A zero buffer and ScatterND write the padded size twice and scatter per element.)"""
     if packed.dtype is None:
         raise ValueError("decomposing leangraph::UnpackTokens needs the dtype of its packed input")
-    trailing = tape.op("Shape", [packed], {"start": 1})
-    positions = tape.op("Reshape", [tape.op("Size", [mask]), const(tape, [1], np.int64)])
-    zeros = tape.op("ConstantOfShape", [tape.op("Concat", [positions, trailing], {"axis": 0})],
-                    {"value": ir.tensor(np.zeros(1, dtype=packed.dtype.numpy()))})
-    index = tape.op("Unsqueeze", [valid_indices(tape, mask), const(tape, [1], np.int64)])
-    rows = tape.op("ScatterND", [zeros, index, packed])
-    return tape.op("Reshape", [rows, tape.op("Concat", [tape.op("Shape", [mask]), trailing], {"axis": 0})])
+    width = tape.op("Shape", [packed], {"start": 1})
+    tokens = tape.op("Shape", [packed], {"start": 0, "end": 1})
+    zero_row = tape.op("ConstantOfShape", [tape.op("Concat", [const(tape, [1], np.int64), width], {"axis": 0})],
+                       {"value": ir.tensor(np.zeros(1, dtype=packed.dtype.numpy()))})
+    rows = tape.op("Concat", [packed, zero_row], {"axis": 0})
+    valid = tape.op("Cast", [tape.op("Reshape", [mask, const(tape, [-1], np.int64)])], {"to": int(ir.DataType.BOOL)})
+    position = tape.op("Sub", [tape.op("CumSum", [tape.op("Cast", [valid], {"to": int(ir.DataType.INT64)}),
+                                                  const(tape, 0, np.int64)]), const(tape, 1, np.int64)])
+    source = tape.op("Where", [valid, position, tokens])
+    gathered = tape.op("Gather", [rows, source], {"axis": 0})
+    return tape.op("Reshape", [gathered, tape.op("Concat", [tape.op("Shape", [mask]), width], {"axis": 0})])
 
 
 PACK_TOKENS = register(
