@@ -148,7 +148,7 @@ def _gelu(inputs, attrs):
     return [F.gelu(inputs[0], approximate="tanh" if attrs["approximate"] == "tanh" else "none")]
 
 
-def _attention(q, k, v, mask, scale, causal, nan_guard=True):
+def _attention(q, k, v, mask, scale, causal):
     if mask is not None and mask.dtype != torch.bool:
         mask = mask.to(q.dtype)
     if causal and mask is not None:  # torch takes a mask or is_causal, not both: fold the triangle in
@@ -156,9 +156,7 @@ def _attention(q, k, v, mask, scale, causal, nan_guard=True):
         mask = mask & visible if mask.dtype == torch.bool else mask.masked_fill(~visible, float("-inf"))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=bool(causal) and mask is None,
                                          scale=scale or 1.0 / math.sqrt(q.shape[-1]))
-    # Rows with no visible key give 0, as leangraph::Attention defines (packed attention skips the
-    # pass: its valid rows always see themselves, and the padded rows are dropped).
-    return torch.nan_to_num(out, nan=0.0) if nan_guard else out
+    return torch.nan_to_num(out, nan=0.0)  # rows with no visible key give 0, as leangraph::Attention defines
 
 
 @op("Attention", "leangraph")
@@ -208,6 +206,9 @@ def _packed_multi_head_attention(inputs, attrs):
     visible = (mask != 0)[:, None, None, :]
     if attrs["causal"]:
         visible = visible & torch.ones(mask.shape[1], mask.shape[1], dtype=torch.bool).tril()
-    out = _attention(*(_heads(_unpacked(x, mask, rows), heads) for x in (q, k, v)), visible, attrs["scale"], 0,
-                     nan_guard=False)
+    q, k, v = (_heads(_unpacked(x, mask, rows), heads) for x in (q, k, v))
+    # Scores written out: for the short sequences packing sees, faster than scaled_dot_product_attention's
+    # CPU kernel (MiniLM, a 32-sentence STS-B batch, 2 threads: 1.8 vs 2.7 ms). Padded rows may be NaN: dropped.
+    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(attrs["scale"] or 1.0 / math.sqrt(q.shape[-1]))
+    out = torch.matmul(torch.softmax(scores.masked_fill_(~visible, float("-inf")), -1), v)
     return [out.transpose(-3, -2).reshape(mask.numel(), -1).index_select(0, rows)]

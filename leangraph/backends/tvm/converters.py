@@ -25,6 +25,8 @@ class Context:
 
     def __init__(self, bb: relax.BlockBuilder, shape_of: Callable[[ir.Value], list]) -> None:
         self.bb, self.shape_of = bb, shape_of
+
+
 CONVERTERS: dict[tuple[str, str], Converter] = {}
 
 
@@ -34,6 +36,29 @@ def converts(op_type: str, domain: str = ""):
         return fn
 
     return register
+
+
+LibraryKernel = Callable[[ir.Node], "str | None"]
+LIBRARY_KERNELS: dict[tuple[str, str], LibraryKernel] = {}
+"""Ops whose converter calls a packed function registered from the node (its attributes, its
+constant weights): the function registers it and gives its name (None: this node is converted to
+Relax ops instead). A library loaded from an artifact calls these before it runs."""
+
+
+def library_kernel(op_type: str, domain: str = DOMAIN):
+    def register(fn: LibraryKernel) -> LibraryKernel:
+        LIBRARY_KERNELS[(domain, op_type)] = fn
+        return fn
+
+    return register
+
+
+def register_library_kernels(model: ir.Model) -> None:
+    """Register every packed function the converted ``model`` calls."""
+    for node in model.graph:
+        kernel = LIBRARY_KERNELS.get((node.domain, node.op_type))
+        if kernel is not None:
+            kernel(node)
 
 
 def dtype_of(value: ir.Value) -> str:
@@ -88,15 +113,21 @@ def _matmul_bias_act(ctx, node, inputs):
     return [_activation(activation, y)]
 
 
+@library_kernel("LayerNorm")
+def _layer_norm_kernel(node: ir.Node) -> str:
+    """torch's layer_norm: a quarter of the time of the legalized TIR reduction (measured on MiniLM's
+    [tokens, 384]: 0.10 vs 0.38 ms), which our schedule leaves serial and unvectorized."""
+    from leangraph.backends.tvm import library
+
+    attrs = attributes_of(node)
+    return library.layer_norm_function(int(attrs["axis"]), float(attrs["epsilon"]))
+
+
 @converts("LayerNorm", DOMAIN)
 def _layer_norm(ctx, node, inputs):
-    x, scale, bias = (inputs + [None])[:3]
-    attrs = attributes_of(node)
-    rank = len(_dims(ctx.bb, x))
-    axis = attrs["axis"] % rank
-    if bias is None:
-        bias = relax.op.zeros_like(scale)
-    return [relax.op.nn.layer_norm(x, scale, bias, axes=list(range(axis, rank)), epsilon=float(attrs["epsilon"]))]
+    args = [x for x in inputs if x is not None]
+    return [relax.call_dps_packed(_layer_norm_kernel(node), relax.Tuple(args),
+                                  relax.TensorType(_dims(ctx.bb, inputs[0]), "float32"))]
 
 
 @converts("LayerNormalization")
@@ -164,29 +195,6 @@ def _attention_op(ctx, node, inputs):
     q, k, v, mask = (inputs + [None])[:4]
     attrs = attributes_of(node)
     return [_attention(ctx, q, k, v, mask, float(attrs["scale"]), int(attrs["causal"]))]
-
-
-LibraryKernel = Callable[[ir.Node], "str | None"]
-LIBRARY_KERNELS: dict[tuple[str, str], LibraryKernel] = {}
-"""Ops whose converter calls a packed function registered from the node (its attributes, its
-constant weights): the function registers it and gives its name (None: this node is converted to
-Relax ops instead). A library loaded from an artifact calls these before it runs."""
-
-
-def library_kernel(op_type: str, domain: str = DOMAIN):
-    def register(fn: LibraryKernel) -> LibraryKernel:
-        LIBRARY_KERNELS[(domain, op_type)] = fn
-        return fn
-
-    return register
-
-
-def register_library_kernels(model: ir.Model) -> None:
-    """Register every packed function the converted ``model`` calls."""
-    for node in model.graph:
-        kernel = LIBRARY_KERNELS.get((node.domain, node.op_type))
-        if kernel is not None:
-            kernel(node)
 
 
 @library_kernel("MultiHeadAttention")

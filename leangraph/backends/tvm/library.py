@@ -84,6 +84,12 @@ def multi_head_attention_function(heads: int, scale: float, causal: int, masked:
     return _torch_kernel("MultiHeadAttention", name, {"num_heads": heads, "scale": scale, "causal": causal})
 
 
+def layer_norm_function(axis: int, epsilon: float) -> str:
+    """The packed function running leangraph::LayerNorm with these attributes (torch's layer_norm)."""
+    name = f"leangraph.layer_norm.a{axis}.e{epsilon!r}"
+    return _torch_kernel("LayerNorm", name, {"axis": axis, "epsilon": epsilon})
+
+
 def packed_attention_function(heads: int, scale: float, causal: int) -> str:
     """The packed function running leangraph::PackedMultiHeadAttention with these attributes
     (sequences laid out padded, one batched scaled_dot_product_attention with the key-padding
