@@ -41,6 +41,17 @@ def test_leangraph_ops(op, inputs, attrs):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("causal", [0, 1])
+def test_long_attention_takes_the_sdpa_path(causal):
+    from leangraph.backends.torch.ops import WRITTEN_OUT_SCORES_UP_TO
+
+    length = WRITTEN_OUT_SCORES_UP_TO + 8
+    arrays = [f32(1, 2, length, 4), f32(1, 2, length, 4), f32(1, 2, length, 4), rng.random((1, 1, 1, length)) < 0.9]
+    model = single_op_model("Attention", arrays, {"causal": causal})
+    for got, want in zip(TorchExecutable(model)(arrays), ReferenceExecutable(model)(arrays)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("split", ["sizes", "num_outputs"])
 def test_split(split):
     from tests.passes._build import model_from_text

@@ -148,15 +148,30 @@ def _gelu(inputs, attrs):
     return [F.gelu(inputs[0], approximate="tanh" if attrs["approximate"] == "tanh" else "none")]
 
 
-def _attention(q, k, v, mask, scale, causal):
+WRITTEN_OUT_SCORES_UP_TO = 512
+"""Key lengths up to which attention writes its scores out (matmul, masked softmax, matmul): for the
+short sequences of sentence batches faster than scaled_dot_product_attention's CPU kernel (MiniLM, a
+32-sentence STS-B batch, 2 threads: 1.8 vs 2.7 ms); longer ones use SDPA, which does not hold them."""
+
+
+def _attention(q, k, v, mask, scale, causal, empty_rows=True):
+    """``empty_rows`` = False: the caller knows every row it keeps sees a key (no zeroing pass)."""
+    scale = scale or 1.0 / math.sqrt(q.shape[-1])
     if mask is not None and mask.dtype != torch.bool:
         mask = mask.to(q.dtype)
-    if causal and mask is not None:  # torch takes a mask or is_causal, not both: fold the triangle in
+    if causal:  # torch takes a mask or is_causal, not both: fold the triangle in
         visible = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril()
-        mask = mask & visible if mask.dtype == torch.bool else mask.masked_fill(~visible, float("-inf"))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=bool(causal) and mask is None,
-                                         scale=scale or 1.0 / math.sqrt(q.shape[-1]))
-    return torch.nan_to_num(out, nan=0.0)  # rows with no visible key give 0, as leangraph::Attention defines
+        mask = visible if mask is None else (mask & visible if mask.dtype == torch.bool
+                                             else mask.masked_fill(~visible, float("-inf")))
+    if k.shape[-2] <= WRITTEN_OUT_SCORES_UP_TO:
+        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scale)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores.add_(mask)
+        out = torch.matmul(torch.softmax(scores, -1), v)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    # Rows with no visible key give 0, as leangraph::Attention defines.
+    return torch.nan_to_num_(out, nan=0.0) if empty_rows else out
 
 
 @op("Attention", "leangraph")
@@ -203,12 +218,7 @@ def _unpack(inputs, attrs):
 def _packed_multi_head_attention(inputs, attrs):
     q, k, v, mask = inputs
     heads, rows = attrs["num_heads"], _rows(mask)
-    visible = (mask != 0)[:, None, None, :]
-    if attrs["causal"]:
-        visible = visible & torch.ones(mask.shape[1], mask.shape[1], dtype=torch.bool).tril()
-    q, k, v = (_heads(_unpacked(x, mask, rows), heads) for x in (q, k, v))
-    # Scores written out: for the short sequences packing sees, faster than scaled_dot_product_attention's
-    # CPU kernel (MiniLM, a 32-sentence STS-B batch, 2 threads: 1.8 vs 2.7 ms). Padded rows may be NaN: dropped.
-    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(attrs["scale"] or 1.0 / math.sqrt(q.shape[-1]))
-    out = torch.matmul(torch.softmax(scores.masked_fill_(~visible, float("-inf")), -1), v)
+    # A valid query always sees itself; padded rows may come out NaN and are dropped.
+    out = _attention(*(_heads(_unpacked(x, mask, rows), heads) for x in (q, k, v)), (mask != 0)[:, None, None, :],
+                     attrs["scale"], attrs["causal"], empty_rows=False)
     return [out.transpose(-3, -2).reshape(mask.numel(), -1).index_select(0, rows)]
