@@ -310,7 +310,15 @@ for _name, _fn in _UNARY.items():
 
 @converts("MatMul")
 def _matmul(ctx, node, inputs):
-    return [relax.op.matmul(inputs[0], inputs[1])]
+    a, b = inputs
+    product = relax.op.matmul(a, b)
+    a_dims, b_dims = _dims(ctx.bb, a), _dims(ctx.bb, b)
+    if ctx.bb.normalize(product).ty.shape is None and len(a_dims) >= 2 and len(b_dims) >= 2:
+        # Relax cannot prove that dims the exporter wrote differently agree (e.g. 'seq' and
+        # '((batch*seq)//batch)'): take b's batch and reduction dims from a, checked at run time.
+        b = _cast_to_broadcast(ctx, b, [*a_dims[:-2], a_dims[-1], b_dims[-1]])
+        product = relax.op.matmul(a, b)
+    return [product]
 
 
 @converts("Softmax")
