@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -94,3 +96,22 @@ def test_library_built_for_another_cpu_is_rebuilt(saved, monkeypatch):
     assert "not this machine (llvm -mcpu=another-cpu): compiled again" in str(loaded.report)
     inputs = entry.inputs(*entry.shapes[0])
     torch.testing.assert_close(loaded(*inputs).last_hidden_state, cm(*inputs).last_hidden_state, rtol=0, atol=0)
+
+
+def test_eight_threads_match_serial_calls_on_a_loaded_tvm_artifact(saved):
+    # One Relax VM per thread: concurrent calls on one VM crash the process.
+    entry, _, directory = saved
+    cm = leangraph.load(directory)
+    inputs = [entry.inputs(b, s) for b, s in [(1, 5), (2, 7), (3, 9), (4, 6)] * 4]
+    serial = [cm(*x).last_hidden_state for x in inputs]
+    barrier = threading.Barrier(8)
+
+    def work(index):
+        if index < 8:
+            barrier.wait()  # all eight threads call at once
+        return cm(*inputs[index]).last_hidden_state
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(work, range(len(inputs))))
+    for i, expected in enumerate(serial):
+        assert torch.equal(results[i], expected), i

@@ -16,6 +16,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -111,10 +112,20 @@ class TVMExecutable:
             except Exception as exc:
                 raise ArtifactError(f"cannot load the TVM library {os.fspath(library)} of model '{self.name}': "
                                     f"{str(exc).strip()[:500]}", hint="recompile the model") from None
-        # The VM does not own the executable: keep it alive as long as the VM (else a segfault).
+        # The VM does not own the executable: keep it alive as long as the VMs (else a segfault).
         self._executable = executable
-        self._vm = relax.VirtualMachine(executable, tvm.cpu())
+        self._vm_class, self._device = relax.VirtualMachine, tvm.cpu()
+        self._per_thread = threading.local()
         self._tensor = tvm.runtime.tensor
+
+    @property
+    def _vm(self):
+        """This thread's VM: a VM's registers and frames are per call, so concurrent calls on one VM
+        crash; the executable (code and constants) is shared."""
+        vm = getattr(self._per_thread, "vm", None)
+        if vm is None:
+            vm = self._per_thread.vm = self._vm_class(self._executable, self._device)
+        return vm
 
     def export_library(self, path: str | os.PathLike) -> None:
         """Write the compiled piece as a shared library (TVMBackend.load_library reads it back)."""
