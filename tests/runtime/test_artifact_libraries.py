@@ -115,3 +115,20 @@ def test_eight_threads_match_serial_calls_on_a_loaded_tvm_artifact(saved):
         results = list(pool.map(work, range(len(inputs))))
     for i, expected in enumerate(serial):
         assert torch.equal(results[i], expected), i
+
+
+def test_library_that_cannot_be_loaded_is_a_clear_error(saved, tmp_path):
+    # Hashes recomputed after the damage: the manifest check passes, the loader must still fail cleanly.
+    from leangraph.runtime.artifact import sha256_file
+
+    _, _, directory = saved
+    copy = tmp_path / "copy"
+    shutil.copytree(directory, copy)
+    name = libraries(copy)[0]
+    (copy / name).write_bytes(b"not a shared library")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["files"][name] = sha256_file(copy / name)
+    manifest["content_hash"] = content_hash(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=f"cannot load the TVM library .*{name}"):
+        leangraph.load(copy)
