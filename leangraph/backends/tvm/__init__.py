@@ -1,12 +1,16 @@
 """TVM backend (apache-tvm, Relax): lowers IR pieces, leangraph ops included, to Relax and builds
 them for ``llvm``, run by the Relax VM.
 
-Linear layers (leangraph::MatMulBiasAct with constant weights, int8 DynamicQuantLinear) and
-attention call library kernels (torch's GEMM, fbgemm, scaled_dot_product_attention) through
+Linear layers (leangraph::MatMulBiasAct with constant weights, int8 DynamicQuantLinear), layer norms and
+attention call library kernels (torch's GEMM, fbgemm, layer_norm, the torch backend's attention) through
 destination-passing packed functions over zero-copy DLPack views (library.py); the rest is
 legalized to TIR, fused, and its elementwise loops vectorized (schedule.py). What the converter
 table does not cover (shape arithmetic, gathers, mask building) falls back to ONNX Runtime through
 the partitioner.
+
+A compiled piece exports itself as a shared library (``export_library``) that artifacts keep;
+``TVMBackend.load_library`` loads it back after registering the packed functions its nodes call,
+so a saved model is not compiled again. Each thread calling a piece gets its own VM.
 """
 
 from __future__ import annotations
