@@ -139,3 +139,60 @@ def test_models_without_padding_masked_attention_are_skipped():
     cm = leangraph.optimize(model, entry.inputs(*entry.shapes[0]), dynamic_shapes=entry.dynamic_shapes,
                             backend="reference")
     assert record(cm, "remove_padding").notes[0].startswith("skipped: no attention with a padding mask")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["llama", "qwen2"])
+def test_decoders_with_rotary_and_grouped_kv_heads_run_attention_padded_between_packed_layers(name):
+    entry = ZOO[name]
+    model = HiddenStates(entry.build()).eval()
+    example = entry.inputs(*entry.shapes[0])
+    graph = leangraph.capture(model, example, entry.dynamic_shapes)
+    packed = leangraph.optimize(graph, example, backend="reference", passes=[*leangraph.passes.default_pipeline(), ZEROING])
+    zeroing = record(packed, ZEROING.name)
+    assert zeroing.changed and zeroing.verified and not zeroing.reverted, str(packed.report)
+    assert "attention (heads layout) run padded between unpack and pack" in zeroing.notes[0]
+    assert {"leangraph::PackTokens", "leangraph::UnpackTokens", "leangraph::Attention"} <= ops(packed)
+    linear = [n for n in packed.graph.graph if op_key(n) in ("leangraph::MatMulBiasAct", "MatMul")
+              and n.inputs[1].const_value is not None]
+    assert linear and all(n.outputs[0].shape[0] == "tokens" for n in linear)  # every projection on valid tokens
+    on_ort = leangraph.optimize(packed.graph, backend="onnxruntime", passes="none")
+    for shape in entry.shapes:
+        inputs = entry.inputs(*shape)
+        valid = inputs[1].numpy() != 0
+        (expected,) = eager_outputs(model, inputs)
+        for cm in (packed, on_ort):
+            (got,) = [t.numpy() for t in pytree.tree_leaves(cm(*inputs))]
+            np.testing.assert_allclose(got[valid], expected[valid], rtol=1e-4, atol=1e-5)
+            np.testing.assert_array_equal(got[~valid], 0)
+
+
+class MixesPositionsBeforeAttention(torch.nn.Module):
+    """Heads split, then every position mixed with the sequence's last one (padded or not) before a
+    padding-masked attention: padded positions reach valid outputs, so the island must be refused."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Embedding(50, 16)
+        self.qkv = torch.nn.Linear(16, 48)
+        self.out = torch.nn.Linear(16, 16)
+
+    def forward(self, input_ids, attention_mask):
+        x = self.embed(input_ids)
+        b, s, _ = x.shape
+        q, k, v = (t.reshape(b, s, 2, 8).transpose(1, 2) for t in self.qkv(x).split(16, dim=-1))
+        q = q + q[:, :, -1:, :]
+        visible = attention_mask[:, None, None, :].bool()
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=visible)
+        return self.out(y.transpose(1, 2).reshape(b, s, 16)) * attention_mask[..., None]
+
+
+def test_attention_island_reading_padded_positions_is_refused():
+    ids = torch.randint(0, 50, (2, 6))
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+    dynamic = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}
+    cm = leangraph.optimize(MixesPositionsBeforeAttention(), (ids, mask), dynamic_shapes=dynamic, backend="reference")
+    note = record(cm, "remove_padding").notes[0]
+    assert note.startswith("skipped: the attention run padded between the packed layers"), note
+    assert "depends on padded ones" in note

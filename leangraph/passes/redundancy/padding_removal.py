@@ -14,6 +14,15 @@ entering the region are packed (leangraph::PackTokens: [tokens, ...]), the atten
 leangraph::PackedMultiHeadAttention, and values leaving it are unpacked (leangraph::UnpackTokens,
 zeros at padded positions).
 
+Attention over [batch, heads, seq, size] (leangraph::Attention, where rotary embeddings or grouped
+KV heads sit between the head split and attention, as in Llama) is not packed: it and the nodes
+between it and the token-wise layers (head split and merge, rotary, KV repetition) form an island
+that runs padded, on values unpacked for it, and its result is packed again. That is exact only if
+the island's outputs at valid positions ignore its inputs at padded positions (the unpacked values
+hold zeros there where the original held the model's own values); this is probed: the island is run
+twice on probe masks with inputs that differ only at padded positions, and skipped if its valid
+outputs differ.
+
 When it is exact: the valid tokens' values are the same up to round-off (attention over the
 valid keys of the sequence is what the padding mask computed). The padded positions of a value
 leaving the region become zeros; that is exact where the model itself zeroed them (a value
@@ -85,22 +94,29 @@ class _Plan:
     packed_inputs: list[ir.Value]
     exits: list[ir.Value]
     zeroed_outputs: list[ir.Value]
+    padded_attention: int = 0
+    """Attention nodes over [batch, heads, seq, size] left padded between unpack and pack (rotary
+    embeddings or grouped KV heads sit between the head split and attention: no MultiHeadAttention)."""
 
     @property
     def summary(self) -> str:
         kinds = collections.Counter("causal" if c else "bidirectional" for c in self.attention.values())
+        attention = [f"{n} {k} attention" for k, n in kinds.items()]
+        if self.padded_attention:
+            attention.append(f"{self.padded_attention} attention (heads layout) run padded between unpack and pack")
         return (f"packed by '{self.mask.name}': {len(self.region)} nodes on valid tokens only, "
-                f"{', '.join(f'{n} {k}' for k, n in kinds.items())} attention, {len(self.packed_inputs)} values packed, "
+                f"{', '.join(attention)}, {len(self.packed_inputs)} values packed, "
                 f"{len(self.exits)} unpacked" + (f", padded positions of {[v.name for v in self.zeroed_outputs]} "
                                                   "zeroed" if self.zeroed_outputs else ""))
 
 
 def _plan(model: ir.Model, padded_outputs: str) -> _Plan | str:
     graph = model.graph
-    candidates = [n for n in graph if n.domain == DOMAIN and n.op_type == "MultiHeadAttention"]
+    candidates = [n for n in graph if n.domain == DOMAIN and n.op_type in ("MultiHeadAttention", "Attention")]
     if not candidates:
-        return "skipped: no leangraph::MultiHeadAttention in the graph"
+        return "skipped: no leangraph::MultiHeadAttention or Attention in the graph"
     attention: dict[ir.Node, int] = {}
+    head_layout: list[ir.Node] = []  # leangraph::Attention over [batch, heads, seq, size]: run padded
     mask, reasons, verdicts = None, [], {}
     for node in candidates:
         key = (id(node.inputs[3]) if len(node.inputs) > 3 else None,
@@ -116,8 +132,11 @@ def _plan(model: ir.Model, padded_outputs: str) -> _Plan | str:
             reasons.append(f"'{node.name}': its padding mask is '{node_mask.name}', not '{mask.name}'")
             continue
         mask = node_mask
-        attention[node] = int(causal or node.attributes.get_int("causal", 0))
-    if not attention:
+        if node.op_type == "MultiHeadAttention":
+            attention[node] = int(causal or node.attributes.get_int("causal", 0))
+        else:
+            head_layout.append(node)
+    if not attention and not head_layout:
         return "skipped: no attention with a padding mask (" + "; ".join(reasons) + ")"
     if reasons:
         return "skipped: some attention is not masked by the padding mask (" + "; ".join(reasons) + ")"
@@ -178,8 +197,15 @@ def _plan(model: ir.Model, padded_outputs: str) -> _Plan | str:
             return all(side(v, rank) for v in rest)
         return False
 
+    island = _islands(head_layout, tokenwise)
     region: set[ir.Node] = set(attention)
-    work = collections.deque(attention)
+    for node in island:  # the region around a padded island starts at its token-wise neighbours
+        # (through per-token values: a [1, seq, ...] position table is read by the island as it is)
+        region.update(v.producer() for v in node.inputs if v is not None and v.producer() is not None
+                      and token_layout(v, full_batch=True) and tokenwise(v.producer()))
+        region.update(c for v in node.outputs if token_layout(v, full_batch=True) for c in v.consumers()
+                      if tokenwise(c))
+    work = collections.deque(region)
     while work:
         node = work.popleft()
         mha_mask = node.inputs[3] if node in attention else None
@@ -187,9 +213,10 @@ def _plan(model: ir.Model, padded_outputs: str) -> _Plan | str:
             producer = value.producer() if value is not None and value is not mha_mask else None
             if producer is None or producer in region or not tokenwise(producer):
                 continue
-            # Pulled in only when every reader of its outputs is token-wise too: a value read
-            # elsewhere stays padded, and is packed where the region reads it.
-            if all(consumer in region or tokenwise(consumer) for out in producer.outputs for consumer in out.consumers()):
+            # Pulled in only when every reader of its outputs is token-wise too (or in a padded
+            # island): a value read elsewhere stays padded, and is packed where the region reads it.
+            if all(consumer in region or consumer in island or tokenwise(consumer)
+                   for out in producer.outputs for consumer in out.consumers()):
                 region.add(producer)
                 work.append(producer)
         for value in node.outputs:
@@ -206,7 +233,7 @@ def _plan(model: ir.Model, padded_outputs: str) -> _Plan | str:
                     and value.producer() not in region and value not in packed_inputs):
                 packed_inputs.append(value)
     graph_outputs = set(graph.outputs)
-    exits, zeroed = [], []
+    exits, zeroed, into_islands = [], [], []
     for node in region:
         for value in node.outputs:
             outside = [c for c in value.consumers() if c not in region]
@@ -216,7 +243,10 @@ def _plan(model: ir.Model, padded_outputs: str) -> _Plan | str:
                 return f"skipped: '{value.name}' leaves the token-wise region with shape {value.shape}"
             shape_only = (value not in graph_outputs
                           and all(c.op_type in _VALUE_BLIND and c.domain in ("", "ai.onnx") for c in outside))
-            if not shape_only and not _zero_where_padded(model, value, mask):
+            if value not in graph_outputs and any(c in island for c in outside) and all(
+                    c in island or (c.op_type in _VALUE_BLIND and c.domain in ("", "ai.onnx")) for c in outside):
+                into_islands.append(value)
+            elif not shape_only and not _zero_where_padded(model, value, mask):
                 if outside or padded_outputs != "zero":
                     readers = ", ".join(f"'{c.name}' ({c.op_type})" for c in outside) or "the graph output"
                     return (f"skipped: '{value.name}' holds padded positions and is read by {readers}; "
@@ -224,7 +254,80 @@ def _plan(model: ir.Model, padded_outputs: str) -> _Plan | str:
                                if outside else "use remove_padding_pass(padded_outputs='zero') to zero them"))
                 zeroed.append(value)
             exits.append(value)
-    return _Plan(mask, attention, region, packed_inputs, exits, zeroed)
+    if island:
+        island_outputs = [v for v in packed_inputs if v.producer() in island]
+        unsafe = _island_reads_padded_positions(model, into_islands, island_outputs, mask)
+        if unsafe:
+            return f"skipped: the attention run padded between the packed layers {unsafe}"
+    return _Plan(mask, attention, region, packed_inputs, exits, zeroed, len(head_layout))
+
+
+def _islands(seeds: list[ir.Node], tokenwise) -> set[ir.Node]:
+    """The nodes around head-layout attention that stay padded: from each seed, its producers (the
+    head split, rotary embedding, KV head repetition) and consumers (the head merge) up to the
+    token-wise nodes. Only values of rank >= 3 are followed (shape vectors and the like are read
+    as they are); the mask input is not (it is computed from the padding mask, outside)."""
+    island: set[ir.Node] = set(seeds)
+    work = collections.deque(seeds)
+    while work:
+        node = work.popleft()
+        for value in node.inputs[:3] if node in seeds else node.inputs:
+            producer = value.producer() if value is not None and (rank_of(value) or 0) >= 3 else None
+            if producer is not None and producer not in island and not tokenwise(producer):
+                island.add(producer)
+                work.append(producer)
+        for value in node.outputs:
+            if (rank_of(value) or 0) < 3:
+                continue
+            for consumer in value.consumers():
+                if consumer not in island and not tokenwise(consumer):
+                    island.add(consumer)
+                    work.append(consumer)
+    return island
+
+
+def _island_reads_padded_positions(model: ir.Model, entries: list[ir.Value], outputs: list[ir.Value],
+                                   mask: ir.Value) -> str | None:
+    """None when the island's outputs at valid positions are the same whatever its inputs hold at
+    padded positions (probed: two runs that differ only there, on probe masks); else why not.
+
+    Unpacked values hold zeros at padded positions where the original held the model's own
+    values; the island runs on them as it did, so this is what makes leaving it padded exact."""
+    from leangraph.backends.reference import ReferenceExecutable
+
+    if not outputs:
+        return "(it gives nothing back to them)"
+    sources = [v for v in model.graph.inputs if v in set(_ancestor_inputs_of(outputs))]
+    if any(rank_of(v) != 2 for v in sources if v is not mask) or any(
+            v.shape is None or not all(isinstance(d, int) for d in v.shape[2:]) for v in entries):
+        return "(its inputs have shapes the probe cannot make up)"
+    try:
+        graph = ir.convenience.extract(model.graph, [*sources, *entries], outputs)
+        run = ReferenceExecutable(ir.Model(graph, ir_version=model.ir_version))
+    except Exception as exc:  # a subgraph the probe cannot cut out: not something we can vouch for
+        return f"(cannot be probed: {str(exc).strip()[:200]})"
+    rng = np.random.default_rng(2)
+    for probe in _probe_masks(rng):
+        valid = probe != 0
+        feeds = [probe.astype(v.dtype.numpy()) if v is mask else np.zeros(probe.shape, v.dtype.numpy()) for v in sources]
+        first = [rng.standard_normal((*probe.shape, *v.shape[2:])).astype(v.dtype.numpy()) for v in entries]
+        second = [np.where(valid.reshape(valid.shape + (1,) * (x.ndim - 2)), x, 1e3 * rng.standard_normal(x.shape))
+                  .astype(x.dtype) for x in first]
+        try:
+            one, two = run([*feeds, *first]), run([*feeds, *second])
+        except Exception as exc:
+            return f"(cannot be probed: {str(exc).strip()[:200]})"
+        for value, a, b in zip(outputs, one, two):
+            if not np.array_equal(a[valid], b[valid]):
+                return f"(its output '{value.name}' at valid positions depends on padded ones)"
+    return None
+
+
+def _ancestor_inputs_of(values: list[ir.Value]) -> list[ir.Value]:
+    found = []
+    for value in values:
+        found.extend(v for v in _ancestor_inputs(value) if v not in found)
+    return found
 
 
 def _rewrite(model: ir.Model, plan: _Plan) -> None:
@@ -330,10 +433,17 @@ def _padding_mask_of(model: ir.Model, node: ir.Node) -> tuple[ir.Value, bool] | 
     attention_mask = node.inputs[3] if len(node.inputs) > 3 else None
     if attention_mask is None:
         return "it has no mask"
-    if any(rank_of(v) != 3 for v in (query, key, value)) or not (query.shape[:2] == key.shape[:2] == value.shape[:2]):
-        return "not self-attention over [batch, seq, width] inputs"
+    if node.op_type == "MultiHeadAttention":  # [batch, seq, width]
+        if any(rank_of(v) != 3 for v in (query, key, value)) or not (query.shape[:2] == key.shape[:2] == value.shape[:2]):
+            return "not self-attention over [batch, seq, width] inputs"
+        batch, seq = query.shape[0], query.shape[1]
+    else:  # leangraph::Attention over [batch, heads, seq, size]
+        if any(rank_of(v) != 4 for v in (query, key, value)) or not (
+                query.shape[0] == key.shape[0] == value.shape[0] and query.shape[2] == key.shape[2] == value.shape[2]):
+            return "not self-attention over [batch, heads, seq, size] inputs"
+        batch, seq = query.shape[0], query.shape[2]
     inputs = _ancestor_inputs(attention_mask)
-    candidates = [v for v in inputs if rank_of(v) == 2 and v.shape[0] == query.shape[0] and v.shape[1] == query.shape[1]
+    candidates = [v for v in inputs if rank_of(v) == 2 and v.shape[0] == batch and v.shape[1] == seq
                   and v.dtype in (ir.DataType.INT64, ir.DataType.INT32, ir.DataType.BOOL, ir.DataType.FLOAT)]
     if not candidates:
         return f"its mask is computed from {[v.name for v in inputs]}, none of them a [batch, seq] input"
