@@ -153,12 +153,14 @@ def test_elementwise_schedule_vectorizes_the_inner_loop():
     assert "vectorized" in scheduled[0].script()
 
 
-@pytest.mark.parametrize("activation", ["none", "gelu"])
-def test_dynamic_quant_linear_through_fbgemm(activation):
+@pytest.mark.parametrize(("activation", "activation_bits"), [("none", 7), ("gelu", 7), ("none", 8), ("gelu", 8)])
+def test_dynamic_quant_linear_through_fbgemm_or_onnxruntime(activation, activation_bits):
     a, w, bias = f32(4, 7, 32), f32(32, 16) * 0.1, f32(16)
-    scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)
+    levels = 127 if activation_bits == 7 else 63  # the other side gives up a bit (see the op)
+    scale = (np.abs(w).max(axis=0) / levels).astype(np.float32)
     weight = np.round(w / scale).astype(np.int8)
-    model = single_op_model("DynamicQuantLinear", [a, weight, scale, bias], {"activation": activation})
+    model = single_op_model("DynamicQuantLinear", [a, weight, scale, bias],
+                            {"activation": activation, "activation_bits": activation_bits})
     constants = list(model.graph.inputs[1:])  # constant weights, as the quantization pass writes them
     model.graph.inputs[:] = model.graph.inputs[:1]
     for value, array in zip(constants, (weight, scale, bias)):
@@ -166,7 +168,8 @@ def test_dynamic_quant_linear_through_fbgemm(activation):
         model.graph.register_initializer(value)
     got = TVMExecutable(model)([a])[0]
     expected = ReferenceExecutable(model)([a])[0]
-    # fbgemm picks its activation zero point and scale its own way: a quantization step apart at most
+    # fbgemm (7-bit activations) picks its activation zero point and scale its own way: a quantization
+    # step apart at most; ONNX Runtime (8-bit) quantizes as the op's decomposition does
     np.testing.assert_allclose(got, expected, rtol=0.02, atol=0.02 * np.abs(expected).max())
 
 

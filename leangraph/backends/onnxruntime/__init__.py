@@ -13,7 +13,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from leangraph.errors import ExecutionError
-from leangraph.ir import clone_model, lower_to_onnx
+from leangraph.ir import DOMAIN, TARGET_OPSET, clone_model, lower_to_onnx
 from leangraph.ir.verify import model_name
 
 
@@ -74,4 +74,28 @@ class OnnxRuntimeBackend:
         return OrtExecutable(model, self.threads, spinning=alone)
 
 
-__all__ = ["OnnxRuntimeBackend", "OrtExecutable", "session_options"]
+def linear_model(weight: np.ndarray, scale: np.ndarray | None = None, bias: np.ndarray | None = None, *,
+                 activation_bits: int = 8) -> bytes:
+    """A one-layer ONNX model ``y = x @ W (+ bias)`` over x [rows, K]: MatMul for a float weight, or
+    leangraph::DynamicQuantLinear lowered (DynamicQuantizeLinear + MatMulInteger, which ONNX Runtime
+    fuses) for an int8 weight with its per-channel ``scale``."""
+    k, n = weight.shape
+    x = ir.val("x", ir.DataType.FLOAT, ir.Shape(["rows", k]))
+    constants = []
+    for name, array in (("w", weight), ("scale", scale), ("bias", bias)):
+        if array is not None:
+            constants.append(ir.Value(name=name, shape=ir.Shape(array.shape), const_value=ir.tensor(array),
+                                      type=ir.TensorType(ir.DataType.from_numpy(array.dtype))))
+    if scale is None:
+        node = ir.node("MatMulBiasAct", [x, *constants], {"activation": "none"}, domain=DOMAIN)
+    else:
+        node = ir.node("DynamicQuantLinear", [x, *constants], {"activation": "none", "activation_bits": activation_bits},
+                       domain=DOMAIN)
+    node.outputs[0].name = "y"
+    node.outputs[0].dtype, node.outputs[0].shape = ir.DataType.FLOAT, ir.Shape(["rows", n])
+    graph = ir.Graph([x], node.outputs, nodes=[node], initializers=constants,
+                     opset_imports={"": TARGET_OPSET, DOMAIN: 1}, name="linear")
+    return ir.to_proto(lower_to_onnx(ir.Model(graph, ir_version=10))).SerializeToString()
+
+
+__all__ = ["linear_model", "OnnxRuntimeBackend", "OrtExecutable", "session_options"]

@@ -87,9 +87,9 @@ def choose_precisions(
     """The model with the chosen layers in int8, one LayerChoice per candidate, and notes.
 
     ``compile_model`` gives a compiled candidate (``run_flat(arrays)`` runs it, ``evaluate`` takes
-    it); ``kernel_seconds(weight)`` times every linear kernel at that weight's shape, and
-    ``kernels`` names the backend's kernel for "fp32" and "int8" among them and the int8 kernel's
-    "activation_bits" and "weight_bits"."""
+    it); ``kernel_seconds(weight)`` times every linear kernel at that weight's shape; ``kernels``
+    names the backend's "fp32" kernel among them and maps its "int8" kernels to their (activation
+    bits, weight bits). Each layer's int8 kernel is the fastest of those at its shape."""
     layers = candidate_layers(model)
     if not layers:
         return model, [], ["quantization: no linear layer with constant weights"]
@@ -100,27 +100,29 @@ def choose_precisions(
     expected = [reference.run_flat(inputs) for inputs in input_sets]
     timings: dict[tuple[int, int], dict[str, float]] = {}
     choices = []
+    int8_kernel: dict[str, str] = {}
     for index, node in enumerate(layers):
         weight = node.inputs[1].const_value.numpy()
         if weight.shape not in timings:
             say(f"timing kernels for shape {weight.shape}")
             timings[weight.shape] = kernel_seconds(weight)
+        int8_kernel[node.name] = min(kernels["int8"], key=timings[weight.shape].__getitem__)
         say(f"sensitivity of layer {index + 1}/{len(layers)}")
         single = clone_model(model)
-        quantize_layers(single, {node.name}, kernels["activation_bits"], kernels["weight_bits"])
+        quantize_layers(single, {node.name}, *kernels["int8"][int8_kernel[node.name]])
         candidate = compile_model(single)
         error = float(np.mean([output_error(candidate.run_flat(inputs), want)
                                for inputs, want in zip(input_sets, expected)]))
         choices.append(LayerChoice(node.name, node.metadata_props.get("leangraph.module_path", ""),
                                    tuple(weight.shape), error, timings[weight.shape], kernel=kernels["fp32"]))
 
-    gain = [c.seconds[kernels["fp32"]] - c.seconds[kernels["int8"]] for c in choices]
+    gain = [c.seconds[kernels["fp32"]] - c.seconds[int8_kernel[c.name]] for c in choices]
     sensitivity = [c.sensitivity for c in choices]
     budget = float(sum(sensitivity))
     notes = []
     if not any(g > 0 for g in gain):
-        notes.append(f"quantization: no layer shape where {kernels['int8']} is faster than {kernels['fp32']} "
-                     "on this machine; every layer stays fp32")
+        notes.append(f"quantization: no layer shape where {' or '.join(kernels['int8'])} is faster than "
+                     f"{kernels['fp32']} on this machine; every layer stays fp32")
         return model, choices, notes
     for attempt in range(8):
         chosen = solve(gain, sensitivity, budget)
@@ -128,14 +130,15 @@ def choose_precisions(
             break
         names = {c.name for c, pick in zip(choices, chosen) if pick}
         candidate_model = clone_model(model)
-        quantize_layers(candidate_model, names, kernels["activation_bits"], kernels["weight_bits"])
+        for kernel, bits in kernels["int8"].items():
+            quantize_layers(candidate_model, {n for n in names if int8_kernel[n] == kernel}, *bits)
         candidate = compile_model(candidate_model)
         verdict = _check(candidate, input_sets, expected, evaluate, max_drop, baseline, tolerance)
         notes.append(f"quantization attempt {attempt + 1}: {len(names)}/{len(choices)} layers int8 "
                      f"(sensitivity budget {budget:.2e}): {verdict or 'within budget'}")
         if verdict is None:
             for choice, pick in zip(choices, chosen):
-                choice.precision, choice.kernel = ("int8", kernels["int8"]) if pick else ("fp32", kernels["fp32"])
+                choice.precision, choice.kernel = ("int8", int8_kernel[choice.name]) if pick else ("fp32", kernels["fp32"])
             return candidate_model, choices, notes
         budget /= 2
     notes.append("quantization: no int8 assignment met the budget; every layer stays fp32")
