@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from torch.utils import _pytree as pytree
 
 import leangraph
 from leangraph.backends.reference import ReferenceExecutable
 from leangraph.backends.torch import TorchBackend, TorchExecutable
-from tests.frontend.test_zoo import eager_outputs
+from tests.frontend.test_zoo import assert_matches_eager
 from tests.ir.test_ops import PADDING, single_op_model
 from tests.zoo import ZOO
 
@@ -74,8 +72,4 @@ def test_zoo_through_torch_matches_eager(name):
     cm = leangraph.optimize(model, entry.inputs(*entry.shapes[0]), dynamic_shapes=entry.dynamic_shapes,
                             backend="torch")
     assert any(backend == "torch" for backend, _ in cm.report.partitions)
-    for shape in entry.shapes:
-        inputs = entry.inputs(*shape)
-        got = [t.numpy() for t in pytree.tree_leaves(cm(*inputs)) if isinstance(t, torch.Tensor)]
-        for g, e in zip(got, eager_outputs(model, inputs)):
-            np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5, err_msg=f"{name} at {shape}")
+    assert_matches_eager(name, model, cm, entry)

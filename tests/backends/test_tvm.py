@@ -6,12 +6,11 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 import pytest
-import torch
-from torch.utils import _pytree as pytree
 
 import leangraph
 from leangraph.backends.reference import ReferenceExecutable
 from leangraph.backends.tvm import TVMBackend, TVMExecutable
+from tests.frontend.test_zoo import assert_matches_eager
 from tests.ir.test_ops import single_op_model
 from tests.passes._build import model_from_text
 from tests.zoo import ZOO
@@ -102,13 +101,7 @@ def test_zoo_through_tvm_matches_eager(name):
     model = entry.build()
     cm = leangraph.optimize(model, entry.inputs(*entry.shapes[0]), dynamic_shapes=entry.dynamic_shapes, backend="tvm")
     assert any(backend == "tvm" for backend, _ in cm.report.partitions), cm.report.partitions
-    for shape in entry.shapes:
-        inputs = entry.inputs(*shape)
-        got = [t for t in pytree.tree_leaves(cm(*inputs)) if isinstance(t, torch.Tensor)]
-        with torch.no_grad():
-            expected = [t for t in pytree.tree_leaves(model(*inputs)) if isinstance(t, torch.Tensor)]
-        for g, e in zip(got, expected):
-            torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+    assert_matches_eager(name, model, cm, entry)
     assert "fallback:" in str(cm.report) or len(cm.report.partitions) == 1
 
 
@@ -121,13 +114,7 @@ def test_unoptimized_graphs_compile_on_tvm(name):
     model = entry.build()
     cm = leangraph.optimize(model, entry.inputs(*entry.shapes[0]), dynamic_shapes=entry.dynamic_shapes, backend="tvm",
                             passes="none")
-    for shape in entry.shapes:
-        inputs = entry.inputs(*shape)
-        got = [t for t in pytree.tree_leaves(cm(*inputs)) if isinstance(t, torch.Tensor)]
-        with torch.no_grad():
-            expected = [t for t in pytree.tree_leaves(model(*inputs)) if isinstance(t, torch.Tensor)]
-        for g, e in zip(got, expected):
-            torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+    assert_matches_eager(name, model, cm, entry)
 
 
 def test_elementwise_schedule_vectorizes_the_inner_loop():

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from torch.utils import _pytree as pytree
 
 import leangraph
 from leangraph.cost_model.backend_choice import choose_backends
 from leangraph.backends.onnxruntime import OnnxRuntimeBackend
 from leangraph.backends.partition import BACKEND_CHOICE, assign, compile_partitioned
 from leangraph.backends.reference import ReferenceBackend
-from tests.frontend.test_zoo import eager_outputs
+from tests.frontend.test_zoo import assert_matches_eager
 from tests.passes._build import model_from_text
 from tests.zoo import ZOO
 
@@ -63,10 +61,5 @@ def test_zoo_through_auto_matches_eager_and_reloads_without_measuring(name, tmp_
     cm.save(tmp_path / "artifact")
     loaded = leangraph.load(tmp_path / "artifact")
     assert loaded.backend == "auto"
-    for shape in entry.shapes:
-        inputs = entry.inputs(*shape)
-        expected = eager_outputs(model, inputs)
-        for compiled in (cm, loaded):
-            got = [t.numpy() for t in pytree.tree_leaves(compiled(*inputs)) if isinstance(t, torch.Tensor)]
-            for g, e in zip(got, expected):
-                np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5, err_msg=f"{name} at {shape}")
+    for compiled in (cm, loaded):
+        assert_matches_eager(name, model, compiled, entry)

@@ -119,7 +119,10 @@ def test_other_format_version_is_refused(copy):
 @pytest.mark.parametrize("backend", ["onnxruntime", "reference"])
 def test_eight_threads_match_serial_calls(saved, backend):
     entry, _, _, directory = saved
-    cm = leangraph.load(directory, backend=backend)
+    assert_eight_threads_match_serial_calls(leangraph.load(directory, backend=backend), entry)
+
+
+def assert_eight_threads_match_serial_calls(cm, entry):
     inputs = [entry.inputs(b, s) for b, s in [(1, 5), (2, 7), (3, 9), (4, 6)] * 4]
     serial = [cm(*x).last_hidden_state for x in inputs]
     barrier = threading.Barrier(8)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -14,6 +12,7 @@ import torch
 import leangraph
 from leangraph.errors import ArtifactError
 from leangraph.runtime.artifact import content_hash
+from tests.runtime.test_artifact import assert_eight_threads_match_serial_calls
 from tests.zoo import ZOO
 
 
@@ -101,20 +100,7 @@ def test_library_built_for_another_cpu_is_rebuilt(saved, monkeypatch):
 def test_eight_threads_match_serial_calls_on_a_loaded_tvm_artifact(saved):
     # One Relax VM per thread: concurrent calls on one VM crash the process.
     entry, _, directory = saved
-    cm = leangraph.load(directory)
-    inputs = [entry.inputs(b, s) for b, s in [(1, 5), (2, 7), (3, 9), (4, 6)] * 4]
-    serial = [cm(*x).last_hidden_state for x in inputs]
-    barrier = threading.Barrier(8)
-
-    def work(index):
-        if index < 8:
-            barrier.wait()  # all eight threads call at once
-        return cm(*inputs[index]).last_hidden_state
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(work, range(len(inputs))))
-    for i, expected in enumerate(serial):
-        assert torch.equal(results[i], expected), i
+    assert_eight_threads_match_serial_calls(leangraph.load(directory), entry)
 
 
 def test_library_that_cannot_be_loaded_is_a_clear_error(saved, tmp_path):

@@ -199,7 +199,7 @@ def _attention_op(ctx, node, inputs):
 
 @library_kernel("MultiHeadAttention")
 def _multi_head_attention_kernel(node: ir.Node) -> str | None:
-    """torch's scaled_dot_product_attention, for no mask or an additive float32 one."""
+    """The torch backend's attention kernel, for no mask or an additive float32 one."""
     from leangraph.backends.tvm import library
 
     mask = node.inputs[3] if len(node.inputs) > 3 else None
@@ -226,7 +226,8 @@ def _multi_head_attention(ctx, node, inputs):
 
 @library_kernel("DynamicQuantLinear")
 def _dynamic_quant_linear_kernel(node: ir.Node) -> str:
-    """fbgemm's int8 GEMM holding the prepacked constant weights."""
+    """The int8 GEMM holding the constant weights: fbgemm for 7-bit activations, ONNX Runtime's
+    kernel for 8-bit ones (library.quant_linear_function)."""
     from leangraph.backends.tvm import library
 
     attrs = attributes_of(node)

@@ -78,8 +78,8 @@ def _torch_kernel(op_type: str, name: str, attrs: dict) -> str:
 
 
 def multi_head_attention_function(heads: int, scale: float, causal: int, masked: bool) -> str:
-    """The packed function running leangraph::MultiHeadAttention with these attributes (torch's
-    scaled_dot_product_attention on the split heads)."""
+    """The packed function running leangraph::MultiHeadAttention with these attributes (the torch
+    backend's kernel on the split heads)."""
     name = f"leangraph.multi_head_attention.h{heads}.s{scale!r}.c{causal}.m{int(masked)}"
     return _torch_kernel("MultiHeadAttention", name, {"num_heads": heads, "scale": scale, "causal": causal})
 
@@ -91,8 +91,8 @@ def layer_norm_function(axis: int, epsilon: float) -> str:
 
 
 def packed_attention_function(heads: int, scale: float, causal: int) -> str:
-    """The packed function running leangraph::PackedMultiHeadAttention with these attributes
-    (sequences laid out padded, one batched scaled_dot_product_attention with the key-padding
+    """The packed function running leangraph::PackedMultiHeadAttention with these attributes (the
+    torch backend's kernel: sequences laid out padded, one batched attention with the key-padding
     mask, the valid rows gathered back)."""
     name = f"leangraph.packed_multi_head_attention.h{heads}.s{scale!r}.c{causal}"
     return _torch_kernel("PackedMultiHeadAttention", name, {"num_heads": heads, "scale": scale, "causal": causal})

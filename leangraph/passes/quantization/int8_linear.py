@@ -2,8 +2,8 @@
 an assignment names (the search in ``mixed_precision.py`` chooses them).
 
 Weights are quantized once, per output channel, symmetric (scale = max |w| / 127, or / 63 for 7-bit
-weights, over the channel); activations per call (see the op). Lossy: runs only when the user allowed a loss, and the search
-checks the result against the budget.
+weights, over the channel); activations per call (see the op). Lossy: runs only when the user
+allowed a loss, and the search checks the result against the budget.
 """
 
 from __future__ import annotations

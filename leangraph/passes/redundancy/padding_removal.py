@@ -241,10 +241,9 @@ def _plan(model: ir.Model, padded_outputs: str) -> _Plan | str:
                 continue
             if not token_layout(value, full_batch=True):
                 return f"skipped: '{value.name}' leaves the token-wise region with shape {value.shape}"
-            shape_only = (value not in graph_outputs
-                          and all(c.op_type in _VALUE_BLIND and c.domain in ("", "ai.onnx") for c in outside))
+            shape_only = value not in graph_outputs and all(_value_blind(c) for c in outside)
             if value not in graph_outputs and any(c in island for c in outside) and all(
-                    c in island or (c.op_type in _VALUE_BLIND and c.domain in ("", "ai.onnx")) for c in outside):
+                    c in island or _value_blind(c) for c in outside):
                 into_islands.append(value)
             elif not shape_only and not _zero_where_padded(model, value, mask):
                 if outside or padded_outputs != "zero":
@@ -260,6 +259,10 @@ def _plan(model: ir.Model, padded_outputs: str) -> _Plan | str:
         if unsafe:
             return f"skipped: the attention run padded between the packed layers {unsafe}"
     return _Plan(mask, attention, region, packed_inputs, exits, zeroed, len(head_layout))
+
+
+def _value_blind(node: ir.Node) -> bool:
+    return node.op_type in _VALUE_BLIND and node.domain in ("", "ai.onnx")
 
 
 def _islands(seeds: list[ir.Node], tokenwise) -> set[ir.Node]:
@@ -297,7 +300,8 @@ def _island_reads_padded_positions(model: ir.Model, entries: list[ir.Value], out
 
     if not outputs:
         return "(it gives nothing back to them)"
-    sources = [v for v in model.graph.inputs if v in set(_ancestor_inputs_of(outputs))]
+    reachable = set(_ancestor_inputs(*outputs))
+    sources = [v for v in model.graph.inputs if v in reachable]
     if any(rank_of(v) != 2 for v in sources if v is not mask) or any(
             v.shape is None or not all(isinstance(d, int) for d in v.shape[2:]) for v in entries):
         return "(its inputs have shapes the probe cannot make up)"
@@ -321,13 +325,6 @@ def _island_reads_padded_positions(model: ir.Model, entries: list[ir.Value], out
             if not np.array_equal(a[valid], b[valid]):
                 return f"(its output '{value.name}' at valid positions depends on padded ones)"
     return None
-
-
-def _ancestor_inputs_of(values: list[ir.Value]) -> list[ir.Value]:
-    found = []
-    for value in values:
-        found.extend(v for v in _ancestor_inputs(value) if v not in found)
-    return found
 
 
 def _rewrite(model: ir.Model, plan: _Plan) -> None:
@@ -389,8 +386,9 @@ def _rewrite(model: ir.Model, plan: _Plan) -> None:
 
 # --- which graph input is the padding mask, by probing ---------------------------------------
 
-def _ancestor_inputs(value: ir.Value) -> list[ir.Value]:
-    seen, stack, found = set(), [value], []
+def _ancestor_inputs(*values: ir.Value) -> list[ir.Value]:
+    """The graph inputs the values are computed from (one walk for all of them)."""
+    seen, stack, found = set(), list(values), []
     while stack:
         v = stack.pop()
         if v is None or id(v) in seen:
