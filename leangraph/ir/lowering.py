@@ -21,8 +21,23 @@ def lower_to_onnx(model: ir.Model) -> ir.Model:
             for index, new_node in enumerate(tape.nodes):
                 new_node.metadata_props.update(node.metadata_props)
                 new_node.name = f"{node.name}/{index}_{new_node.op_type}"
+                _name_subgraph_values(new_node)
             for old, new in zip(node.outputs, outputs):
                 new.name, new.shape, new.type = old.name, old.shape, old.type
             ir.convenience.replace_nodes_and_values(graph, node, [node], tape.nodes, node.outputs, outputs)
     model.opset_imports.pop(registry.DOMAIN, None)
     return model
+
+
+def _name_subgraph_values(node: ir.Node) -> None:
+    """Names for the nodes and values of a decomposition's branches (If), prefixed by the node's:
+    each graph numbers its unnamed values itself (val_0, ...), and ONNX Runtime takes a branch's
+    val_3 for the outer graph's."""
+    for attr in node.attributes.values():
+        if attr.type != ir.AttributeType.GRAPH:
+            continue
+        for index, inner in enumerate(attr.value):
+            inner.name = f"{node.name}/{attr.name}/{index}_{inner.op_type}"
+            for position, value in enumerate(inner.outputs):
+                value.name = f"{inner.name}:{position}"
+            _name_subgraph_values(inner)

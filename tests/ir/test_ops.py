@@ -220,6 +220,13 @@ def test_packed_multi_head_attention_is_masked_attention_on_valid_rows(rng, caus
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_packed_multi_head_attention_of_a_batch_without_tokens_is_empty(rng):
+    # Its decomposition gathers token rows; with no token there is none to read (the If's other branch).
+    y = check_op("PackedMultiHeadAttention", [f32(rng, 0, 16), f32(rng, 0, 16), f32(rng, 0, 8), np.zeros((3, 5), np.int64)],
+                 {"num_heads": 4})
+    assert y.shape == (0, 8)
+
+
 @pytest.mark.parametrize("activation", ["none", "gelu"])
 @pytest.mark.parametrize(("activation_bits", "weight_bits"), [(7, 8), (8, 7)])  # fbgemm's, ONNX Runtime's
 def test_dynamic_quant_linear(rng, activation, activation_bits, weight_bits):

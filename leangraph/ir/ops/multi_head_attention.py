@@ -38,7 +38,7 @@ def _reference(query, key, value, mask=None, num_heads=0, scale=0.0, causal=0):
     return (out.transpose(0, 2, 1, 3).reshape(batch, length, heads * size),)
 
 
-def _decompose(tape, inputs, attrs, empty_rows: bool = True):
+def _decompose(tape, inputs, attrs):
     heads = attrs["num_heads"]
     split_shape = const(tape, [0, 0, heads, -1], np.int64)
 
@@ -50,8 +50,7 @@ def _decompose(tape, inputs, attrs, empty_rows: bool = True):
 
     query, key, value = (split(x) for x in inputs[:3])
     mask = inputs[3] if len(inputs) > 3 else None
-    (out,) = attention._decompose(tape, [query, key, value, mask], {"scale": attrs["scale"], "causal": attrs["causal"]},
-                                  empty_rows=empty_rows)
+    (out,) = attention._decompose(tape, [query, key, value, mask], {"scale": attrs["scale"], "causal": attrs["causal"]})
     merged = tape.op("Transpose", [out], {"perm": [0, 2, 1, 3]})
     return [tape.op("Reshape", [merged, const(tape, [0, 0, -1], np.int64)])]
 

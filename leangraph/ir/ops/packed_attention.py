@@ -15,9 +15,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from leangraph.ir.ops import multi_head_attention
+from leangraph.ir.ops import attention, multi_head_attention
 from leangraph.ir.ops._util import const
-from leangraph.ir.ops.packing import pack, unpack
 from leangraph.ir.registry import OpDef, TensorInfo, register
 
 
@@ -47,17 +46,56 @@ def _reference(query, key, value, mask, num_heads=0, scale=0.0, causal=0):
 
 
 def _decompose(tape, inputs, attrs):
-    """Unpacked, attention with the key-padding mask, packed again: the same rows."""
+    """The padded [batch, heads, seq, head_size] layout gathered straight from the packed rows viewed
+    as [tokens * heads, head_size] (no zero-filled buffer, no head transposes; padded positions read
+    token 0's rows, masked out as keys and dropped as queries), attention with an additive key-padding
+    bias, and the output gathered back to [tokens, heads, head_size]. Under an If on tokens > 0: a
+    batch without a valid token has no row to read and gives the empty output."""
     query, key, value, mask = inputs
-    padded = [unpack(tape, x, mask) for x in (query, key, value)]
-    for x, source in zip(padded, (query, key, value)):
-        x.dtype, x.shape = source.dtype, ir.Shape([None, None, None])
-    visible = tape.op("Unsqueeze", [tape.op("Cast", [mask], {"to": int(ir.DataType.BOOL)}), const(tape, [1, 2], np.int64)])
-    visible.dtype = ir.DataType.BOOL  # the attention decomposition reads it: boolean, not additive
-    # A valid query always sees a valid key (itself), so no row of the attention is empty: the
-    # guard that zeroes empty rows is left out (padded rows may be NaN; pack drops them).
-    (out,) = multi_head_attention._decompose(tape, [*padded, visible], attrs, empty_rows=False)
-    return [pack(tape, out, mask, broadcast=False)]
+    heads = attrs["num_heads"]
+    dtype = query.dtype.numpy()
+    valid = tape.op("Cast", [mask], {"to": int(ir.DataType.BOOL)})
+    flat = tape.op("Cast", [tape.op("Reshape", [valid, const(tape, [-1], np.int64)])], {"to": int(ir.DataType.INT64)})
+    token_of = tape.op("Reshape", [tape.op("Sub", [tape.op("CumSum", [flat, const(tape, 0, np.int64)]),
+                                                   const(tape, 1, np.int64)]), tape.op("Shape", [mask])])
+    source = tape.op("Where", [valid, token_of, const(tape, 0, np.int64)])  # [batch, seq]
+    rows = tape.op("Add", [tape.op("Mul", [tape.op("Unsqueeze", [source, const(tape, [1], np.int64)]),
+                                            const(tape, heads, np.int64)]),
+                           const(tape, np.arange(heads).reshape(1, heads, 1), np.int64)])  # [batch, heads, seq]
+    bias = tape.op("Where", [tape.op("Unsqueeze", [valid, const(tape, [1, 2], np.int64)]),
+                             const(tape, 0.0, dtype), const(tape, -np.inf, dtype)])  # [batch, 1, 1, seq]
+    bias.dtype = query.dtype  # the attention decomposition reads it: additive, not boolean
+    seq = tape.op("Shape", [mask], {"start": 1, "end": 2})
+    position = tape.op("NonZero", [mask])  # [2, tokens]: sequence, position
+    sequence_of, position_of = (tape.op("Gather", [position, const(tape, i, np.int64)], {"axis": 0}) for i in (0, 1))
+    first_row = tape.op("Add", [tape.op("Mul", [sequence_of, tape.op("Mul", [seq, const(tape, [heads], np.int64)])]),
+                                position_of])
+    out_rows = tape.op("Add", [tape.op("Unsqueeze", [first_row, const(tape, [1], np.int64)]),
+                               tape.op("Mul", [const(tape, np.arange(heads).reshape(1, heads), np.int64), seq])])
+
+    body = ir.tape.Tape()
+
+    def heads_first(x):
+        width = x.shape[-1] if x.shape is not None else None
+        size = width // heads if isinstance(width, int) else -1  # -1 and a 0-token dim do not go together
+        per_head = body.op("Flatten", [body.op("Reshape", [x, const(body, [0, heads, size], np.int64)])], {"axis": 2})
+        out = body.op("Gather", [per_head, rows], {"axis": 0})
+        out.dtype, out.shape = x.dtype, ir.Shape([None, None, None, None])
+        return out
+
+    (out,) = attention._decompose(body, [heads_first(query), heads_first(key), heads_first(value), bias],
+                                  {"scale": attrs["scale"], "causal": attrs["causal"]}, empty_rows=False)
+    gathered = body.op("Gather", [body.op("Flatten", [out], {"axis": 3}), out_rows], {"axis": 0})  # [tokens, heads, size]
+    packed = body.op("Reshape", [gathered, const(body, [0, -1], np.int64)])
+    empty = ir.tape.Tape()
+    nothing = empty.op("ConstantOfShape", [empty.op("Shape", [value])], {"value": ir.tensor(np.zeros(1, dtype))})
+    any_token = tape.op("Greater", [tape.op("Shape", [query], {"start": 0, "end": 1}), const(tape, [0], np.int64)])
+    return [tape.op("If", [any_token], {"then_branch": _branch("attention", body, packed),
+                                         "else_branch": _branch("no_tokens", empty, nothing)})]
+
+
+def _branch(name: str, tape: ir.tape.Tape, output: ir.Value) -> ir.Graph:
+    return ir.Graph([], [output], nodes=tape.nodes, name=name)
 
 
 PACKED_MULTI_HEAD_ATTENTION = register(

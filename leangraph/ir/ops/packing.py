@@ -58,12 +58,10 @@ def valid_indices(tape: ir.tape.Tape, mask: ir.Value) -> ir.Value:
     return tape.op("Reshape", [tape.op("NonZero", [flat]), const(tape, [-1], np.int64)])
 
 
-def pack(tape: ir.tape.Tape, x: ir.Value, mask: ir.Value, broadcast: bool = True) -> ir.Value:
-    """The valid rows of ``x`` (``broadcast``: x may have batch 1, expanded to the mask's batch first)."""
+def pack(tape: ir.tape.Tape, x: ir.Value, mask: ir.Value) -> ir.Value:
+    """The valid rows of ``x`` (x may have batch 1, expanded to the mask's batch first)."""
     trailing = tape.op("Shape", [x], {"start": 2})
-    padded = x
-    if broadcast:
-        padded = tape.op("Expand", [x, tape.op("Concat", [tape.op("Shape", [mask]), trailing], {"axis": 0})])
+    padded = tape.op("Expand", [x, tape.op("Concat", [tape.op("Shape", [mask]), trailing], {"axis": 0})])
     rows = tape.op("Reshape", [padded, tape.op("Concat", [const(tape, [-1], np.int64), trailing], {"axis": 0})])
     return tape.op("Gather", [rows, valid_indices(tape, mask)], {"axis": 0})
 
