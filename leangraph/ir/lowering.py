@@ -5,6 +5,7 @@ definition. The model is changed in place and returned."""
 from __future__ import annotations
 
 import onnx_ir as ir
+from onnx_ir.passes.common import CommonSubexpressionEliminationPass, RemoveUnusedNodesPass
 
 from leangraph.ir import registry
 from leangraph.ir.verify import all_graphs
@@ -26,6 +27,11 @@ def lower_to_onnx(model: ir.Model) -> ir.Model:
                 new.name, new.shape, new.type = old.name, old.shape, old.type
             ir.convenience.replace_nodes_and_values(graph, node, [node], tape.nodes, node.outputs, outputs)
     model.opset_imports.pop(registry.DOMAIN, None)
+    # Decompositions of ops that read one mask compute its indices each; computed once (constants
+    # up to 64 elements compared), and what a decomposition no longer reads (a Split it looked
+    # through) dropped.
+    CommonSubexpressionEliminationPass(size_limit=64)(model)
+    RemoveUnusedNodesPass()(model)
     return model
 
 

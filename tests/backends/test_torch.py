@@ -30,6 +30,9 @@ def f32(*shape):
     ("PackTokens", lambda: [f32(1, 5, 3), PADDING], {}),
     ("UnpackTokens", lambda: [f32(int(PADDING.sum()), 3), PADDING], {}),
     ("PackedMultiHeadAttention", lambda: [f32(int(PADDING.sum()), 16)] * 3 + [PADDING], {"num_heads": 4, "causal": 1}),
+    ("PackedMultiHeadAttention", lambda: [f32(int(PADDING.sum()), 16)] * 2 + [f32(int(PADDING.sum()), 8), PADDING],
+     {"num_heads": 4}),
+    ("PackedMultiHeadAttention", lambda: [f32(0, 16)] * 3 + [np.zeros((2, 3), np.int64)], {"num_heads": 4}),  # no token
 ])
 def test_leangraph_ops(op, inputs, attrs):
     arrays = inputs()

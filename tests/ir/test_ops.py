@@ -220,6 +220,29 @@ def test_packed_multi_head_attention_is_masked_attention_on_valid_rows(rng, caus
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("tokens", [int(PADDING.sum()), 0])
+def test_packed_attention_over_one_split_reads_the_split_input(rng, tokens):
+    # fuse_sibling_linears' Q, K, V: heads gathered from the fused projection, the Split removed.
+    mask = PADDING if tokens else np.zeros_like(PADDING)
+    x = ir.val("x", ir.DataType.FLOAT, ir.Shape(["tokens", 48]))
+    m = ir.val("mask", ir.DataType.INT64, ir.Shape(list(mask.shape)))
+    sizes = ir.Value(name="sizes", const_value=ir.tensor(np.array([16, 16, 16], np.int64)))
+    split = ir.node("Split", [x, sizes], {"axis": -1}, num_outputs=3)
+    for v in split.outputs:
+        v.dtype, v.shape = ir.DataType.FLOAT, ir.Shape(["tokens", 16])
+    attention = ir.node("PackedMultiHeadAttention", [*split.outputs, m], {"num_heads": 4}, domain=DOMAIN)
+    graph = ir.Graph([x, m], attention.outputs, nodes=[split, attention], initializers=[sizes],
+                     opset_imports={"": TARGET_OPSET, DOMAIN: 1}, name="qkv")
+    model = ir.Model(graph, ir_version=10)
+    feeds = [f32(rng, tokens, 48), mask]
+    expected = run_reference(model, feeds)[0]
+    proto = lowered_proto(model)
+    assert "Split" not in {n.op_type for n in proto.graph.node}
+    got = ort.InferenceSession(proto.SerializeToString()).run(None, dict(zip(["x", "mask"], feeds)))[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert got.shape == (tokens, 16)
+
+
 def test_packed_multi_head_attention_of_a_batch_without_tokens_is_empty(rng):
     # Its decomposition gathers token rows; with no token there is none to read (the If's other branch).
     y = check_op("PackedMultiHeadAttention", [f32(rng, 0, 16), f32(rng, 0, 16), f32(rng, 0, 8), np.zeros((3, 5), np.int64)],

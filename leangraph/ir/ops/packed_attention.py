@@ -74,24 +74,55 @@ def _decompose(tape, inputs, attrs):
                                tape.op("Mul", [const(tape, np.arange(heads).reshape(1, heads), np.int64), seq])])
 
     body = ir.tape.Tape()
+    fused = _split_source(query, key, value)
+    if fused is not None:  # row (token * 3 + part) * heads + head of the fused tensor, for each part
+        part_rows = [tape.op("Add", [tape.op("Mul", [rows, const(tape, 3, np.int64)]),
+                                     const(tape, part * heads - 2 * np.arange(heads).reshape(1, heads, 1), np.int64)])
+                     for part in range(3)]
 
-    def heads_first(x):
+    def heads_first(x, part):
+        parts, index = (3, part_rows[part]) if fused is not None else (1, rows)
+        x = fused if fused is not None else x
         width = x.shape[-1] if x.shape is not None else None
-        size = width // heads if isinstance(width, int) else -1  # -1 and a 0-token dim do not go together
-        per_head = body.op("Flatten", [body.op("Reshape", [x, const(body, [0, heads, size], np.int64)])], {"axis": 2})
-        out = body.op("Gather", [per_head, rows], {"axis": 0})
-        out.dtype, out.shape = x.dtype, ir.Shape([None, None, None, None])
+        size = width // (parts * heads) if isinstance(width, int) else -1  # -1 and a 0-token dim do not go together
+        per_head = body.op("Flatten", [body.op("Reshape", [x, const(body, [0, parts * heads, size], np.int64)])],
+                           {"axis": 2})
+        out = body.op("Gather", [per_head, index], {"axis": 0})
+        out.dtype, out.shape = query.dtype, ir.Shape([None, None, None, None])
         return out
 
-    (out,) = attention._decompose(body, [heads_first(query), heads_first(key), heads_first(value), bias],
-                                  {"scale": attrs["scale"], "causal": attrs["causal"]}, empty_rows=False)
+    q, k, v = (heads_first(x, part) for part, x in enumerate((query, key, value)))
+    (out,) = attention._decompose(body, [q, k, v, bias], {"scale": attrs["scale"], "causal": attrs["causal"]},
+                                  empty_rows=False)
     gathered = body.op("Gather", [body.op("Flatten", [out], {"axis": 3}), out_rows], {"axis": 0})  # [tokens, heads, size]
     packed = body.op("Reshape", [gathered, const(body, [0, -1], np.int64)])
     empty = ir.tape.Tape()
-    nothing = empty.op("ConstantOfShape", [empty.op("Shape", [value])], {"value": ir.tensor(np.zeros(1, dtype))})
-    any_token = tape.op("Greater", [tape.op("Shape", [query], {"start": 0, "end": 1}), const(tape, [0], np.int64)])
+    if fused is not None:  # the Split goes away: the branch must not read its output
+        nothing = const(empty, np.zeros((0, value.shape[-1])), dtype)
+    else:
+        nothing = empty.op("ConstantOfShape", [empty.op("Shape", [value])], {"value": ir.tensor(np.zeros(1, dtype))})
+    tokens = tape.op("Shape", [query if fused is None else fused], {"start": 0, "end": 1})
+    any_token = tape.op("Greater", [tokens, const(tape, [0], np.int64)])
     return [tape.op("If", [any_token], {"then_branch": _branch("attention", body, packed),
                                          "else_branch": _branch("no_tokens", empty, nothing)})]
+
+
+def _split_source(query: ir.Value, key: ir.Value, value: ir.Value) -> ir.Value | None:
+    """The [tokens, 3 * width] value that one Split cuts into ``query``, ``key`` and ``value`` of equal
+    widths (fuse_sibling_linears' Q, K, V projection), else None: the heads are then gathered from it
+    and the Split, left without readers, is removed after lowering."""
+    split = query.producer()
+    if split is None or split.op_type != "Split" or split.domain not in ("", "ai.onnx"):
+        return None
+    if list(split.outputs) != [query, key, value] or any(len(v.uses()) != 1 for v in split.outputs):
+        return None
+    source = split.inputs[0]
+    if source.shape is None or len(source.shape) != 2 or split.attributes.get_int("axis", 0) not in (1, -1):
+        return None
+    widths = {v.shape[-1] if v.shape is not None else None for v in split.outputs}
+    if len(widths) != 1 or not isinstance(source.shape[1], int) or 3 * next(iter(widths)) != source.shape[1]:
+        return None
+    return source
 
 
 def _branch(name: str, tape: ir.tape.Tape, output: ir.Value) -> ir.Graph:
