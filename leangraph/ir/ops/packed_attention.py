@@ -80,14 +80,17 @@ def _decompose(tape, inputs, attrs):
                                      const(tape, part * heads - 2 * np.arange(heads).reshape(1, heads, 1), np.int64)])
                      for part in range(3)]
 
-    def heads_first(x, part):
-        parts, index = (3, part_rows[part]) if fused is not None else (1, rows)
-        x = fused if fused is not None else x
+    def rows_by_head(x, parts):
         width = x.shape[-1] if x.shape is not None else None
         size = width // (parts * heads) if isinstance(width, int) else -1  # -1 and a 0-token dim do not go together
-        per_head = body.op("Flatten", [body.op("Reshape", [x, const(body, [0, parts * heads, size], np.int64)])],
-                           {"axis": 2})
-        out = body.op("Gather", [per_head, index], {"axis": 0})
+        return body.op("Flatten", [body.op("Reshape", [x, const(body, [0, parts * heads, size], np.int64)])], {"axis": 2})
+
+    # One view of the fused projection serves the three parts.
+    fused_rows = rows_by_head(fused, 3) if fused is not None else None
+
+    def heads_first(x, part):
+        source, index = (fused_rows, part_rows[part]) if fused is not None else (rows_by_head(x, 1), rows)
+        out = body.op("Gather", [source, index], {"axis": 0})
         out.dtype, out.shape = query.dtype, ir.Shape([None, None, None, None])
         return out
 
