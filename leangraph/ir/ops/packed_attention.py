@@ -54,24 +54,7 @@ def _decompose(tape, inputs, attrs):
     query, key, value, mask = inputs
     heads = attrs["num_heads"]
     dtype = query.dtype.numpy()
-    valid = tape.op("Cast", [mask], {"to": int(ir.DataType.BOOL)})
-    flat = tape.op("Cast", [tape.op("Reshape", [valid, const(tape, [-1], np.int64)])], {"to": int(ir.DataType.INT64)})
-    token_of = tape.op("Reshape", [tape.op("Sub", [tape.op("CumSum", [flat, const(tape, 0, np.int64)]),
-                                                   const(tape, 1, np.int64)]), tape.op("Shape", [mask])])
-    source = tape.op("Where", [valid, token_of, const(tape, 0, np.int64)])  # [batch, seq]
-    rows = tape.op("Add", [tape.op("Mul", [tape.op("Unsqueeze", [source, const(tape, [1], np.int64)]),
-                                            const(tape, heads, np.int64)]),
-                           const(tape, np.arange(heads).reshape(1, heads, 1), np.int64)])  # [batch, heads, seq]
-    bias = tape.op("Where", [tape.op("Unsqueeze", [valid, const(tape, [1, 2], np.int64)]),
-                             const(tape, 0.0, dtype), const(tape, -np.inf, dtype)])  # [batch, 1, 1, seq]
-    bias.dtype = query.dtype  # the attention decomposition reads it: additive, not boolean
-    seq = tape.op("Shape", [mask], {"start": 1, "end": 2})
-    position = tape.op("NonZero", [mask])  # [2, tokens]: sequence, position
-    sequence_of, position_of = (tape.op("Gather", [position, const(tape, i, np.int64)], {"axis": 0}) for i in (0, 1))
-    first_row = tape.op("Add", [tape.op("Mul", [sequence_of, tape.op("Mul", [seq, const(tape, [heads], np.int64)])]),
-                                position_of])
-    out_rows = tape.op("Add", [tape.op("Unsqueeze", [first_row, const(tape, [1], np.int64)]),
-                               tape.op("Mul", [const(tape, np.arange(heads).reshape(1, heads), np.int64), seq])])
+    rows, bias, out_rows = _gather_indices(tape, mask, heads, query.dtype)
 
     body = ir.tape.Tape()
     fused = _split_source(query, key, value)
@@ -108,6 +91,31 @@ def _decompose(tape, inputs, attrs):
     any_token = tape.op("Greater", [tokens, const(tape, [0], np.int64)])
     return [tape.op("If", [any_token], {"then_branch": _branch("attention", body, packed),
                                          "else_branch": _branch("no_tokens", empty, nothing)})]
+
+
+def _gather_indices(tape, mask, heads, dtype):
+    """From the [batch, seq] mask: the packed row (token * heads + head) each [batch, heads, seq]
+    position reads (padded ones: token 0's), the additive key-padding bias [batch, 1, 1, seq], and
+    for each [token, head] its row in the flattened [batch * heads * seq] output."""
+    valid = tape.op("Cast", [mask], {"to": int(ir.DataType.BOOL)})
+    flat = tape.op("Cast", [tape.op("Reshape", [valid, const(tape, [-1], np.int64)])], {"to": int(ir.DataType.INT64)})
+    token_of = tape.op("Reshape", [tape.op("Sub", [tape.op("CumSum", [flat, const(tape, 0, np.int64)]),
+                                                   const(tape, 1, np.int64)]), tape.op("Shape", [mask])])
+    source = tape.op("Where", [valid, token_of, const(tape, 0, np.int64)])  # [batch, seq]
+    rows = tape.op("Add", [tape.op("Mul", [tape.op("Unsqueeze", [source, const(tape, [1], np.int64)]),
+                                            const(tape, heads, np.int64)]),
+                           const(tape, np.arange(heads).reshape(1, heads, 1), np.int64)])
+    bias = tape.op("Where", [tape.op("Unsqueeze", [valid, const(tape, [1, 2], np.int64)]),
+                             const(tape, 0.0, dtype.numpy()), const(tape, -np.inf, dtype.numpy())])
+    bias.dtype = dtype  # the attention decomposition reads it: additive, not boolean
+    seq = tape.op("Shape", [mask], {"start": 1, "end": 2})
+    position = tape.op("NonZero", [mask])  # [2, tokens]: sequence, position
+    sequence_of, position_of = (tape.op("Gather", [position, const(tape, i, np.int64)], {"axis": 0}) for i in (0, 1))
+    first_row = tape.op("Add", [tape.op("Mul", [sequence_of, tape.op("Mul", [seq, const(tape, [heads], np.int64)])]),
+                                position_of])
+    out_rows = tape.op("Add", [tape.op("Unsqueeze", [first_row, const(tape, [1], np.int64)]),
+                               tape.op("Mul", [const(tape, np.arange(heads).reshape(1, heads), np.int64), seq])])
+    return rows, bias, out_rows
 
 
 def _split_source(query: ir.Value, key: ir.Value, value: ir.Value) -> ir.Value | None:
