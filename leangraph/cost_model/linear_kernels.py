@@ -32,6 +32,11 @@ Runtime's int8 kernel too (8-bit activations, library.py), but inside TVM's proc
 spinning and measured slower than fbgemm there (MiniLM, 960 STS-B sentences, every layer int8:
 2.35 vs 2.16 s; spinning, 23.6 s), so the search does not offer it."""
 
+ORT_STATIC_INT8 = "ORT MatMulIntegerToFloat (int8, static activations: timed, not offered)"
+"""Timed beside the others so the report shows what calibrated static activation scales would buy
+(the activations quantized with a fixed scale instead of one found per call); the search does not
+offer it: static activation quantization is not implemented."""
+
 _time_calls = partial(median_seconds, calls=20, rounds=3)
 
 
@@ -58,4 +63,32 @@ def time_kernels(weight: np.ndarray, rows: int = KERNEL_ROWS) -> dict[str, float
         session = ort.InferenceSession(model, session_options(threads=torch.get_num_threads()),
                                        providers=["CPUExecutionProvider"])
         seconds[name] = _time_calls(lambda s=session: s.run(None, {"x": x}))
+    session = ort.InferenceSession(_static_int8_model(*ort_int8, x), session_options(threads=torch.get_num_threads()),
+                                   providers=["CPUExecutionProvider"])
+    seconds[ORT_STATIC_INT8] = _time_calls(lambda: session.run(None, {"x": x}))
     return seconds
+
+
+def _static_int8_model(weight: np.ndarray, weight_scale: np.ndarray, x: np.ndarray) -> bytes:
+    """``x @ W`` with x quantized to u8 by a fixed scale (x's range): QuantizeLinear +
+    com.microsoft.MatMulIntegerToFloat, ONNX Runtime's static-activation int8 linear layer."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    low, high = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    scale = np.float32((high - low) / 255 or 1.0)
+    zero_point = np.uint8(round(-low / scale))
+    initializers = [numpy_helper.from_array(array, name) for name, array in (
+        ("w", weight), ("w_scale", weight_scale.astype(np.float32)), ("x_scale", np.array(scale)),
+        ("x_zero_point", np.array(zero_point)))]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zero_point"], ["xq"]),
+             helper.make_node("MatMulIntegerToFloat", ["xq", "w", "x_scale", "w_scale", "x_zero_point"], ["y"],
+                              domain="com.microsoft")]
+    graph = helper.make_graph(nodes, "static_int8_linear",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", weight.shape[0]])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", weight.shape[1]])],
+                              initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("com.microsoft", 1)],
+                              ir_version=10)
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
