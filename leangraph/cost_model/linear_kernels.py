@@ -42,10 +42,9 @@ _time_calls = partial(median_seconds, calls=20, rounds=3)
 
 def time_kernels(weight: np.ndarray, rows: int = KERNEL_ROWS) -> dict[str, float]:
     """Seconds per call of every linear-layer kernel at this weight's shape."""
-    import onnxruntime as ort
     import torch
 
-    from leangraph.backends.onnxruntime import linear_model, session_options
+    from leangraph.backends.onnxruntime import inference_session, linear_model, session_options
     from leangraph.backends.tvm.library import fbgemm_prepack
 
     k, n = weight.shape
@@ -59,13 +58,10 @@ def time_kernels(weight: np.ndarray, rows: int = KERNEL_ROWS) -> dict[str, float
     seconds[FBGEMM] = _time_calls(lambda: torch.ops.quantized.linear_dynamic(xt, packed, True))
     ort_int8 = quantize_weight(weight, INT8_BITS[ORT_INT8][1])
     for name, model in ((BACKEND_KERNELS["onnxruntime"]["fp32"], linear_model(weight)),
-                        (ORT_INT8, linear_model(*ort_int8, activation_bits=INT8_BITS[ORT_INT8][0]))):
-        session = ort.InferenceSession(model, session_options(threads=torch.get_num_threads()),
-                                       providers=["CPUExecutionProvider"])
+                        (ORT_INT8, linear_model(*ort_int8, activation_bits=INT8_BITS[ORT_INT8][0])),
+                        (ORT_STATIC_INT8, _static_int8_model(*ort_int8, x))):
+        session = inference_session(model, session_options(threads=torch.get_num_threads()))
         seconds[name] = _time_calls(lambda s=session: s.run(None, {"x": x}))
-    session = ort.InferenceSession(_static_int8_model(*ort_int8, x), session_options(threads=torch.get_num_threads()),
-                                   providers=["CPUExecutionProvider"])
-    seconds[ORT_STATIC_INT8] = _time_calls(lambda: session.run(None, {"x": x}))
     return seconds
 
 

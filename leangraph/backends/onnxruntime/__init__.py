@@ -30,6 +30,7 @@ def session_options(threads: int | None = None, spinning: bool = True) -> ort.Se
         options.inter_op_num_threads = 1
     return options
 
+
 DISABLED_FUSIONS = ("SkipLayerNormFusion",)
 """ONNX Runtime graph fusions left off in our sessions. SkipLayerNormalization (residual Add +
 LayerNormalization in one kernel) is slower on CPU than the two ops it replaces (ONNX Runtime 1.31,

@@ -147,14 +147,11 @@ def _fbgemm_linear(weight: np.ndarray, weight_scale: np.ndarray, bias: np.ndarra
 
 
 def _ort_linear(weight: np.ndarray, weight_scale: np.ndarray, bias: np.ndarray | None):
-    import onnxruntime as ort
-
-    from leangraph.backends.onnxruntime import linear_model, session_options
+    from leangraph.backends.onnxruntime import inference_session, linear_model, session_options
 
     # Not spinning: the session's threads take turns with torch's and TVM's on the same cores.
-    session = ort.InferenceSession(linear_model(weight, weight_scale, bias, activation_bits=8),
-                                   session_options(threads=torch.get_num_threads(), spinning=False),
-                                   providers=["CPUExecutionProvider"])
+    session = inference_session(linear_model(weight, weight_scale, bias, activation_bits=8),
+                                session_options(threads=torch.get_num_threads(), spinning=False))
 
     def linear(x: torch.Tensor, out: torch.Tensor) -> None:
         binding = session.io_binding()  # one per call: calls may come from several threads
