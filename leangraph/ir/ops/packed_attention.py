@@ -17,6 +17,7 @@ import onnx_ir as ir
 
 from leangraph.ir.ops import attention, multi_head_attention
 from leangraph.ir.ops._util import const
+from leangraph.ir.ops.packing import packed_rows
 from leangraph.ir.registry import OpDef, TensorInfo, register
 
 
@@ -98,9 +99,7 @@ def _gather_indices(tape, mask, heads, dtype):
     position reads (padded ones: token 0's), the additive key-padding bias [batch, 1, 1, seq], and
     for each [token, head] its row in the flattened [batch * heads * seq] output."""
     valid = tape.op("Cast", [mask], {"to": int(ir.DataType.BOOL)})
-    flat = tape.op("Cast", [tape.op("Reshape", [valid, const(tape, [-1], np.int64)])], {"to": int(ir.DataType.INT64)})
-    token_of = tape.op("Reshape", [tape.op("Sub", [tape.op("CumSum", [flat, const(tape, 0, np.int64)]),
-                                                   const(tape, 1, np.int64)]), tape.op("Shape", [mask])])
+    token_of = tape.op("Reshape", [packed_rows(tape, mask), tape.op("Shape", [mask])])
     source = tape.op("Where", [valid, token_of, const(tape, 0, np.int64)])  # [batch, seq]
     rows = tape.op("Add", [tape.op("Mul", [tape.op("Unsqueeze", [source, const(tape, [1], np.int64)]),
                                             const(tape, heads, np.int64)]),

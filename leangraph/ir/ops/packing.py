@@ -58,6 +58,14 @@ def valid_indices(tape: ir.tape.Tape, mask: ir.Value) -> ir.Value:
     return tape.op("Reshape", [tape.op("NonZero", [flat]), const(tape, [-1], np.int64)])
 
 
+def packed_rows(tape: ir.tape.Tape, mask: ir.Value) -> ir.Value:
+    """[batch * seq] int64: each valid position's row in the packed order (the count of valid
+    positions before it); a padded position gets its predecessor's row, -1 before the first."""
+    flat = tape.op("Cast", [tape.op("Cast", [tape.op("Reshape", [mask, const(tape, [-1], np.int64)])],
+                                    {"to": int(ir.DataType.BOOL)})], {"to": int(ir.DataType.INT64)})
+    return tape.op("Sub", [tape.op("CumSum", [flat, const(tape, 0, np.int64)]), const(tape, 1, np.int64)])
+
+
 def pack(tape: ir.tape.Tape, x: ir.Value, mask: ir.Value) -> ir.Value:
     """The valid rows of ``x`` (x may have batch 1, expanded to the mask's batch first)."""
     trailing = tape.op("Shape", [x], {"start": 2})
@@ -77,9 +85,7 @@ def unpack(tape: ir.tape.Tape, packed: ir.Value, mask: ir.Value) -> ir.Value:
                        {"value": ir.tensor(np.zeros(1, dtype=packed.dtype.numpy()))})
     rows = tape.op("Concat", [packed, zero_row], {"axis": 0})
     valid = tape.op("Cast", [tape.op("Reshape", [mask, const(tape, [-1], np.int64)])], {"to": int(ir.DataType.BOOL)})
-    position = tape.op("Sub", [tape.op("CumSum", [tape.op("Cast", [valid], {"to": int(ir.DataType.INT64)}),
-                                                  const(tape, 0, np.int64)]), const(tape, 1, np.int64)])
-    source = tape.op("Where", [valid, position, tokens])
+    source = tape.op("Where", [valid, packed_rows(tape, mask), tokens])
     gathered = tape.op("Gather", [rows, source], {"axis": 0})
     return tape.op("Reshape", [gathered, tape.op("Concat", [tape.op("Shape", [mask]), width], {"axis": 0})])
 
