@@ -7,6 +7,7 @@ at which shape is exactly what cannot be guessed.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import numpy as np
@@ -18,16 +19,18 @@ KERNEL_ROWS = 512
 """Rows of the activations the kernels are timed at (a batch of 32 sentences of 16 tokens)."""
 
 FBGEMM, ORT_INT8 = "fbgemm (int8)", "ORT DynamicQuantizeMatMul (int8)"
-INT8_BITS = {FBGEMM: (7, 8), ORT_INT8: (8, 7)}
+TVM_INT8 = "TVM int8 micro-kernel (int8, int16 pair sums)"
+INT8_BITS = {FBGEMM: (7, 8), ORT_INT8: (8, 7), TVM_INT8: (7, 7)}
 """(activation bits, weight bits) of each int8 kernel: without VNNI one side gives up a bit (see
 leangraph::DynamicQuantLinear); a layer is quantized with the bits of the kernel chosen for it."""
 
 BACKEND_KERNELS = {
-    "tvm": {"fp32": "torch GEMM (fp32)", "int8": {FBGEMM: INT8_BITS[FBGEMM]}},
+    "tvm": {"fp32": "torch GEMM (fp32)", "int8": {FBGEMM: INT8_BITS[FBGEMM], TVM_INT8: INT8_BITS[TVM_INT8]}},
     "onnxruntime": {"fp32": "ORT MatMul (fp32)", "int8": {ORT_INT8: INT8_BITS[ORT_INT8]}},
 }
 """The fp32 kernel each backend calls for a linear layer, and the int8 kernels the search may give
-a layer, with their bits (per layer shape the fastest of them). The TVM backend can run ONNX
+a layer, with their bits (per layer shape the fastest of them; a kernel that does not tile a shape
+is timed as infinitely slow there). The TVM backend can run ONNX
 Runtime's int8 kernel too (8-bit activations, library.py), but inside TVM's process it has to stop
 spinning and measured slower than fbgemm there (MiniLM, 960 STS-B sentences, every layer int8:
 2.35 vs 2.16 s; spinning, 23.6 s), so the search does not offer it."""
@@ -45,6 +48,7 @@ def time_kernels(weight: np.ndarray, rows: int = KERNEL_ROWS) -> dict[str, float
     import torch
 
     from leangraph.backends.onnxruntime import inference_session, linear_model, session_options
+    from leangraph.backends.tvm import int8_gemm
     from leangraph.backends.tvm.library import fbgemm_prepack
 
     k, n = weight.shape
@@ -56,6 +60,10 @@ def time_kernels(weight: np.ndarray, rows: int = KERNEL_ROWS) -> dict[str, float
     quantized, scale = quantize_weight(weight, INT8_BITS[FBGEMM][1])
     packed = fbgemm_prepack(quantized, scale)
     seconds[FBGEMM] = _time_calls(lambda: torch.ops.quantized.linear_dynamic(xt, packed, True))
+    seconds[TVM_INT8] = math.inf
+    if int8_gemm.applies(k, n):
+        tvm_linear = int8_gemm.linear(*quantize_weight(weight, INT8_BITS[TVM_INT8][1]), None, rows)
+        seconds[TVM_INT8] = _time_calls(lambda: tvm_linear(x))
     ort_int8 = quantize_weight(weight, INT8_BITS[ORT_INT8][1])
     for name, model in ((BACKEND_KERNELS["onnxruntime"]["fp32"], linear_model(weight)),
                         (ORT_INT8, linear_model(*ort_int8, activation_bits=INT8_BITS[ORT_INT8][0])),

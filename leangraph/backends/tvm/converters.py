@@ -25,6 +25,13 @@ class Context:
 
     def __init__(self, bb: relax.BlockBuilder, shape_of: Callable[[ir.Value], list]) -> None:
         self.bb, self.shape_of = bb, shape_of
+        self._functions: dict[str, relax.GlobalVar] = {}
+
+    def prim_func(self, name: str, build: Callable[[], object]) -> relax.GlobalVar:
+        """The module's PrimFunc ``name`` (built and added on first use; layers of one shape share it)."""
+        if name not in self._functions:
+            self._functions[name] = self.bb.add_func(build().with_attr("global_symbol", name), name)
+        return self._functions[name]
 
 
 CONVERTERS: dict[tuple[str, str], Converter] = {}
@@ -224,25 +231,74 @@ def _multi_head_attention(ctx, node, inputs):
     return [relax.call_dps_packed(name, relax.Tuple([q, k, v] + ([mask] if mask is not None else [])), out)]
 
 
-@library_kernel("DynamicQuantLinear")
-def _dynamic_quant_linear_kernel(node: ir.Node) -> str:
-    """The int8 GEMM holding the constant weights: fbgemm for 7-bit activations, ONNX Runtime's
-    kernel for 8-bit ones (library.quant_linear_function)."""
-    from leangraph.backends.tvm import library
-
-    attrs = attributes_of(node)
+def _quant_linear_constants(node: ir.Node) -> list[np.ndarray | None]:
+    """(int8 weight, weight scale, bias or None) of a DynamicQuantLinear."""
     constants = [v.const_value.numpy() if v is not None and v.const_value is not None else None
                  for v in (list(node.inputs) + [None])[1:4]]
     if constants[0] is None or constants[1] is None or (len(node.inputs) > 3 and constants[2] is None):
         raise NotImplementedError("DynamicQuantLinear with non-constant weights")
-    return library.quant_linear_function(*constants, str(attrs["activation"]), int(attrs["activation_bits"]))
+    return constants
+
+
+def _uses_tir_int8_gemm(node: ir.Node) -> bool:
+    """7-bit activations with weights within 7 bits, at a shape it tiles: our TIR kernel
+    (int8_gemm.py). fbgemm's layers have 8-bit weights (each column's peak is +-127), ONNX Runtime's
+    8-bit activations, so the bits the quantization pass chose tell the kernels apart."""
+    from leangraph.backends.tvm import int8_gemm
+
+    weight = node.inputs[1].const_value
+    if int(attributes_of(node)["activation_bits"]) != int8_gemm.ACTIVATION_BITS or weight is None:
+        return False
+    return int8_gemm.applies(*weight.shape, weight.numpy())
+
+
+@library_kernel("DynamicQuantLinear")
+def _dynamic_quant_linear_kernel(node: ir.Node) -> str | None:
+    """The library int8 GEMM holding the constant weights: fbgemm for 7-bit activations with 8-bit
+    weights, ONNX Runtime's kernel for 8-bit activations (library.quant_linear_function); None for
+    the layers our TIR kernel computes (its activation is applied by a packed function)."""
+    from leangraph.backends.tvm import library
+
+    if _uses_tir_int8_gemm(node):
+        return None
+    attrs = attributes_of(node)
+    return library.quant_linear_function(*_quant_linear_constants(node), str(attrs["activation"]),
+                                         int(attrs["activation_bits"]))
 
 
 @converts("DynamicQuantLinear", DOMAIN)
 def _dynamic_quant_linear(ctx, node, inputs):
+    if _uses_tir_int8_gemm(node):
+        return [_tir_int8_linear(ctx, node, inputs[0])]
     name = _dynamic_quant_linear_kernel(node)
     out_dims = [*_dims(ctx.bb, inputs[0])[:-1], int(node.inputs[1].const_value.shape[1])]
     return [relax.call_dps_packed(name, relax.Tuple([inputs[0]]), relax.TensorType(out_dims, "float32"))]
+
+
+def _tir_int8_linear(ctx, node, a):
+    """Quantize the rows, run the micro-kernel (int8_gemm.py) on them, apply the activation in place."""
+    from leangraph.backends.tvm import int8_gemm, library
+
+    weight, weight_scale, bias = _quant_linear_constants(node)
+    k, n = weight.shape
+    dims = _dims(ctx.bb, a)
+    rows = math.prod(dims[:-1]) if dims[:-1] else 1
+    matrix = ctx.bb.emit(relax.op.reshape(a, [rows, k])) if len(dims) != 2 else a
+    padded = int8_gemm.padded_rows(rows)
+    quantize = ctx.prim_func(f"leangraph_quantize_k{k}", lambda: int8_gemm.quantize_rows(k))
+    quantized = ctx.bb.emit(relax.call_tir(quantize, [matrix], [relax.TensorType([padded, k], "uint8"),
+                                                              relax.TensorType([2], "float32")]))
+    gemm = ctx.prim_func(f"leangraph_int8_gemm_k{k}_n{n}", lambda: int8_gemm.gemm(k, n))
+    constants = [int8_gemm.pack_weight(weight), weight_scale.astype(np.float32), int8_gemm.column_sums(weight),
+                 np.zeros(n, np.float32) if bias is None else bias.astype(np.float32)]
+    y = ctx.bb.emit(relax.call_tir(gemm, [relax.TupleGetItem(quantized, 0), relax.TupleGetItem(quantized, 1),
+                                          *[relax.const(c) for c in constants]],
+                                   relax.TensorType([rows, n], "float32")))
+    activation = str(attributes_of(node)["activation"])
+    if activation != "none":
+        y = ctx.bb.emit(relax.op.call_inplace_packed(library.activation_function(activation), y,
+                                                     inplace_indices=0, ty_args=[relax.TensorType([rows, n], "float32")]))
+    return relax.op.reshape(y, [*dims[:-1], n]) if len(dims) != 2 else y
 
 
 @library_kernel("PackedMultiHeadAttention")

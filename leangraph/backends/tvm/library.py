@@ -53,6 +53,17 @@ def _register() -> None:
 
     tvm.register_global_func("leangraph.matmul", batched_matmul, override=True)
 
+    for activation, apply in ACTIVATIONS.items():
+        def in_place(x, apply=apply):
+            apply(torch.from_dlpack(x))
+            return x
+
+        tvm.register_global_func(activation_function(activation), in_place, override=True)
+
+
+def activation_function(activation: str) -> str:
+    """The packed function applying ``activation`` in place (after the TIR int8 GEMM)."""
+    return f"leangraph.activation.{activation}"
 
 
 _register()

@@ -16,6 +16,8 @@ The result is a model and one :class:`LayerChoice` per candidate layer for the r
 
 from __future__ import annotations
 
+import math
+
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
@@ -41,7 +43,8 @@ class LayerChoice:
     kernel: str = ""
 
     def row(self) -> str:
-        timings = ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in self.seconds.items())
+        timings = ", ".join(f"{k} {v * 1e3:.3f} ms" if math.isfinite(v) else f"{k} does not tile this shape"
+                            for k, v in self.seconds.items())
         return (f"{self.module_path or self.name}: {self.precision} via {self.kernel} "
                 f"[K={self.shape[0]}, N={self.shape[1]}, sensitivity {self.sensitivity:.2e}; {timings}]")
 
