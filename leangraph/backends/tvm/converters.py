@@ -296,8 +296,8 @@ def _tir_int8_linear(ctx, node, a):
                                    relax.TensorType([rows, n], "float32")))
     activation = str(attributes_of(node)["activation"])
     if activation != "none":
-        y = ctx.bb.emit(relax.op.call_inplace_packed(library.activation_function(activation), y,
-                                                     inplace_indices=0, ty_args=[relax.TensorType([rows, n], "float32")]))
+        y = ctx.bb.emit(relax.op.call_inplace_packed(library.activation_function(activation), y, inplace_indices=0,
+                                                     ty_args=[relax.TensorType([rows, n], "float32")]))
     return relax.op.reshape(y, [*dims[:-1], n]) if len(dims) != 2 else y
 
 
