@@ -63,9 +63,17 @@ def int8_layers(cm) -> int:
 
 def test_solve_is_the_knapsack_optimum():
     # gains 5, 4, 3 with sensitivities 3, 2, 2 under budget 4: {1, 2} (gain 7) beats {0} (gain 5)
-    assert solve([5.0, 4.0, 3.0], [3.0, 2.0, 2.0], 4.0) == [False, True, True]
-    assert solve([5.0, -1.0], [0.0, 0.0], 1.0) == [True, False]  # a slower int8 kernel is never chosen
-    assert solve([1.0, 1.0], [1.0, 1.0], 0.0) == [False, False]
+    assert solve([[5.0], [4.0], [3.0]], [[3.0], [2.0], [2.0]], 4.0) == [None, 0, 0]
+    assert solve([[5.0], [-1.0]], [[0.0], [0.0]], 1.0) == [0, None]  # a slower int8 kernel is never chosen
+    assert solve([[1.0], [1.0]], [[1.0], [1.0]], 0.0) == [None, None]
+
+
+def test_solve_picks_one_kernel_per_layer():
+    # layer 0: kernel 0 (gain 5, sensitivity 4) or kernel 1 (gain 4, sensitivity 1); layer 1: gain 3, 2
+    gain, sensitivity = [[5.0, 4.0], [3.0]], [[4.0, 1.0], [2.0]]
+    assert solve(gain, sensitivity, 10.0) == [0, 0]  # everything allowed: the fastest kernels
+    assert solve(gain, sensitivity, 3.0) == [1, 0]  # the less sensitive kernel keeps both layers int8
+    assert solve([[2.0, 2.0]], [[0.0, 0.0]], 1.0) in ([0], [1])  # never both
 
 
 def test_quantize_layers_rewrites_only_the_named_layers():

@@ -1,12 +1,15 @@
 """Budgeted mixed precision: which linear layers run in int8.
 
 1. Kernels: for every layer shape, the fp32 and int8 kernels are timed (cost_model.linear_kernels:
-   torch's fp32 GEMM, fbgemm's int8, ONNX Runtime's MatMul and MatMulInteger); the backend's kernel
-   of each precision gives the predicted latency of the layer in that precision.
-2. Sensitivity: each layer alone in int8, the relative squared error of the model's outputs on the
+   torch's fp32 GEMM, fbgemm's int8, the TVM backend's int8 micro-kernel, ONNX Runtime's MatMul and
+   DynamicQuantizeMatMul); the backend's fp32 kernel and each int8 kernel it offers give the
+   predicted latency of the layer in each option.
+2. Sensitivity: each layer alone in int8 with each int8 kernel faster than fp32 at its shape (the
+   kernels quantize to different bits), the relative squared error of the model's outputs on the
    calibration data (run on the compiled candidate).
-3. Assignment: minimize the predicted latency subject to the summed sensitivity staying under a
-   budget, as an integer program (scipy.optimize.milp; sensitivities are treated as additive).
+3. Assignment: per layer fp32 or one of its int8 kernels, minimizing the predicted latency subject
+   to the summed sensitivity staying under a budget, as an integer program (scipy.optimize.milp;
+   sensitivities are treated as additive).
 4. Check: the assignment is compiled and really evaluated (``evaluate`` within ``max_drop`` of the
    unquantized model, or every output within ``tolerance`` on the calibration data); when it
    misses, the budget is halved and the program solved again, down to no int8 layer at all.
@@ -30,14 +33,15 @@ from leangraph.ir import clone_model
 from leangraph.passes.quantization.int8_linear import candidate_layers, quantize_layers
 from leangraph.passes.verification import Tolerance, compare_outputs
 
+
 @dataclasses.dataclass
 class LayerChoice:
-    """One linear layer: its shape, sensitivity, kernel timings and the precision chosen."""
+    """One linear layer: its shape, sensitivity per int8 kernel, kernel timings and the choice."""
 
     name: str
     module_path: str
     shape: tuple[int, int]
-    sensitivity: float
+    sensitivities: dict[str, float]
     seconds: dict[str, float]
     precision: str = "fp32"
     kernel: str = ""
@@ -45,22 +49,35 @@ class LayerChoice:
     def row(self) -> str:
         timings = ", ".join(f"{k} {v * 1e3:.3f} ms" if math.isfinite(v) else f"{k} does not tile this shape"
                             for k, v in self.seconds.items())
+        sensitivity = ", ".join(f"{v:.2e}" if len(self.sensitivities) == 1 else f"{v:.2e} ({k})"
+                                for k, v in self.sensitivities.items())
         return (f"{self.module_path or self.name}: {self.precision} via {self.kernel} "
-                f"[K={self.shape[0]}, N={self.shape[1]}, sensitivity {self.sensitivity:.2e}; {timings}]")
+                f"[K={self.shape[0]}, N={self.shape[1]}, sensitivity {sensitivity}; {timings}]")
 
 
-def solve(gain: Sequence[float], sensitivity: Sequence[float], budget: float) -> list[bool]:
-    """Which layers go to int8: maximize the summed latency gain with summed sensitivity <= budget."""
+def solve(gain: Sequence[Sequence[float]], sensitivity: Sequence[Sequence[float]], budget: float) -> list[int | None]:
+    """Per layer, the index of its int8 option to use (None: fp32): maximize the summed latency gain
+    with the summed sensitivity <= budget and at most one option per layer (a multiple-choice
+    knapsack). ``gain[l][j]`` and ``sensitivity[l][j]`` are layer l's with option j."""
     from scipy.optimize import Bounds, LinearConstraint, milp
 
-    gain = np.asarray(gain, dtype=np.float64)
-    if not len(gain):
-        return []
-    result = milp(c=-np.maximum(gain, 0.0), integrality=np.ones_like(gain), bounds=Bounds(0, 1),
-                  constraints=LinearConstraint(np.asarray(sensitivity, dtype=np.float64)[None, :], -np.inf, budget))
-    if not result.success:
-        return [False] * len(gain)
-    return [bool(round(x)) and g > 0 for x, g in zip(result.x, gain)]
+    options = [(layer, j) for layer, gains in enumerate(gain) for j, g in enumerate(gains) if g > 0]
+    if not options:
+        return [None] * len(gain)
+    one_per_layer = np.zeros((len(gain), len(options)))
+    for column, (layer, _) in enumerate(options):
+        one_per_layer[layer, column] = 1.0
+    cost = np.array([sensitivity[layer][j] for layer, j in options], dtype=np.float64)
+    result = milp(c=-np.array([gain[layer][j] for layer, j in options], dtype=np.float64),
+                  integrality=np.ones(len(options)), bounds=Bounds(0, 1),
+                  constraints=[LinearConstraint(cost[None, :], -np.inf, budget),
+                               LinearConstraint(one_per_layer, -np.inf, 1.0)])
+    chosen: list[int | None] = [None] * len(gain)
+    if result.success:
+        for (layer, j), x in zip(options, result.x):
+            if round(x):
+                chosen[layer] = j
+    return chosen
 
 
 def output_error(got: Sequence[np.ndarray], expected: Sequence[np.ndarray]) -> float:
@@ -92,7 +109,7 @@ def choose_precisions(
     ``compile_model`` gives a compiled candidate (``run_flat(arrays)`` runs it, ``evaluate`` takes
     it); ``kernel_seconds(weight)`` times every linear kernel at that weight's shape; ``kernels``
     names the backend's "fp32" kernel among them and maps its "int8" kernels to their (activation
-    bits, weight bits). Each layer's int8 kernel is the fastest of those at its shape."""
+    bits, weight bits). A layer's options are the int8 kernels faster than the fp32 one at its shape."""
     layers = candidate_layers(model)
     if not layers:
         return model, [], ["quantization: no linear layer with constant weights"]
@@ -103,45 +120,53 @@ def choose_precisions(
     expected = [reference.run_flat(inputs) for inputs in input_sets]
     timings: dict[tuple[int, int], dict[str, float]] = {}
     choices = []
-    int8_kernel: dict[str, str] = {}
     for index, node in enumerate(layers):
         weight = node.inputs[1].const_value.numpy()
         if weight.shape not in timings:
             say(f"timing kernels for shape {weight.shape}")
             timings[weight.shape] = kernel_seconds(weight)
-        int8_kernel[node.name] = min(kernels["int8"], key=timings[weight.shape].__getitem__)
-        say(f"sensitivity of layer {index + 1}/{len(layers)}")
-        single = clone_model(model)
-        quantize_layers(single, {node.name}, *kernels["int8"][int8_kernel[node.name]])
-        candidate = compile_model(single)
-        error = float(np.mean([output_error(candidate.run_flat(inputs), want)
-                               for inputs, want in zip(input_sets, expected)]))
+        seconds = timings[weight.shape]
+        faster = [k for k in kernels["int8"] if seconds[k] < seconds[kernels["fp32"]]]
+        # with no int8 kernel faster, the fastest one's sensitivity still goes in the report
+        measured = faster or [min(kernels["int8"], key=seconds.__getitem__)]
+        sensitivities = {}
+        for kernel in measured:
+            say(f"sensitivity of layer {index + 1}/{len(layers)} ({kernel})")
+            single = clone_model(model)
+            quantize_layers(single, {node.name}, *kernels["int8"][kernel])
+            candidate = compile_model(single)
+            sensitivities[kernel] = float(np.mean([output_error(candidate.run_flat(inputs), want)
+                                                   for inputs, want in zip(input_sets, expected)]))
         choices.append(LayerChoice(node.name, node.metadata_props.get("leangraph.module_path", ""),
-                                   tuple(weight.shape), error, timings[weight.shape], kernel=kernels["fp32"]))
+                                   tuple(weight.shape), sensitivities, seconds, kernel=kernels["fp32"]))
 
-    gain = [c.seconds[kernels["fp32"]] - c.seconds[int8_kernel[c.name]] for c in choices]
-    sensitivity = [c.sensitivity for c in choices]
-    budget = float(sum(sensitivity))
+    options = [list(c.sensitivities) for c in choices]
+    gain = [[c.seconds[kernels["fp32"]] - c.seconds[k] for k in offered] for c, offered in zip(choices, options)]
+    sensitivity = [list(c.sensitivities.values()) for c in choices]
+    budget = float(sum(max(s) for s in sensitivity))
     notes = []
-    if not any(g > 0 for g in gain):
+    if not any(g > 0 for gains in gain for g in gains):
         notes.append(f"quantization: no layer shape where {' or '.join(kernels['int8'])} is faster than "
                      f"{kernels['fp32']} on this machine; every layer stays fp32")
         return model, choices, notes
     for attempt in range(8):
         chosen = solve(gain, sensitivity, budget)
-        if not any(chosen):
+        picked = {c.name: offered[j] for c, offered, j in zip(choices, options, chosen) if j is not None}
+        if not picked:
             break
-        names = {c.name for c, pick in zip(choices, chosen) if pick}
         candidate_model = clone_model(model)
         for kernel, bits in kernels["int8"].items():
-            quantize_layers(candidate_model, {n for n in names if int8_kernel[n] == kernel}, *bits)
+            quantize_layers(candidate_model, {n for n, k in picked.items() if k == kernel}, *bits)
         candidate = compile_model(candidate_model)
         verdict = _check(candidate, input_sets, expected, evaluate, max_drop, baseline, tolerance)
-        notes.append(f"quantization attempt {attempt + 1}: {len(names)}/{len(choices)} layers int8 "
-                     f"(sensitivity budget {budget:.2e}): {verdict or 'within budget'}")
+        per_kernel = ", ".join(f"{list(picked.values()).count(kernel)} {kernel}" for kernel in kernels["int8"]
+                               if kernel in picked.values())
+        notes.append(f"quantization attempt {attempt + 1}: {len(picked)}/{len(choices)} layers int8 ({per_kernel}; "
+                     f"sensitivity budget {budget:.2e}): {verdict or 'within budget'}")
         if verdict is None:
-            for choice, pick in zip(choices, chosen):
-                choice.precision, choice.kernel = ("int8", int8_kernel[choice.name]) if pick else ("fp32", kernels["fp32"])
+            for choice in choices:
+                choice.precision, choice.kernel = (("int8", picked[choice.name]) if choice.name in picked
+                                                   else ("fp32", kernels["fp32"]))
             return candidate_model, choices, notes
         budget /= 2
     notes.append("quantization: no int8 assignment met the budget; every layer stays fp32")
