@@ -100,3 +100,25 @@ def test_eight_bit_weights_stay_on_fbgemm():
     weight, weight_scale = quantize_weight(rng.standard_normal((64, 48)).astype(np.float32), 8)
     model = quant_linear_model("batch", weight, weight_scale, np.zeros(48, np.float32), "none")
     assert not _uses_tir_int8_gemm(model.graph.node(0))
+
+
+def test_eight_threads_calling_at_once_match_serial_calls():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    weight, weight_scale = quantize_weight(rng.standard_normal((64, 48)).astype(np.float32), 7)
+    model = quant_linear_model("batch", weight, weight_scale, rng.standard_normal(48).astype(np.float32), "gelu")
+    executable = TVMExecutable(model)
+    inputs = [rng.standard_normal((batch, 3, 64)).astype(np.float32) for batch in [1, 2, 3, 4, 7, 9, 16, 33] * 2]
+    serial = [executable([a])[0] for a in inputs]
+    barrier = threading.Barrier(8)
+
+    def work(index):
+        if index < 8:
+            barrier.wait()  # all eight threads call at once
+        return executable([inputs[index]])[0]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(work, range(len(inputs))))
+    for got, expected in zip(results, serial):
+        np.testing.assert_array_equal(got, expected)
