@@ -140,19 +140,26 @@ def test_elementwise_schedule_vectorizes_the_inner_loop():
     assert "vectorized" in scheduled[0].script()
 
 
+def with_constant_weights(model: ir.Model, arrays: list[np.ndarray]) -> ir.Model:
+    """``model`` with every graph input after the first turned into a constant holding ``arrays``,
+    as the quantization pass writes a layer's weights."""
+    constants = list(model.graph.inputs[1:])
+    model.graph.inputs[:] = model.graph.inputs[:1]
+    for value, array in zip(constants, arrays):
+        value.const_value = ir.tensor(array)
+        model.graph.register_initializer(value)
+    return model
+
+
 @pytest.mark.parametrize(("activation", "activation_bits"), [("none", 7), ("gelu", 7), ("none", 8), ("gelu", 8)])
 def test_dynamic_quant_linear_through_fbgemm_or_onnxruntime(activation, activation_bits):
     a, w, bias = f32(4, 7, 32), f32(32, 16) * 0.1, f32(16)
     levels = 127 if activation_bits == 7 else 63  # the other side gives up a bit (see the op)
     scale = (np.abs(w).max(axis=0) / levels).astype(np.float32)
     weight = np.round(w / scale).astype(np.int8)
-    model = single_op_model("DynamicQuantLinear", [a, weight, scale, bias],
-                            {"activation": activation, "activation_bits": activation_bits})
-    constants = list(model.graph.inputs[1:])  # constant weights, as the quantization pass writes them
-    model.graph.inputs[:] = model.graph.inputs[:1]
-    for value, array in zip(constants, (weight, scale, bias)):
-        value.const_value = ir.tensor(array)
-        model.graph.register_initializer(value)
+    model = with_constant_weights(single_op_model("DynamicQuantLinear", [a, weight, scale, bias],
+                                                  {"activation": activation, "activation_bits": activation_bits}),
+                                  [weight, scale, bias])
     got = TVMExecutable(model)([a])[0]
     expected = ReferenceExecutable(model)([a])[0]
     # fbgemm (7-bit activations) picks its activation zero point and scale its own way: a quantization

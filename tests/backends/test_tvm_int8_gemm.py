@@ -12,6 +12,7 @@ from leangraph.backends.reference import ReferenceExecutable
 from leangraph.backends.tvm import TVMBackend, TVMExecutable, int8_gemm
 from leangraph.backends.tvm.converters import _uses_tir_int8_gemm
 from leangraph.ir.ops.quant_linear import quantize_activations, quantize_weight
+from tests.backends.test_tvm import with_constant_weights
 from tests.ir.test_ops import single_op_model
 
 rng = np.random.default_rng(0)
@@ -27,8 +28,8 @@ def run_kernels(x: np.ndarray, weight: np.ndarray, weight_scale: np.ndarray, bia
     params = tvm.runtime.empty((2,), "float32", tvm.cpu())
     module["quantize"](tvm.runtime.tensor(x), quantized, params)
     y = tvm.runtime.empty((len(x), n), "float32", tvm.cpu())
-    module["gemm"](quantized, params, *[tvm.runtime.tensor(a) for a in (
-        int8_gemm.pack_weight(weight), weight_scale, int8_gemm.column_sums(weight), bias)], y)
+    constants = [tvm.runtime.tensor(a) for a in int8_gemm.gemm_constants(weight, weight_scale, bias)]
+    module["gemm"](quantized, params, *constants, y)
     return quantized.numpy(), params.numpy(), y.numpy()
 
 
@@ -65,18 +66,13 @@ def test_applies_to_7_bit_weights_at_shapes_it_tiles():
     assert not int8_gemm.applies(60, 32) and not int8_gemm.applies(64, 24)
 
 
-def quant_linear_model(rows, weight, weight_scale, bias, activation, activation_bits=7):
+def quant_linear_model(rows, weight, weight_scale, bias, activation):
     k = weight.shape[0]
     model = single_op_model("DynamicQuantLinear", [np.zeros((2, 3, k), np.float32), weight, weight_scale, bias],
-                            {"activation": activation, "activation_bits": activation_bits})
+                            {"activation": activation, "activation_bits": 7})
     model.graph.inputs[0].shape = ir.Shape([rows, 3, k])  # a symbolic leading dim
     model.graph.outputs[0].shape = ir.Shape([rows, 3, weight.shape[1]])
-    constants = list(model.graph.inputs[1:])  # constant weights, as the quantization pass writes them
-    model.graph.inputs[:] = model.graph.inputs[:1]
-    for value, array in zip(constants, (weight, weight_scale, bias)):
-        value.const_value = ir.tensor(array)
-        model.graph.register_initializer(value)
-    return model
+    return with_constant_weights(model, [weight, weight_scale, bias])
 
 
 @pytest.mark.parametrize("activation", ["none", "gelu"])

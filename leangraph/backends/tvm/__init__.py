@@ -35,7 +35,8 @@ from leangraph.ir.verify import model_name
 os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
 # TVM's pool takes half the cores by default (it assumes two hyperthreads per core), so its parallel
 # loops (the int8 GEMM's panels) would run on one of this machine's two cores; read when the pool starts.
-os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+_usable_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+os.environ.setdefault("TVM_NUM_THREADS", str(_usable_cores))
 
 
 def available() -> bool:

@@ -289,10 +289,9 @@ def _tir_int8_linear(ctx, node, a):
     quantized = ctx.bb.emit(relax.call_tir(quantize, [matrix], [relax.TensorType([padded, k], "uint8"),
                                                               relax.TensorType([2], "float32")]))
     gemm = ctx.prim_func(f"leangraph_int8_gemm_k{k}_n{n}", lambda: int8_gemm.gemm(k, n))
-    constants = [int8_gemm.pack_weight(weight), weight_scale.astype(np.float32), int8_gemm.column_sums(weight),
-                 np.zeros(n, np.float32) if bias is None else bias.astype(np.float32)]
+    constants = [relax.const(c) for c in int8_gemm.gemm_constants(weight, weight_scale, bias)]
     y = ctx.bb.emit(relax.call_tir(gemm, [relax.TupleGetItem(quantized, 0), relax.TupleGetItem(quantized, 1),
-                                          *[relax.const(c) for c in constants]],
+                                          *constants],
                                    relax.TensorType([rows, n], "float32")))
     activation = str(attributes_of(node)["activation"])
     if activation != "none":

@@ -3,8 +3,8 @@
 Two PrimFuncs per layer shape, compiled by TVM's LLVM backend into the model's library:
 
 - :func:`quantize_rows` finds the activations' range (8-lane min/max over row chunks in parallel)
-  and writes them as 7-bit unsigned values, rows padded to a multiple of :data:`ROWS` (the padding rows are the zero
-  point; their products are never stored), plus (scale, zero point);
+  and writes them as 7-bit unsigned values, rows padded to a multiple of :data:`ROWS` (the padding
+  rows are the zero point; their products are never stored), plus (scale, zero point);
 - :func:`gemm` runs the micro-kernel: per 16-column weight panel (the parallel loop) and per block of
   :data:`ROWS` rows, 2 x ROWS int32x8 accumulators stay in registers while K is walked 8 at a time.
   Each step broadcasts 4 activation bytes, multiplies them with 32 weight bytes by ``vpmaddubsw``
@@ -68,8 +68,12 @@ def pack_weight(weight: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(blocks.transpose(3, 0, 1, 4, 5, 2).reshape(n // 16, k // 8, 4, 32))
 
 
-def column_sums(weight: np.ndarray) -> np.ndarray:
-    return weight.astype(np.int32).sum(axis=0, dtype=np.int32)
+def gemm_constants(weight: np.ndarray, weight_scale: np.ndarray, bias: np.ndarray | None) -> list[np.ndarray]:
+    """The constant operands of :func:`gemm` after ``a`` and params: packed weight, weight scale,
+    column sums (the zero point's share), bias (zeros when the layer has none)."""
+    n = weight.shape[1]
+    return [pack_weight(weight), weight_scale.astype(np.float32), weight.astype(np.int32).sum(axis=0, dtype=np.int32),
+            np.zeros(n, np.float32) if bias is None else bias.astype(np.float32)]
 
 
 def quantize_rows(k: int):
@@ -208,9 +212,7 @@ def linear(weight: np.ndarray, weight_scale: np.ndarray, bias: np.ndarray | None
     device = tvm.cpu()
     quantized = tvm.runtime.empty((padded_rows(rows), k), "uint8", device)
     params = tvm.runtime.empty((2,), "float32", device)
-    constants = [tvm.runtime.tensor(c, device) for c in (
-        pack_weight(weight), weight_scale.astype(np.float32), column_sums(weight),
-        np.zeros(n, np.float32) if bias is None else bias.astype(np.float32))]
+    constants = [tvm.runtime.tensor(c, device) for c in gemm_constants(weight, weight_scale, bias)]
     y = tvm.runtime.empty((rows, n), "float32", device)
 
     def call(x: np.ndarray):

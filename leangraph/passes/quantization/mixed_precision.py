@@ -19,10 +19,10 @@ The result is a model and one :class:`LayerChoice` per candidate layer for the r
 
 from __future__ import annotations
 
-import math
-
 import dataclasses
+import math
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -159,8 +159,8 @@ def choose_precisions(
             quantize_layers(candidate_model, {n for n, k in picked.items() if k == kernel}, *bits)
         candidate = compile_model(candidate_model)
         verdict = _check(candidate, input_sets, expected, evaluate, max_drop, baseline, tolerance)
-        per_kernel = ", ".join(f"{list(picked.values()).count(kernel)} {kernel}" for kernel in kernels["int8"]
-                               if kernel in picked.values())
+        counts = Counter(picked.values())
+        per_kernel = ", ".join(f"{counts[kernel]} {kernel}" for kernel in kernels["int8"] if counts[kernel])
         notes.append(f"quantization attempt {attempt + 1}: {len(picked)}/{len(choices)} layers int8 ({per_kernel}; "
                      f"sensitivity budget {budget:.2e}): {verdict or 'within budget'}")
         if verdict is None:
