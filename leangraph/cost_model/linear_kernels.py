@@ -20,9 +20,24 @@ KERNEL_ROWS = 512
 
 FBGEMM, ORT_INT8 = "fbgemm (int8)", "ORT DynamicQuantizeMatMul (int8)"
 TVM_INT8 = "TVM int8 micro-kernel (int8, int16 pair sums)"
-INT8_BITS = {FBGEMM: (7, 8), ORT_INT8: (8, 7), TVM_INT8: (7, 7)}
+
+
+def exact_u8s8_products() -> bool:
+    """Whether this CPU has AVX-512 VNNI, whose ``vpdpbusd`` adds u8 x s8 products straight into
+    int32: ONNX Runtime's MLAS kernels use it where present, and 8-bit activations with 8-bit
+    weights then cannot saturate (without it they are summed in pairs in int16 first)."""
+    import torch
+
+    return bool(torch.cpu.get_capabilities().get("avx512_vnni", False))
+
+
+INT8_BITS = {FBGEMM: (7, 8), ORT_INT8: (8, 8) if exact_u8s8_products() else (8, 7), TVM_INT8: (7, 7)}
 """(activation bits, weight bits) of each int8 kernel: without VNNI one side gives up a bit (see
-leangraph::DynamicQuantLinear); a layer is quantized with the bits of the kernel chosen for it."""
+leangraph::DynamicQuantLinear); a layer is quantized with the bits of the kernel chosen for it.
+With AVX-512 VNNI ONNX Runtime's kernel takes 8-bit weights (so a model quantized on such a machine
+carries weights that an AVX2 machine's kernel may saturate on: compile where it will run). fbgemm
+keeps ``reduce_range`` (the TVM backend calls it for 7-bit activations), and the TVM micro-kernel is
+written for ``vpmaddubsw``."""
 
 BACKEND_KERNELS = {
     "tvm": {"fp32": "torch GEMM (fp32)", "int8": {FBGEMM: INT8_BITS[FBGEMM], TVM_INT8: INT8_BITS[TVM_INT8]}},

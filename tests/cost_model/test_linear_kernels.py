@@ -25,3 +25,20 @@ def test_static_int8_kernel_computes_the_linear_layer():
     (y,) = session.run(None, {"x": x})
     exact = x @ weight
     assert np.abs(y - exact).max() / np.abs(exact).max() < 0.02
+
+
+def test_ort_int8_kernel_does_not_saturate_at_the_bits_chosen_for_this_cpu():
+    # The worst case of u8 x s8 pair sums: every activation at 255, every weight at its bits' limit.
+    # Without VNNI 8-bit weights would give 2 * 255 * 127 > 32767 in int16; INT8_BITS keeps them at 7.
+    from leangraph.backends.onnxruntime import inference_session, linear_model, session_options
+    from leangraph.ir.registry import lookup
+
+    activation_bits, weight_bits = INT8_BITS[ORT_INT8]
+    x = np.ones((4, 64), np.float32)
+    weight = np.full((64, 16), 2 ** (weight_bits - 1) - 1, np.int8)
+    weight[:, 8:] *= -1
+    scale = np.full(16, 0.01, np.float32)
+    session = inference_session(linear_model(weight, scale, activation_bits=activation_bits), session_options(threads=1))
+    (y,) = session.run(None, {"x": x})
+    (exact,) = lookup("DynamicQuantLinear").reference(x, weight, scale, activation_bits=activation_bits)
+    np.testing.assert_allclose(y, exact, rtol=1e-5)
