@@ -212,6 +212,8 @@ def main() -> None:
         f"{THREADS} threads, median of {args.rounds} interleaved rounds, one process. Peak memory is the process's "
         "resident set while the runner ran (it includes everything loaded before).",
         "",
+        f"CPU: {cpu_description()}.",
+        "",
         f"Fastest ONNX Runtime variant: {fastest_ort} ({medians[fastest_ort]:.2f} s).",
         "",
         "| runner | seconds | vs ORT fp32 | vs fastest ORT | Spearman x100 | peak RSS (MiB) | note |",
@@ -225,6 +227,16 @@ def main() -> None:
     DOCS.mkdir(parents=True, exist_ok=True)
     (DOCS / "stsb.md").write_text(text)
     plot([(name, base / seconds, spearman_x100(embeddings[name])) for name, seconds in medians.items()])
+
+
+def cpu_description() -> str:
+    """The CPU the table was measured on: its int8 speed depends on whether it has VNNI."""
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "unknown model") if Path("/proc/cpuinfo").exists() else "unknown model"
+    flags = torch.cpu.get_capabilities()
+    isa = "AVX-512" if flags.get("avx512_f") else "AVX2" if flags.get("avx2") else "no AVX2"
+    vnni = "with VNNI" if flags.get("avx512_vnni") else "without VNNI"
+    return f"{model}, {os.cpu_count()} cores, {isa} {vnni} ({torch.backends.cpu.get_cpu_capability()} kernels in torch)"
 
 
 def read_table(path: Path) -> list[tuple[str, float, float]]:

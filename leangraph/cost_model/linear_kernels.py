@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from typing import NamedTuple
 
 import numpy as np
 
@@ -31,29 +32,39 @@ def exact_u8s8_products() -> bool:
     return bool(torch.cpu.get_capabilities().get("avx512_vnni", False))
 
 
-INT8_BITS = {FBGEMM: (7, 8), ORT_INT8: (8, 8) if exact_u8s8_products() else (8, 7), TVM_INT8: (7, 7)}
-"""(activation bits, weight bits) of each int8 kernel: without VNNI one side gives up a bit (see
-leangraph::DynamicQuantLinear); a layer is quantized with the bits of the kernel chosen for it.
-With AVX-512 VNNI ONNX Runtime's kernel takes 8-bit weights (so a model quantized on such a machine
+class Int8Scheme(NamedTuple):
+    """How an int8 kernel wants a layer quantized: the bits of each side (without VNNI one side
+    gives up a bit, see leangraph::DynamicQuantLinear) and whether the activations take a fixed,
+    calibrated scale (leangraph::StaticQuantLinear) instead of one found per call."""
+
+    activation_bits: int
+    weight_bits: int
+    static_activations: bool = False
+
+
+ORT_STATIC_INT8 = "ORT MatMulIntegerToFloat (int8, static activations)"
+
+INT8_BITS = {FBGEMM: Int8Scheme(7, 8), ORT_INT8: Int8Scheme(8, 8 if exact_u8s8_products() else 7),
+             ORT_STATIC_INT8: Int8Scheme(8, 8 if exact_u8s8_products() else 7, static_activations=True),
+             TVM_INT8: Int8Scheme(7, 7)}
+"""The scheme of each int8 kernel; a layer is quantized as the kernel chosen for it wants. With
+AVX-512 VNNI ONNX Runtime's kernels take 8-bit weights (so a model quantized on such a machine
 carries weights that an AVX2 machine's kernel may saturate on: compile where it will run). fbgemm
 keeps ``reduce_range`` (the TVM backend calls it for 7-bit activations), and the TVM micro-kernel is
 written for ``vpmaddubsw``."""
 
 BACKEND_KERNELS = {
     "tvm": {"fp32": "torch GEMM (fp32)", "int8": {FBGEMM: INT8_BITS[FBGEMM], TVM_INT8: INT8_BITS[TVM_INT8]}},
-    "onnxruntime": {"fp32": "ORT MatMul (fp32)", "int8": {ORT_INT8: INT8_BITS[ORT_INT8]}},
+    "onnxruntime": {"fp32": "ORT MatMul (fp32)",
+                    "int8": {ORT_INT8: INT8_BITS[ORT_INT8], ORT_STATIC_INT8: INT8_BITS[ORT_STATIC_INT8]}},
 }
 """The fp32 kernel each backend calls for a linear layer, and the int8 kernels the search may give
-a layer, with their bits (per layer shape the fastest of them; a kernel that does not tile a shape
-is timed as infinitely slow there). The TVM backend can run ONNX
-Runtime's int8 kernel too (8-bit activations, library.py), but inside TVM's process it has to stop
-spinning and measured slower than fbgemm there (MiniLM, 960 STS-B sentences, every layer int8:
-2.35 vs 2.16 s; spinning, 23.6 s), so the search does not offer it."""
-
-ORT_STATIC_INT8 = "ORT MatMulIntegerToFloat (int8, static activations: timed, not offered)"
-"""Timed beside the others so the report shows what calibrated static activation scales would buy
-(the activations quantized with a fixed scale instead of one found per call); the search does not
-offer it: static activation quantization is not implemented."""
+a layer, with their schemes (per layer shape the fastest of them; a kernel that does not tile a
+shape is timed as infinitely slow there). The TVM backend can run ONNX Runtime's dynamic int8
+kernel too (8-bit activations, library.py), but inside TVM's process it has to stop spinning and
+measured slower than fbgemm there (MiniLM, 960 STS-B sentences, every layer int8: 2.35 vs 2.16 s;
+spinning, 23.6 s), so the search does not offer it; it has no converter for the static one (such
+layers would run on ONNX Runtime pieces)."""
 
 _time_calls = partial(median_seconds, calls=20, rounds=3)
 
@@ -82,32 +93,8 @@ def time_kernels(weight: np.ndarray, rows: int = KERNEL_ROWS) -> dict[str, float
     ort_int8 = quantize_weight(weight, INT8_BITS[ORT_INT8][1])
     for name, model in ((BACKEND_KERNELS["onnxruntime"]["fp32"], linear_model(weight)),
                         (ORT_INT8, linear_model(*ort_int8, activation_bits=INT8_BITS[ORT_INT8][0])),
-                        (ORT_STATIC_INT8, _static_int8_model(*ort_int8, x))):
+                        (ORT_STATIC_INT8, linear_model(*ort_int8, activation_range=(x.min(), x.max())))):
         session = inference_session(model, session_options(threads=torch.get_num_threads()))
         seconds[name] = _time_calls(lambda s=session: s.run(None, {"x": x}))
     return seconds
 
-
-def _static_int8_model(weight: np.ndarray, weight_scale: np.ndarray, x: np.ndarray) -> bytes:
-    """``x @ W`` with x quantized to u8 by a fixed scale (x's range): QuantizeLinear +
-    com.microsoft.MatMulIntegerToFloat, ONNX Runtime's static-activation int8 linear layer."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    low, high = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
-    scale = np.float32((high - low) / 255 or 1.0)
-    zero_point = np.uint8(round(-low / scale))
-    initializers = [numpy_helper.from_array(array, name) for name, array in (
-        ("w", weight), ("w_scale", weight_scale.astype(np.float32)), ("x_scale", np.array(scale)),
-        ("x_zero_point", np.array(zero_point)))]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zero_point"], ["xq"]),
-             helper.make_node("MatMulIntegerToFloat", ["xq", "w", "x_scale", "w_scale", "x_zero_point"], ["y"],
-                              domain="com.microsoft")]
-    graph = helper.make_graph(nodes, "static_int8_linear",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", weight.shape[0]])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", weight.shape[1]])],
-                              initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("com.microsoft", 1)],
-                              ir_version=10)
-    onnx.checker.check_model(model)
-    return model.SerializeToString()

@@ -4,21 +4,29 @@ definition. The model is changed in place and returned."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 import onnx_ir as ir
 from onnx_ir.passes.common import CommonSubexpressionEliminationPass, RemoveUnusedNodesPass
 
 from leangraph.ir import registry
 from leangraph.ir.verify import all_graphs
 
+Decomposition = Callable[[ir.tape.Tape, list, dict], list]
 
-def lower_to_onnx(model: ir.Model) -> ir.Model:
+
+def lower_to_onnx(model: ir.Model, decompositions: Mapping[str, Decomposition] | None = None) -> ir.Model:
+    """``decompositions``: a backend's own lowering of some ops (op type -> function with the
+    signature of ``OpDef.decompose``), e.g. to a runtime's contrib kernels; the ops' domains must
+    then be in the model's opset imports (the caller adds them)."""
     for graph in list(all_graphs(model.graph)):
         for node in list(graph):
             if node.domain != registry.DOMAIN:
                 continue
             opdef = registry.lookup(node.op_type)
+            decompose = (decompositions or {}).get(node.op_type, opdef.decompose)
             tape = ir.tape.Tape()
-            outputs = opdef.decompose(tape, list(node.inputs), opdef.attrs_of(node))
+            outputs = decompose(tape, list(node.inputs), opdef.attrs_of(node))
             for index, new_node in enumerate(tape.nodes):
                 new_node.metadata_props.update(node.metadata_props)
                 new_node.name = f"{node.name}/{index}_{new_node.op_type}"

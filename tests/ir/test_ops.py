@@ -65,7 +65,8 @@ def f32(rng, *shape):
 
 def test_every_registered_op_is_covered_here():
     assert {op.name for op in all_ops()} == {"Attention", "DynamicQuantLinear", "Gelu", "LayerNorm", "MatMulBiasAct", "MultiHeadAttention",
-                                                 "PackTokens", "PackedMultiHeadAttention", "RMSNorm", "UnpackTokens"}
+                                                 "PackTokens", "PackedMultiHeadAttention", "RMSNorm", "StaticQuantLinear",
+                                                 "UnpackTokens"}
 
 
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
@@ -275,3 +276,25 @@ def test_dynamic_quant_linear_8_bit_activations(rng):
     unfused = ReferenceEvaluator(proto).run(None, dict(zip([i.name for i in proto.graph.input], inputs)))[0]
     np.testing.assert_allclose(run_reference(model, inputs)[0], unfused, rtol=1e-5, atol=1e-5)
     assert np.abs(unfused - a @ w).max() / np.abs(a @ w).max() < 0.015
+
+
+@pytest.mark.parametrize("activation", ["none", "gelu"])
+def test_static_quant_linear(rng, activation):
+    from leangraph.ir.ops.quant_linear import quantize_weight
+    from leangraph.ir.ops.static_quant_linear import calibrated_scale
+
+    a, w, bias = f32(rng, 2, 5, 16), f32(rng, 16, 6) * 0.1, f32(rng, 6)
+    weight, scale = quantize_weight(w, 7)
+    a_scale, a_zero = calibrated_scale(a.min() * 0.8, a.max() * 0.8)  # the extremes saturate
+    y = check_op("StaticQuantLinear", [a, np.array(a_scale), np.array(a_zero), weight, scale, bias],
+                 {"activation": activation}, rtol=1e-5, atol=1e-5)
+    exact = lookup("MatMulBiasAct").reference(a, w, bias, activation=activation)[0]
+    assert np.abs(y - exact).max() / np.abs(exact).max() < 0.05
+
+
+def test_static_quant_linear_saturates_outside_the_calibrated_range():
+    a = np.array([[-4.0, -1.0, 0.0, 1.0, 4.0]], np.float32)
+    weight, weight_scale = np.eye(5, dtype=np.int8), np.ones(5, np.float32)
+    a_scale = np.float32(2.0 / 255)
+    (y,) = lookup("StaticQuantLinear").reference(a, a_scale, np.uint8(128), weight, weight_scale)
+    np.testing.assert_allclose(y[0], [-128 * a_scale, -1.0, 0.0, 1.0, 127 * a_scale], atol=a_scale / 2)

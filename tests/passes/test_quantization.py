@@ -58,7 +58,7 @@ def int8_kernels_twice_as_fast(monkeypatch):
 
 
 def int8_layers(cm) -> int:
-    return sum(op_key(n) == "leangraph::DynamicQuantLinear" for n in cm.graph.graph)
+    return sum(op_key(n) in ("leangraph::DynamicQuantLinear", "leangraph::StaticQuantLinear") for n in cm.graph.graph)
 
 
 def test_solve_is_the_knapsack_optimum():
@@ -122,7 +122,7 @@ def test_no_faster_int8_kernel_no_quantization(monkeypatch):
                             tolerance=leangraph.Tolerance(rtol=0.0, atol=0.02))
     (record,) = [r for r in cm.report.records if r.name == "quantize_int8"]
     assert int8_layers(cm) == 0
-    assert "no layer shape where ORT DynamicQuantizeMatMul (int8) is faster" in record.notes[-1], record.notes
+    assert "no layer shape where ORT DynamicQuantizeMatMul (int8) or ORT MatMulIntegerToFloat (int8, static activations) is faster" in record.notes[-1], record.notes
 
 
 def test_evaluate_budget_backs_off_until_it_holds():
@@ -142,3 +142,59 @@ def test_evaluate_budget_backs_off_until_it_holds():
     assert "attempt 1: 3/3 layers int8" in record.notes[1] and "below the unoptimized" in record.notes[1]
     assert record.notes[-1].endswith("within budget")
     assert scores[0] - scores[-1] <= 2.0 and 0 < int8_layers(cm) < 3
+
+
+def test_activation_ranges_are_each_layers_input_range():
+    from leangraph.passes.quantization.int8_linear import activation_ranges
+    from leangraph.runtime import CompiledModel
+
+    model = MLP()
+    graph = leangraph.optimize(model, INPUTS[0], backend="reference").graph
+    inputs = [[x.numpy()] for (x,) in INPUTS]
+    ranges = activation_ranges(graph, inputs, lambda m: CompiledModel(m, ReferenceExecutable(m), backend="reference",
+                                                                      report=None))
+    with torch.no_grad():
+        seen = [torch.stack([x for (x,) in INPUTS])]
+        for layer in model.layers[:2]:
+            seen.append(torch.relu(layer(seen[-1])))
+    names = [node.name for node in candidate_layers(graph)]
+    assert list(ranges) == names
+    for name, values in zip(names, seen):
+        np.testing.assert_allclose(ranges[name], (float(values.min()), float(values.max())), rtol=1e-5)
+
+
+def test_static_layers_take_their_calibrated_scale():
+    from leangraph.ir.ops.static_quant_linear import calibrated_scale
+
+    graph = leangraph.optimize(MLP(), INPUTS[0], backend="reference").graph
+    layers = candidate_layers(graph)
+    ranges = {node.name: (-1.0, 3.0) for node in layers}
+    with pytest.raises(ValueError, match="no calibrated activation range"):
+        quantize_layers(graph, {layers[0].name}, 8, 8, True)
+    assert quantize_layers(graph, {layers[0].name}, 8, 8, True, ranges=ranges) == 1
+    (static,) = [n for n in graph.graph if n.op_type == "StaticQuantLinear"]
+    a_scale, a_zero = calibrated_scale(-1.0, 3.0)
+    assert static.inputs[1].const_value.numpy() == a_scale and static.inputs[2].const_value.numpy() == a_zero
+
+
+def test_static_activation_kernel_is_chosen_where_it_is_fastest(monkeypatch):
+    from leangraph.cost_model import linear_kernels
+
+    def static_fastest(weight, rows=linear_kernels.KERNEL_ROWS):
+        seconds = {}
+        for kernels in linear_kernels.BACKEND_KERNELS.values():
+            seconds[kernels["fp32"]] = 3e-3
+            seconds.update(dict.fromkeys(kernels["int8"], 2e-3))
+        seconds[linear_kernels.ORT_STATIC_INT8] = 1e-3
+        return seconds
+
+    monkeypatch.setattr(linear_kernels, "time_kernels", static_fastest)
+    model = MLP()
+    cm = leangraph.optimize(model, INPUTS[0], backend="onnxruntime", calibration=INPUTS,
+                            tolerance=leangraph.Tolerance(rtol=0.0, atol=0.02))
+    static = [n for n in cm.graph.graph if n.op_type == "StaticQuantLinear"]
+    assert static and "static activations" in "\n".join(cm.report.quantization)
+    for (x,) in INPUTS:
+        with torch.no_grad():
+            expected = model(x).numpy()
+        assert np.abs(cm(x.numpy()) - expected).max() <= 0.02

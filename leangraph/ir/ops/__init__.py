@@ -2,5 +2,5 @@
 
 from leangraph.ir.ops import (  # noqa: F401
     attention, gelu, layer_norm, matmul_bias_act, multi_head_attention, packed_attention, packing, quant_linear,
-    rms_norm,
+    rms_norm, static_quant_linear,
 )

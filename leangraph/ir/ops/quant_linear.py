@@ -24,13 +24,19 @@ from leangraph.ir.ops.matmul_bias_act import _activation
 from leangraph.ir.registry import OpDef, TensorInfo, register
 
 
+def range_scale(low: float, high: float, bits: int) -> tuple[np.float32, float]:
+    """(scale, zero point) of asymmetric quantization to ``bits`` unsigned bits over
+    [min(low, 0), max(high, 0)] (zero exactly representable)."""
+    levels = float(2**bits - 1)
+    low, high = min(float(low), 0.0), max(float(high), 0.0)
+    scale = np.float32((high - low) / levels) or np.float32(1.0)
+    return scale, float(np.clip(np.round(-low / scale), 0, levels))
+
+
 def quantize_activations(a: np.ndarray, bits: int) -> tuple[np.ndarray, float, float]:
     """(a_q, scale, zero point) of the per-tensor asymmetric quantization defined above."""
-    levels = float(2**bits - 1)
-    low, high = min(float(a.min(initial=0.0)), 0.0), max(float(a.max(initial=0.0)), 0.0)
-    scale = np.float32((high - low) / levels) or np.float32(1.0)
-    zero = float(np.clip(np.round(-low / scale), 0, levels))
-    return np.clip(np.round(a / scale) + zero, 0, levels), float(scale), zero
+    scale, zero = range_scale(a.min(initial=0.0), a.max(initial=0.0), bits)
+    return np.clip(np.round(a / scale) + zero, 0, float(2**bits - 1)), float(scale), zero
 
 
 def quantize_weight(weight: np.ndarray, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:

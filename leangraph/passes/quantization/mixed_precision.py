@@ -30,7 +30,7 @@ import numpy as np
 import onnx_ir as ir
 
 from leangraph.ir import clone_model
-from leangraph.passes.quantization.int8_linear import candidate_layers, quantize_layers
+from leangraph.passes.quantization.int8_linear import activation_ranges, candidate_layers, quantize_layers
 from leangraph.passes.verification import Tolerance, compare_outputs
 
 
@@ -118,6 +118,8 @@ def choose_precisions(
     say = progress or (lambda _: None)
     reference = compile_model(model)
     expected = [reference.run_flat(inputs) for inputs in input_sets]
+    static = any(len(scheme) > 2 and scheme[2] for scheme in kernels["int8"].values())
+    ranges = activation_ranges(model, input_sets, compile_model) if static else {}
     timings: dict[tuple[int, int], dict[str, float]] = {}
     choices = []
     for index, node in enumerate(layers):
@@ -133,7 +135,7 @@ def choose_precisions(
         for kernel in measured:
             say(f"sensitivity of layer {index + 1}/{len(layers)} ({kernel})")
             single = clone_model(model)
-            quantize_layers(single, {node.name}, *kernels["int8"][kernel])
+            quantize_layers(single, {node.name}, *kernels["int8"][kernel], ranges=ranges)
             candidate = compile_model(single)
             sensitivities[kernel] = float(np.mean([output_error(candidate.run_flat(inputs), want)
                                                    for inputs, want in zip(input_sets, expected)]))
@@ -156,7 +158,7 @@ def choose_precisions(
             break
         candidate_model = clone_model(model)
         for kernel, bits in kernels["int8"].items():
-            quantize_layers(candidate_model, {n for n, k in picked.items() if k == kernel}, *bits)
+            quantize_layers(candidate_model, {n for n, k in picked.items() if k == kernel}, *bits, ranges=ranges)
         candidate = compile_model(candidate_model)
         verdict = _check(candidate, input_sets, expected, evaluate, max_drop, baseline, tolerance)
         counts = Counter(picked.values())
