@@ -190,3 +190,45 @@ def test_shape_function_order_is_canonical_and_keeps_dependencies():
     module = tvm.script.from_source(SHAPE_FUNCTION)
     stores = ordered_shape_functions()(module)["shape_func"].body.seq
     assert [int(store.indices[0]) for store in stores] == [3, 2, 5]  # 2 reads 3: after it, else by slot
+
+
+PADDING = np.array([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]], np.int64)
+LONG = (np.arange(40)[None, :] < np.array([[40], [17], [0]])).astype(np.int32)  # beyond one vector of keys
+
+
+@pytest.mark.parametrize(("mask", "causal", "value_width"), [
+    (PADDING, 0, 32), (PADDING, 1, 32), (PADDING, 0, 64), (LONG, 0, 32), (LONG, 1, 64), (np.zeros((2, 3), np.int64), 0, 32),
+])
+def test_packed_attention_on_the_varlen_tir_kernel(mask, causal, value_width):
+    from leangraph.backends.tvm.converters import _uses_tir_attention
+
+    tokens = int(mask.sum())
+    arrays = [f32(tokens, 32), f32(tokens, 32), f32(tokens, value_width), mask]  # 2 heads of 16
+    model = single_op_model("PackedMultiHeadAttention", arrays, {"num_heads": 2, "causal": causal})
+    assert _uses_tir_attention(next(iter(model.graph)))
+    check(model, arrays)
+
+
+def test_packed_attention_with_heads_of_another_size_takes_the_library_kernel():
+    from leangraph.backends.tvm.converters import _uses_tir_attention
+
+    arrays = [f32(int(PADDING.sum()), 12)] * 3 + [PADDING]  # heads of 6
+    model = single_op_model("PackedMultiHeadAttention", arrays, {"num_heads": 2})
+    assert not _uses_tir_attention(next(iter(model.graph)))
+    check(model, arrays)
+
+
+def test_packed_attention_kernel_takes_any_token_count():
+    from leangraph.ir import DOMAIN, TARGET_OPSET
+
+    values = [ir.val(f"in{i}", ir.DataType.FLOAT, ir.Shape(["tokens", 32])) for i in range(3)]
+    values.append(ir.val("mask", ir.DataType.INT64, ir.Shape(["batch", "seq"])))
+    node = ir.node("PackedMultiHeadAttention", values, {"num_heads": 2}, domain=DOMAIN)
+    node.outputs[0].name, node.outputs[0].dtype, node.outputs[0].shape = "out", ir.DataType.FLOAT, ir.Shape(["tokens", 32])
+    model = ir.Model(ir.Graph(values, node.outputs, nodes=[node], opset_imports={"": TARGET_OPSET, DOMAIN: 1}),
+                     ir_version=10)
+    executable = TVMExecutable(model)
+    for mask in (PADDING, LONG.astype(np.int64), PADDING[:1]):
+        arrays = [f32(int(mask.sum()), 32) for _ in range(3)] + [mask]
+        (got,) = executable(arrays)
+        np.testing.assert_allclose(got, ReferenceExecutable(model)(arrays)[0], rtol=1e-4, atol=1e-5)

@@ -3,7 +3,9 @@ them for ``llvm``, run by the Relax VM.
 
 Linear layers (leangraph::MatMulBiasAct with constant weights, int8 DynamicQuantLinear), layer norms and
 attention call library kernels (torch's GEMM, fbgemm, layer_norm, the torch backend's attention) through
-destination-passing packed functions over zero-copy DLPack views (library.py); the rest is
+destination-passing packed functions over zero-copy DLPack views (library.py), except where TIR
+kernels of our own apply: the int8 GEMM micro-kernel (int8_gemm.py) and per-sequence attention over
+packed tokens (packed_attention.py); the rest is
 legalized to TIR, fused, and its elementwise loops vectorized (schedule.py). What the converter
 table does not cover (shape arithmetic, gathers, mask building) falls back to ONNX Runtime through
 the partitioner.

@@ -300,20 +300,46 @@ def _tir_int8_linear(ctx, node, a):
     return relax.op.reshape(y, [*dims[:-1], n]) if len(dims) != 2 else y
 
 
+def _uses_tir_attention(node: ir.Node) -> bool:
+    """Whether a PackedMultiHeadAttention node runs on our varlen TIR kernel (packed_attention.py):
+    static widths whose head sizes are whole vectors; else the torch backend's kernel."""
+    from leangraph.backends.tvm import packed_attention
+
+    widths = [x.shape[-1] if x is not None and x.shape is not None else None for x in node.inputs[:3]]
+    heads = int(attributes_of(node)["num_heads"])
+    return all(isinstance(w, int) for w in widths) and packed_attention.applies(*widths, heads)
+
+
 @library_kernel("PackedMultiHeadAttention")
-def _packed_multi_head_attention_kernel(node: ir.Node) -> str:
+def _packed_multi_head_attention_kernel(node: ir.Node) -> str | None:
     from leangraph.backends.tvm import library
 
+    if _uses_tir_attention(node):
+        return None
     attrs = attributes_of(node)
     return library.packed_attention_function(int(attrs["num_heads"]), float(attrs["scale"]), int(attrs["causal"]))
 
 
 @converts("PackedMultiHeadAttention", DOMAIN)
 def _packed_multi_head_attention(ctx, node, inputs):
-    """Per-sequence attention over packed tokens, through a packed function (library.py)."""
+    """Per-sequence attention over packed tokens: our TIR kernel where it applies (sequence bounds
+    from the mask, then one task per sequence and head), else a packed function (library.py)."""
+    from leangraph.backends.tvm import packed_attention
+
     q, k, v, mask = inputs
     out = relax.TensorType([_dims(ctx.bb, q)[0], _dims(ctx.bb, v)[-1]], "float32")
-    return [relax.call_dps_packed(_packed_multi_head_attention_kernel(node), relax.Tuple([q, k, v, mask]), out)]
+    if not _uses_tir_attention(node):
+        return [relax.call_dps_packed(_packed_multi_head_attention_kernel(node), relax.Tuple([q, k, v, mask]), out)]
+    attrs = attributes_of(node)
+    heads, scale, causal = int(attrs["num_heads"]), float(attrs["scale"]), bool(attrs["causal"])
+    head_size, value_size = (int(x.shape[-1]) // heads for x in (node.inputs[0], node.inputs[2]))
+    mask_dtype = dtype_of(node.inputs[3])
+    bounds_of = ctx.prim_func(f"leangraph_sequence_bounds_{mask_dtype}", lambda: packed_attention.sequence_bounds(mask_dtype))
+    bounds = ctx.bb.emit(relax.call_tir(bounds_of, [mask], relax.TensorType([_dims(ctx.bb, mask)[0] + 1], "int64")))
+    scale_bits = np.float64(scale).view(np.uint64)  # the symbol must tell scales apart exactly
+    kernel = ctx.prim_func(f"leangraph_packed_attention_h{heads}_d{head_size}_v{value_size}_s{scale_bits:x}_c{int(causal)}",
+                           lambda: packed_attention.attention(heads, head_size, value_size, scale, causal))
+    return [relax.call_tir(kernel, [q, k, v, bounds], out)]
 
 
 def _multi_head_attention_relax(ctx, node, inputs):
