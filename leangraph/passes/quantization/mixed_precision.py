@@ -1,11 +1,13 @@
 """Budgeted mixed precision: which linear layers run in int8.
 
 1. Kernels: for every layer shape, the fp32 and int8 kernels are timed (cost_model.linear_kernels:
-   torch's fp32 GEMM, fbgemm's int8, the TVM backend's int8 micro-kernel, ONNX Runtime's MatMul and
-   DynamicQuantizeMatMul); the backend's fp32 kernel and each int8 kernel it offers give the
-   predicted latency of the layer in each option.
+   torch's fp32 GEMM, fbgemm's int8, the TVM backend's int8 micro-kernel, ONNX Runtime's MatMul,
+   DynamicQuantizeMatMul and static-activation MatMulIntegerToFloat); the backend's fp32 kernel and
+   each int8 kernel it offers give the predicted latency of the layer in each option. Where a
+   static-activation kernel is offered, every layer's input range is calibrated first
+   (int8_linear.activation_ranges).
 2. Sensitivity: each layer alone in int8 with each int8 kernel faster than fp32 at its shape (the
-   kernels quantize to different bits), the relative squared error of the model's outputs on the
+   kernels quantize differently), the relative squared error of the model's outputs on the
    calibration data (run on the compiled candidate).
 3. Assignment: per layer fp32 or one of its int8 kernels, minimizing the predicted latency subject
    to the summed sensitivity staying under a budget, as an integer program (scipy.optimize.milp;
@@ -108,8 +110,9 @@ def choose_precisions(
 
     ``compile_model`` gives a compiled candidate (``run_flat(arrays)`` runs it, ``evaluate`` takes
     it); ``kernel_seconds(weight)`` times every linear kernel at that weight's shape; ``kernels``
-    names the backend's "fp32" kernel among them and maps its "int8" kernels to their (activation
-    bits, weight bits). A layer's options are the int8 kernels faster than the fp32 one at its shape."""
+    names the backend's "fp32" kernel among them and maps its "int8" kernels to their schemes
+    (activation bits, weight bits, static activations: linear_kernels.Int8Scheme). A layer's
+    options are the int8 kernels faster than the fp32 one at its shape."""
     layers = candidate_layers(model)
     if not layers:
         return model, [], ["quantization: no linear layer with constant weights"]
