@@ -137,8 +137,9 @@ def build_runners(encoder, batches, tmp: Path, skip: set[str]):
         runners[name] = lambda ids, mask, cm=cm: cm(ids, mask)
         notes[name] = f"{cm.report.nodes_before} -> {cm.report.nodes_after} nodes, built in {time.perf_counter() - start:.0f} s"
         if lossy:
-            int8 = sum(" int8 via " in row for row in cm.report.quantization)
-            notes[name] += f", {int8}/{len(cm.report.quantization)} linear layers int8"
+            reduced = [row.split(": ", 1)[1].split(" via ")[0] for row in cm.report.quantization]
+            counts = ", ".join(f"{reduced.count(p)} {p}" for p in ("int8", "bf16") if p in reduced)
+            notes[name] += f", {len(reduced) - reduced.count('fp32')}/{len(reduced)} linear layers reduced ({counts or 'none'})"
         print(f"{name}:\n{cm.report}", flush=True)
     return runners, notes
 

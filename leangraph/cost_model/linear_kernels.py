@@ -41,8 +41,17 @@ class Int8Scheme(NamedTuple):
     weight_bits: int
     static_activations: bool = False
 
+    precision = "int8"
+
+
+class Bf16Scheme(NamedTuple):
+    """bfloat16 weights and activations, float32 accumulation (leangraph::Bf16Linear)."""
+
+    precision = "bf16"
+
 
 ORT_STATIC_INT8 = "ORT MatMulIntegerToFloat (int8, static activations)"
+TORCH_BF16 = "torch GEMM (bf16)"
 
 INT8_BITS = {FBGEMM: Int8Scheme(7, 8), ORT_INT8: Int8Scheme(8, 8 if exact_u8s8_products() else 7),
              ORT_STATIC_INT8: Int8Scheme(8, 8 if exact_u8s8_products() else 7, static_activations=True),
@@ -54,13 +63,16 @@ keeps ``reduce_range`` (the TVM backend calls it for 7-bit activations), and the
 written for ``vpmaddubsw``."""
 
 BACKEND_KERNELS = {
-    "tvm": {"fp32": "torch GEMM (fp32)", "int8": {FBGEMM: INT8_BITS[FBGEMM], TVM_INT8: INT8_BITS[TVM_INT8]}},
+    "tvm": {"fp32": "torch GEMM (fp32)",
+            "reduced": {FBGEMM: INT8_BITS[FBGEMM], TVM_INT8: INT8_BITS[TVM_INT8], TORCH_BF16: Bf16Scheme()}},
     "onnxruntime": {"fp32": "ORT MatMul (fp32)",
-                    "int8": {ORT_INT8: INT8_BITS[ORT_INT8], ORT_STATIC_INT8: INT8_BITS[ORT_STATIC_INT8]}},
+                    "reduced": {ORT_INT8: INT8_BITS[ORT_INT8], ORT_STATIC_INT8: INT8_BITS[ORT_STATIC_INT8]}},
 }
-"""The fp32 kernel each backend calls for a linear layer, and the int8 kernels the search may give
-a layer, with their schemes (per layer shape the fastest of them; a kernel that does not tile a
-shape is timed as infinitely slow there). The TVM backend can run ONNX Runtime's dynamic int8
+"""The fp32 kernel each backend calls for a linear layer, and the reduced-precision (int8, bf16)
+kernels the search may give a layer, with their schemes (a layer's options are those faster than
+fp32 at its shape: torch's bf16 GEMM is on CPUs with AVX-512 BF16 or AMX, and 50x slower without;
+a kernel that does not tile a shape is timed as infinitely slow there). ONNX Runtime has no fast
+bf16 or fp16 CPU GEMM. The TVM backend can run ONNX Runtime's dynamic int8
 kernel too (8-bit activations, library.py), but inside TVM's process it has to stop spinning and
 measured slower than fbgemm there (MiniLM, 960 STS-B sentences, every layer int8: 2.35 vs 2.16 s;
 spinning, 23.6 s), so the search does not offer it; it has no converter for the static one (such
@@ -86,6 +98,9 @@ def time_kernels(weight: np.ndarray, rows: int = KERNEL_ROWS) -> dict[str, float
     quantized, scale = quantize_weight(weight, INT8_BITS[FBGEMM][1])
     packed = fbgemm_prepack(quantized, scale)
     seconds[FBGEMM] = _time_calls(lambda: torch.ops.quantized.linear_dynamic(xt, packed, True))
+    weight_bf16 = wt.to(torch.bfloat16)
+    out = torch.empty(rows, n)
+    seconds[TORCH_BF16] = _time_calls(lambda: out.copy_(torch.mm(xt.to(torch.bfloat16), weight_bf16)))
     seconds[TVM_INT8] = math.inf
     if int8_gemm.applies(k, n):
         tvm_linear = int8_gemm.linear(*quantize_weight(weight, INT8_BITS[TVM_INT8][1]), None, rows)

@@ -232,3 +232,15 @@ def test_packed_attention_kernel_takes_any_token_count():
         arrays = [f32(int(mask.sum()), 32) for _ in range(3)] + [mask]
         (got,) = executable(arrays)
         np.testing.assert_allclose(got, ReferenceExecutable(model)(arrays)[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["none", "gelu"])
+def test_bf16_linear_through_torch(activation):
+    from leangraph.ir.ops.bf16_linear import to_bfloat16
+
+    a, w, bias = f32(3, 5, 16), f32(16, 24), f32(24)
+    model = single_op_model("Bf16Linear", [a, to_bfloat16(w), bias], {"activation": activation})
+    weight = model.graph.inputs.pop(1)
+    weight.const_value = ir.tensor(to_bfloat16(w))
+    model.graph.register_initializer(weight)
+    check(model, [a, bias], rtol=1e-2, atol=1e-2)  # float32 sums in another order: one bfloat16 step apart

@@ -64,7 +64,7 @@ def f32(rng, *shape):
 
 
 def test_every_registered_op_is_covered_here():
-    assert {op.name for op in all_ops()} == {"Attention", "DynamicQuantLinear", "Gelu", "LayerNorm", "MatMulBiasAct", "MultiHeadAttention",
+    assert {op.name for op in all_ops()} == {"Attention", "Bf16Linear", "DynamicQuantLinear", "Gelu", "LayerNorm", "MatMulBiasAct", "MultiHeadAttention",
                                                  "PackTokens", "PackedMultiHeadAttention", "RMSNorm", "StaticQuantLinear",
                                                  "UnpackTokens"}
 
@@ -298,3 +298,22 @@ def test_static_quant_linear_saturates_outside_the_calibrated_range():
     a_scale = np.float32(2.0 / 255)
     (y,) = lookup("StaticQuantLinear").reference(a, a_scale, np.uint8(128), weight, weight_scale)
     np.testing.assert_allclose(y[0], [-128 * a_scale, -1.0, 0.0, 1.0, 127 * a_scale], atol=a_scale / 2)
+
+
+@pytest.mark.parametrize("activation", ["none", "gelu"])
+def test_bf16_linear(rng, activation):
+    from leangraph.ir.ops.bf16_linear import to_bfloat16
+
+    a, w, bias = f32(rng, 2, 5, 16), f32(rng, 16, 6), f32(rng, 6)
+    model = single_op_model("Bf16Linear", [a, to_bfloat16(w), bias], {"activation": activation})
+    weight = model.graph.inputs.pop(1)  # a constant: ONNX Runtime takes no bfloat16 numpy input
+    weight.const_value = ir.tensor(to_bfloat16(w))
+    model.graph.register_initializer(weight)
+    y = run_reference(model, [a, bias])[0]
+    proto = lowered_proto(model)
+    # float32 sums in another order may round to the neighbouring bfloat16 (2^-8 apart)
+    for unfused in (ReferenceEvaluator(proto).run(None, {"in0": a, "in2": bias})[0],
+                    ort.InferenceSession(proto.SerializeToString()).run(None, {"in0": a, "in2": bias})[0]):
+        np.testing.assert_allclose(y, unfused, rtol=1e-2, atol=1e-2)
+    exact = lookup("MatMulBiasAct").reference(a, w, bias, activation=activation)[0]
+    assert 0 < np.abs(y - exact).max() / np.abs(exact).max() < 0.02

@@ -43,22 +43,25 @@ INPUTS = [(torch.randn(16, WIDTH),) for _ in range(3)]
 @pytest.fixture(autouse=True)
 def int8_kernels_twice_as_fast(monkeypatch):
     """These tests are about the accuracy budget: the kernel timings that decide what int8 gains are
-    fixed (int8 twice as fast as fp32 on every backend) instead of measured on a noisy machine, where a
-    run can time fbgemm at 512x512 slower than the fp32 GEMM and rightly choose no int8 layer at all."""
+    fixed (int8 twice as fast as fp32 on every backend, bf16 slower) instead of measured on a noisy
+    machine, where a run can time fbgemm at 512x512 slower than the fp32 GEMM and rightly choose no
+    int8 layer at all."""
     from leangraph.cost_model import linear_kernels
 
     def time_kernels(weight, rows=linear_kernels.KERNEL_ROWS):
         seconds = {}
         for kernels in linear_kernels.BACKEND_KERNELS.values():
             seconds[kernels["fp32"]] = 2e-3
-            seconds.update(dict.fromkeys(kernels["int8"], 1e-3))
+            seconds.update(dict.fromkeys(kernels["reduced"], 1e-3))
+        seconds[linear_kernels.TORCH_BF16] = 4e-3  # as without AVX-512 BF16: never an option
         return seconds
 
     monkeypatch.setattr(linear_kernels, "time_kernels", time_kernels)
 
 
 def int8_layers(cm) -> int:
-    return sum(op_key(n) in ("leangraph::DynamicQuantLinear", "leangraph::StaticQuantLinear") for n in cm.graph.graph)
+    return sum(op_key(n) in ("leangraph::DynamicQuantLinear", "leangraph::StaticQuantLinear", "leangraph::Bf16Linear")
+               for n in cm.graph.graph)
 
 
 def test_solve_is_the_knapsack_optimum():
@@ -115,7 +118,7 @@ def test_no_faster_int8_kernel_no_quantization(monkeypatch):
 
     def int8_slower(weight, rows=linear_kernels.KERNEL_ROWS):
         return {name: 1e-3 if "fp32" in name else 2e-3
-                for kernels in linear_kernels.BACKEND_KERNELS.values() for name in (kernels["fp32"], *kernels["int8"])}
+                for kernels in linear_kernels.BACKEND_KERNELS.values() for name in (kernels["fp32"], *kernels["reduced"])}
 
     monkeypatch.setattr(linear_kernels, "time_kernels", int8_slower)
     cm = leangraph.optimize(MLP(), INPUTS[0], backend="onnxruntime", calibration=INPUTS,
@@ -184,7 +187,7 @@ def test_static_activation_kernel_is_chosen_where_it_is_fastest(monkeypatch):
         seconds = {}
         for kernels in linear_kernels.BACKEND_KERNELS.values():
             seconds[kernels["fp32"]] = 3e-3
-            seconds.update(dict.fromkeys(kernels["int8"], 2e-3))
+            seconds.update(dict.fromkeys(kernels["reduced"], 2e-3))
         seconds[linear_kernels.ORT_STATIC_INT8] = 1e-3
         return seconds
 
@@ -198,3 +201,40 @@ def test_static_activation_kernel_is_chosen_where_it_is_fastest(monkeypatch):
         with torch.no_grad():
             expected = model(x).numpy()
         assert np.abs(cm(x.numpy()) - expected).max() <= 0.02
+
+
+def test_bf16_takes_the_layer_int8_cannot(monkeypatch):
+    from leangraph.cost_model import linear_kernels
+
+    def bf16_fast(weight, rows=linear_kernels.KERNEL_ROWS):
+        seconds = {}
+        for kernels in linear_kernels.BACKEND_KERNELS.values():
+            seconds[kernels["fp32"]] = 3e-3
+            seconds.update(dict.fromkeys(kernels["reduced"], 1e-3))
+        seconds[linear_kernels.TORCH_BF16] = 2e-3
+        return seconds
+
+    monkeypatch.setattr(linear_kernels, "time_kernels", bf16_fast)
+    model = MLP()
+    cm = leangraph.optimize(model, INPUTS[0], backend="tvm", calibration=INPUTS,
+                            tolerance=leangraph.Tolerance(rtol=0.0, atol=0.02))
+    rows = cm.report.quantization
+    assert "layers.1: bf16 via torch GEMM (bf16)" in rows[1] and ": int8 via" in rows[0], rows
+    assert [n.op_type for n in cm.graph.graph if n.op_type.endswith("Linear")].count("Bf16Linear") == 1
+    for (x,) in INPUTS:
+        with torch.no_grad():
+            expected = model(x).numpy()
+        assert np.abs(cm(x.numpy()) - expected).max() <= 0.02
+
+
+def test_bf16_layers_survive_save_and_load(tmp_path):
+    from leangraph.passes.quantization.int8_linear import bf16_layers
+
+    graph = leangraph.optimize(MLP(), INPUTS[0], backend="reference").graph
+    assert bf16_layers(graph, {node.name for node in candidate_layers(graph)}) == 3
+    cm = leangraph.optimize(graph, INPUTS[0], backend="tvm", passes="none")
+    cm.save(tmp_path / "artifact")
+    loaded = leangraph.load(tmp_path / "artifact")
+    x = INPUTS[1][0].numpy()
+    np.testing.assert_array_equal(loaded(x), cm(x))
+    assert [n.op_type for n in loaded.graph.graph].count("Bf16Linear") == 3

@@ -54,8 +54,8 @@ def _supported_value(value: ir.Value | None) -> bool:
 
 
 def _supported_integer(node: ir.Node, value: ir.Value | None) -> bool:
-    """Integer inputs the library kernels read: a padding mask, int8 constant weights; and Split's
-    constant sizes (the other converters assume float or bool)."""
+    """Non-float inputs the kernels read: a padding mask, int8 or bfloat16 constant weights; and
+    Split's constant sizes (the other converters assume float or bool)."""
     if node.domain in ("", "ai.onnx") and node.op_type == "Split":
         return len(node.inputs) > 1 and value is node.inputs[1] and value.const_value is not None
     if node.domain != "leangraph" or value is None or value.shape is None:
@@ -64,6 +64,8 @@ def _supported_integer(node: ir.Node, value: ir.Value | None) -> bool:
         return value is node.inputs[-1] and value.dtype in (ir.DataType.INT64, ir.DataType.INT32)
     if node.op_type == "DynamicQuantLinear":
         return value is node.inputs[1] and value.dtype == ir.DataType.INT8 and value.const_value is not None
+    if node.op_type == "Bf16Linear":
+        return value is node.inputs[1] and value.dtype == ir.DataType.BFLOAT16 and value.const_value is not None
     return False
 
 

@@ -231,6 +231,23 @@ def _multi_head_attention(ctx, node, inputs):
     return [relax.call_dps_packed(name, relax.Tuple([q, k, v] + ([mask] if mask is not None else [])), out)]
 
 
+@library_kernel("Bf16Linear")
+def _bf16_linear_kernel(node: ir.Node) -> str:
+    """torch's bfloat16 GEMM holding the constant weight (library.bf16_linear_function)."""
+    from leangraph.backends.tvm import library
+
+    with_bias = len(node.inputs) > 2 and node.inputs[2] is not None
+    return library.bf16_linear_function(node.inputs[1].const_value.numpy(), str(attributes_of(node)["activation"]),
+                                        with_bias)
+
+
+@converts("Bf16Linear", DOMAIN)
+def _bf16_linear(ctx, node, inputs):
+    out_dims = [*_dims(ctx.bb, inputs[0])[:-1], int(node.inputs[1].const_value.shape[1])]
+    operands = [inputs[0]] + [x for x in inputs[2:3] if x is not None]
+    return [relax.call_dps_packed(_bf16_linear_kernel(node), relax.Tuple(operands), relax.TensorType(out_dims, "float32"))]
+
+
 def _quant_linear_constants(node: ir.Node) -> list[np.ndarray | None]:
     """(int8 weight, weight scale, bias or None) of a DynamicQuantLinear."""
     constants = [v.const_value.numpy() if v is not None and v.const_value is not None else None

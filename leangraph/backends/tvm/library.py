@@ -148,6 +148,29 @@ def quant_linear_function(weight: np.ndarray, weight_scale: np.ndarray, bias: np
     return name
 
 
+def bf16_linear_function(weight: np.ndarray, activation: str, with_bias: bool) -> str:
+    """The name of a packed function running leangraph::Bf16Linear with this constant bfloat16
+    weight, called as (a, [bias,] out): torch's bfloat16 GEMM (oneDNN: fast with AVX-512 BF16 or
+    AMX), its bfloat16 output widened into the float32 output, bias and activation applied there."""
+    digest = hashlib.sha256(np.ascontiguousarray(weight).view(np.uint16).tobytes()).hexdigest()[:24]
+    name = f"leangraph.bf16_linear.{digest}.{activation}.b{int(with_bias)}"
+    if tvm.get_global_func(name, allow_missing=True) is not None:
+        return name
+    apply = ACTIVATIONS[activation]
+    weight_bf16 = torch.from_numpy(np.ascontiguousarray(weight).view(np.int16)).view(torch.bfloat16)
+
+    def run(a, *rest):
+        x = torch.from_dlpack(a)
+        result = torch.from_dlpack(rest[-1]).view(-1, weight_bf16.shape[1])
+        result.copy_(torch.mm(x.reshape(-1, x.shape[-1]).to(torch.bfloat16), weight_bf16))
+        if with_bias:
+            result.add_(torch.from_dlpack(rest[0]))
+        apply(result)
+
+    tvm.register_global_func(name, run, override=True)
+    return name
+
+
 def _fbgemm_linear(weight: np.ndarray, weight_scale: np.ndarray, bias: np.ndarray | None):
     packed = fbgemm_prepack(weight, weight_scale, bias)
 

@@ -1,6 +1,6 @@
 """Linear layers to int8: leangraph::MatMulBiasAct -> leangraph::DynamicQuantLinear, or
 leangraph::StaticQuantLinear, for the layers an assignment names (the search in
-``mixed_precision.py`` chooses them).
+``mixed_precision.py`` chooses them); or to bfloat16, leangraph::Bf16Linear.
 
 Weights are quantized once, per output channel, symmetric (scale = max |w| / 127, or / 63 for 7-bit
 weights, over the channel); activations per call (see the op), or with a fixed scale from the range
@@ -17,6 +17,7 @@ import numpy as np
 import onnx_ir as ir
 
 from leangraph.ir import clone_model
+from leangraph.ir.ops.bf16_linear import to_bfloat16
 from leangraph.ir.ops.quant_linear import quantize_weight
 from leangraph.ir.ops.static_quant_linear import calibrated_scale
 from leangraph.ir.registry import DOMAIN
@@ -91,6 +92,27 @@ def quantize_layers(model: ir.Model, names: Collection[str], activation_bits: in
         replacement = ir.Node(
             DOMAIN, "StaticQuantLinear" if static_activations else "DynamicQuantLinear",
             [node.inputs[0], *constants, *node.inputs[2:]], attributes=attributes,
+            name=node.name, metadata_props=dict(node.metadata_props))
+        ir.convenience.replace_nodes_and_values(model.graph, node, [node], [replacement], node.outputs,
+                                                replacement.outputs)
+        count += 1
+    return count
+
+
+def bf16_layers(model: ir.Model, names: Collection[str]) -> int:
+    """Rewrite the named candidate layers in place as leangraph::Bf16Linear (weights rounded to
+    bfloat16 once); returns how many were rewritten."""
+    count = 0
+    for node in candidate_layers(model):
+        if node.name not in names:
+            continue
+        weight = to_bfloat16(node.inputs[1].const_value.numpy())
+        value = ir.Value(name=f"{node.inputs[1].name}_bf16", shape=ir.Shape(weight.shape),
+                         type=ir.TensorType(ir.DataType.BFLOAT16), const_value=ir.tensor(weight))
+        model.graph.register_initializer(value)
+        replacement = ir.Node(
+            DOMAIN, "Bf16Linear", [node.inputs[0], value, *node.inputs[2:]],
+            attributes=[ir.AttrString("activation", node.attributes.get_string("activation", "none"))],
             name=node.name, metadata_props=dict(node.metadata_props))
         ir.convenience.replace_nodes_and_values(model.graph, node, [node], [replacement], node.outputs,
                                                 replacement.outputs)

@@ -32,7 +32,8 @@ import numpy as np
 import onnx_ir as ir
 
 from leangraph.ir import clone_model
-from leangraph.passes.quantization.int8_linear import activation_ranges, candidate_layers, quantize_layers
+from leangraph.passes.quantization.int8_linear import (activation_ranges, bf16_layers, candidate_layers,
+                                                       quantize_layers)
 from leangraph.passes.verification import Tolerance, compare_outputs
 
 
@@ -110,7 +111,7 @@ def choose_precisions(
 
     ``compile_model`` gives a compiled candidate (``run_flat(arrays)`` runs it, ``evaluate`` takes
     it); ``kernel_seconds(weight)`` times every linear kernel at that weight's shape; ``kernels``
-    names the backend's "fp32" kernel among them and maps its "int8" kernels to their schemes
+    names the backend's "fp32" kernel among them and maps its "reduced" kernels to their schemes
     (activation bits, weight bits, static activations: linear_kernels.Int8Scheme). A layer's
     options are the int8 kernels faster than the fp32 one at its shape."""
     layers = candidate_layers(model)
@@ -121,7 +122,7 @@ def choose_precisions(
     say = progress or (lambda _: None)
     reference = compile_model(model)
     expected = [reference.run_flat(inputs) for inputs in input_sets]
-    static = any(len(scheme) > 2 and scheme[2] for scheme in kernels["int8"].values())
+    static = any(getattr(scheme, "static_activations", False) for scheme in kernels["reduced"].values())
     ranges = activation_ranges(model, input_sets, compile_model) if static else {}
     timings: dict[tuple[int, int], dict[str, float]] = {}
     choices = []
@@ -131,14 +132,14 @@ def choose_precisions(
             say(f"timing kernels for shape {weight.shape}")
             timings[weight.shape] = kernel_seconds(weight)
         seconds = timings[weight.shape]
-        faster = [k for k in kernels["int8"] if seconds[k] < seconds[kernels["fp32"]]]
+        faster = [k for k in kernels["reduced"] if seconds[k] < seconds[kernels["fp32"]]]
         # with no int8 kernel faster, the fastest one's sensitivity still goes in the report
-        measured = faster or [min(kernels["int8"], key=seconds.__getitem__)]
+        measured = faster or [min(kernels["reduced"], key=seconds.__getitem__)]
         sensitivities = {}
         for kernel in measured:
             say(f"sensitivity of layer {index + 1}/{len(layers)} ({kernel})")
             single = clone_model(model)
-            quantize_layers(single, {node.name}, *kernels["int8"][kernel], ranges=ranges)
+            lower_precision(single, {node.name}, kernels["reduced"][kernel], ranges)
             candidate = compile_model(single)
             sensitivities[kernel] = float(np.mean([output_error(candidate.run_flat(inputs), want)
                                                    for inputs, want in zip(input_sets, expected)]))
@@ -151,7 +152,7 @@ def choose_precisions(
     budget = float(sum(max(s) for s in sensitivity))
     notes = []
     if not any(g > 0 for gains in gain for g in gains):
-        notes.append(f"quantization: no layer shape where {' or '.join(kernels['int8'])} is faster than "
+        notes.append(f"quantization: no layer shape where {' or '.join(kernels['reduced'])} is faster than "
                      f"{kernels['fp32']} on this machine; every layer stays fp32")
         return model, choices, notes
     for attempt in range(8):
@@ -160,22 +161,37 @@ def choose_precisions(
         if not picked:
             break
         candidate_model = clone_model(model)
-        for kernel, bits in kernels["int8"].items():
-            quantize_layers(candidate_model, {n for n, k in picked.items() if k == kernel}, *bits, ranges=ranges)
+        for kernel, scheme in kernels["reduced"].items():
+            lower_precision(candidate_model, {n for n, k in picked.items() if k == kernel}, scheme, ranges)
         candidate = compile_model(candidate_model)
         verdict = _check(candidate, input_sets, expected, evaluate, max_drop, baseline, tolerance)
         counts = Counter(picked.values())
-        per_kernel = ", ".join(f"{counts[kernel]} {kernel}" for kernel in kernels["int8"] if counts[kernel])
-        notes.append(f"quantization attempt {attempt + 1}: {len(picked)}/{len(choices)} layers int8 ({per_kernel}; "
+        per_kernel = ", ".join(f"{counts[kernel]} {kernel}" for kernel in kernels["reduced"] if counts[kernel])
+        notes.append(f"quantization attempt {attempt + 1}: {len(picked)}/{len(choices)} layers {_precision_words(kernels, picked.values())} ({per_kernel}; "
                      f"sensitivity budget {budget:.2e}): {verdict or 'within budget'}")
         if verdict is None:
             for choice in choices:
-                choice.precision, choice.kernel = (("int8", picked[choice.name]) if choice.name in picked
+                choice.precision, choice.kernel = ((kernels["reduced"][picked[choice.name]].precision,
+                                                    picked[choice.name]) if choice.name in picked
                                                    else ("fp32", kernels["fp32"]))
             return candidate_model, choices, notes
         budget /= 2
     notes.append("quantization: no int8 assignment met the budget; every layer stays fp32")
     return model, choices, notes
+
+
+def lower_precision(model: ir.Model, names, scheme, ranges) -> None:
+    """The named layers rewritten as ``scheme`` (an int8 scheme, or bfloat16) wants."""
+    if scheme.precision == "bf16":
+        bf16_layers(model, names)
+    else:
+        quantize_layers(model, names, *scheme, ranges=ranges)
+
+
+def _precision_words(kernels, picked) -> str:
+    """'int8', 'bf16' or 'int8 or bf16': the precisions of the picked kernels."""
+    found = sorted({kernels["reduced"][kernel].precision for kernel in picked}, key=["int8", "bf16"].index)
+    return " or ".join(found)
 
 
 def _check(candidate, input_sets, expected, evaluate, max_drop, baseline, tolerance) -> str | None:
