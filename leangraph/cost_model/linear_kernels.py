@@ -1,8 +1,9 @@
-"""Per-shape timings of the linear-layer kernels every backend can call, in fp32 and int8.
+"""Per-shape timings of the linear-layer kernels every backend can call, in fp32, int8 and bf16.
 
 The mixed-precision search predicts a layer's latency in each precision from these (measured on
-this machine, not modelled): on AVX2 without VNNI, which int8 kernel is faster than the fp32 GEMM
-at which shape is exactly what cannot be guessed.
+this machine, not modelled): which int8 kernel is faster than the fp32 GEMM at which shape (on AVX2
+without VNNI, barely), and whether bf16 is fast at all (with AVX-512 BF16, 4x fp32; without, 50x
+slower), is exactly what cannot be guessed.
 """
 
 from __future__ import annotations

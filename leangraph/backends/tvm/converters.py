@@ -245,7 +245,8 @@ def _bf16_linear_kernel(node: ir.Node) -> str:
 def _bf16_linear(ctx, node, inputs):
     out_dims = [*_dims(ctx.bb, inputs[0])[:-1], int(node.inputs[1].const_value.shape[1])]
     operands = [inputs[0]] + [x for x in inputs[2:3] if x is not None]
-    return [relax.call_dps_packed(_bf16_linear_kernel(node), relax.Tuple(operands), relax.TensorType(out_dims, "float32"))]
+    out = relax.TensorType(out_dims, "float32")
+    return [relax.call_dps_packed(_bf16_linear_kernel(node), relax.Tuple(operands), out)]
 
 
 def _quant_linear_constants(node: ir.Node) -> list[np.ndarray | None]:
@@ -351,11 +352,12 @@ def _packed_multi_head_attention(ctx, node, inputs):
     heads, scale, causal = int(attrs["num_heads"]), float(attrs["scale"]), bool(attrs["causal"])
     head_size, value_size = (int(x.shape[-1]) // heads for x in (node.inputs[0], node.inputs[2]))
     mask_dtype = dtype_of(node.inputs[3])
-    bounds_of = ctx.prim_func(f"leangraph_sequence_bounds_{mask_dtype}", lambda: packed_attention.sequence_bounds(mask_dtype))
+    bounds_of = ctx.prim_func(f"leangraph_sequence_bounds_{mask_dtype}",
+                              lambda: packed_attention.sequence_bounds(mask_dtype))
     bounds = ctx.bb.emit(relax.call_tir(bounds_of, [mask], relax.TensorType([_dims(ctx.bb, mask)[0] + 1], "int64")))
     scale_bits = np.float64(scale).view(np.uint64)  # the symbol must tell scales apart exactly
-    kernel = ctx.prim_func(f"leangraph_packed_attention_h{heads}_d{head_size}_v{value_size}_s{scale_bits:x}_c{int(causal)}",
-                           lambda: packed_attention.attention(heads, head_size, value_size, scale, causal))
+    name = f"leangraph_packed_attention_h{heads}_d{head_size}_v{value_size}_s{scale_bits:x}_c{int(causal)}"
+    kernel = ctx.prim_func(name, lambda: packed_attention.attention(heads, head_size, value_size, scale, causal))
     return [relax.call_tir(kernel, [q, k, v, bounds], out)]
 
 

@@ -1,6 +1,6 @@
 """The `leangraph` ops. Importing this package registers every one of them."""
 
 from leangraph.ir.ops import (  # noqa: F401
-    attention, bf16_linear, gelu, layer_norm, matmul_bias_act, multi_head_attention, packed_attention, packing, quant_linear,
-    rms_norm, static_quant_linear,
+    attention, bf16_linear, gelu, layer_norm, matmul_bias_act, multi_head_attention, packed_attention, packing,
+    quant_linear, rms_norm, static_quant_linear,
 )

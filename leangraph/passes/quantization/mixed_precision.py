@@ -1,20 +1,20 @@
-"""Budgeted mixed precision: which linear layers run in int8.
+"""Budgeted mixed precision: which linear layers run in int8 or bf16 ("reduced" precision).
 
-1. Kernels: for every layer shape, the fp32 and int8 kernels are timed (cost_model.linear_kernels:
-   torch's fp32 GEMM, fbgemm's int8, the TVM backend's int8 micro-kernel, ONNX Runtime's MatMul,
-   DynamicQuantizeMatMul and static-activation MatMulIntegerToFloat); the backend's fp32 kernel and
-   each int8 kernel it offers give the predicted latency of the layer in each option. Where a
-   static-activation kernel is offered, every layer's input range is calibrated first
-   (int8_linear.activation_ranges).
-2. Sensitivity: each layer alone in int8 with each int8 kernel faster than fp32 at its shape (the
-   kernels quantize differently), the relative squared error of the model's outputs on the
+1. Kernels: for every layer shape, the fp32 and reduced-precision kernels are timed
+   (cost_model.linear_kernels: torch's fp32 and bf16 GEMMs, fbgemm's int8, the TVM backend's int8
+   micro-kernel, ONNX Runtime's MatMul, DynamicQuantizeMatMul and static-activation
+   MatMulIntegerToFloat); the backend's fp32 kernel and each reduced-precision kernel it offers give
+   the predicted latency of the layer in each option. Where a static-activation kernel is offered,
+   every layer's input range is calibrated first (int8_linear.activation_ranges).
+2. Sensitivity: each layer alone with each reduced-precision kernel faster than fp32 at its shape
+   (the kernels round differently), the relative squared error of the model's outputs on the
    calibration data (run on the compiled candidate).
-3. Assignment: per layer fp32 or one of its int8 kernels, minimizing the predicted latency subject
-   to the summed sensitivity staying under a budget, as an integer program (scipy.optimize.milp;
-   sensitivities are treated as additive).
+3. Assignment: per layer fp32 or one of its reduced-precision kernels, minimizing the predicted
+   latency subject to the summed sensitivity staying under a budget, as an integer program
+   (scipy.optimize.milp; sensitivities are treated as additive).
 4. Check: the assignment is compiled and really evaluated (``evaluate`` within ``max_drop`` of the
    unquantized model, or every output within ``tolerance`` on the calibration data); when it
-   misses, the budget is halved and the program solved again, down to no int8 layer at all.
+   misses, the budget is halved and the program solved again, down to all fp32.
 
 The result is a model and one :class:`LayerChoice` per candidate layer for the report.
 """
@@ -39,7 +39,7 @@ from leangraph.passes.verification import Tolerance, compare_outputs
 
 @dataclasses.dataclass
 class LayerChoice:
-    """One linear layer: its shape, sensitivity per int8 kernel, kernel timings and the choice."""
+    """One linear layer: its shape, sensitivity per reduced-precision kernel, timings, the choice."""
 
     name: str
     module_path: str
@@ -59,7 +59,7 @@ class LayerChoice:
 
 
 def solve(gain: Sequence[Sequence[float]], sensitivity: Sequence[Sequence[float]], budget: float) -> list[int | None]:
-    """Per layer, the index of its int8 option to use (None: fp32): maximize the summed latency gain
+    """Per layer, the index of its reduced-precision option to use (None: fp32): maximize the summed gain
     with the summed sensitivity <= budget and at most one option per layer (a multiple-choice
     knapsack). ``gain[l][j]`` and ``sensitivity[l][j]`` are layer l's with option j."""
     from scipy.optimize import Bounds, LinearConstraint, milp
@@ -113,7 +113,7 @@ def choose_precisions(
     it); ``kernel_seconds(weight)`` times every linear kernel at that weight's shape; ``kernels``
     names the backend's "fp32" kernel among them and maps its "reduced" kernels to their schemes
     (activation bits, weight bits, static activations: linear_kernels.Int8Scheme). A layer's
-    options are the int8 kernels faster than the fp32 one at its shape."""
+    options are the reduced-precision kernels faster than the fp32 one at its shape."""
     layers = candidate_layers(model)
     if not layers:
         return model, [], ["quantization: no linear layer with constant weights"]
@@ -133,7 +133,7 @@ def choose_precisions(
             timings[weight.shape] = kernel_seconds(weight)
         seconds = timings[weight.shape]
         faster = [k for k in kernels["reduced"] if seconds[k] < seconds[kernels["fp32"]]]
-        # with no int8 kernel faster, the fastest one's sensitivity still goes in the report
+        # with no reduced-precision kernel faster, the fastest one's sensitivity still goes in the report
         measured = faster or [min(kernels["reduced"], key=seconds.__getitem__)]
         sensitivities = {}
         for kernel in measured:
@@ -167,7 +167,8 @@ def choose_precisions(
         verdict = _check(candidate, input_sets, expected, evaluate, max_drop, baseline, tolerance)
         counts = Counter(picked.values())
         per_kernel = ", ".join(f"{counts[kernel]} {kernel}" for kernel in kernels["reduced"] if counts[kernel])
-        notes.append(f"quantization attempt {attempt + 1}: {len(picked)}/{len(choices)} layers {_precision_words(kernels, picked.values())} ({per_kernel}; "
+        precisions = _precision_words(kernels, picked.values())
+        notes.append(f"quantization attempt {attempt + 1}: {len(picked)}/{len(choices)} layers {precisions} ({per_kernel}; "
                      f"sensitivity budget {budget:.2e}): {verdict or 'within budget'}")
         if verdict is None:
             for choice in choices:
