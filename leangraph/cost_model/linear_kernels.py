@@ -54,9 +54,9 @@ class Bf16Scheme(NamedTuple):
 ORT_STATIC_INT8 = "ORT MatMulIntegerToFloat (int8, static activations)"
 TORCH_BF16 = "torch GEMM (bf16)"
 
-INT8_BITS = {FBGEMM: Int8Scheme(7, 8), ORT_INT8: Int8Scheme(8, 8 if exact_u8s8_products() else 7),
-             ORT_STATIC_INT8: Int8Scheme(8, 8 if exact_u8s8_products() else 7, static_activations=True),
-             TVM_INT8: Int8Scheme(7, 7)}
+_ORT_WEIGHT_BITS = 8 if exact_u8s8_products() else 7
+INT8_BITS = {FBGEMM: Int8Scheme(7, 8), ORT_INT8: Int8Scheme(8, _ORT_WEIGHT_BITS),
+             ORT_STATIC_INT8: Int8Scheme(8, _ORT_WEIGHT_BITS, static_activations=True), TVM_INT8: Int8Scheme(7, 7)}
 """The scheme of each int8 kernel; a layer is quantized as the kernel chosen for it wants. With
 AVX-512 VNNI ONNX Runtime's kernels take 8-bit weights (so a model quantized on such a machine
 carries weights that an AVX2 machine's kernel may saturate on: compile where it will run). fbgemm

@@ -48,15 +48,31 @@ def int8_kernels_twice_as_fast(monkeypatch):
     int8 layer at all."""
     from leangraph.cost_model import linear_kernels
 
+    # bf16 as without AVX-512 BF16: never an option
+    monkeypatch.setattr(linear_kernels, "time_kernels",
+                        fixed_timings(fp32=2e-3, reduced=1e-3, **{linear_kernels.TORCH_BF16: 4e-3}))
+
+
+def fixed_timings(fp32: float, reduced: float, **by_kernel: float):
+    """A stand-in for linear_kernels.time_kernels: every backend's fp32 kernel at ``fp32`` seconds,
+    its reduced-precision ones at ``reduced``, the kernels named in ``by_kernel`` at theirs."""
+    from leangraph.cost_model import linear_kernels
+
     def time_kernels(weight, rows=linear_kernels.KERNEL_ROWS):
         seconds = {}
         for kernels in linear_kernels.BACKEND_KERNELS.values():
-            seconds[kernels["fp32"]] = 2e-3
-            seconds.update(dict.fromkeys(kernels["reduced"], 1e-3))
-        seconds[linear_kernels.TORCH_BF16] = 4e-3  # as without AVX-512 BF16: never an option
-        return seconds
+            seconds[kernels["fp32"]] = fp32
+            seconds.update(dict.fromkeys(kernels["reduced"], reduced))
+        return {**seconds, **by_kernel}
 
-    monkeypatch.setattr(linear_kernels, "time_kernels", time_kernels)
+    return time_kernels
+
+
+def assert_within(cm, model, atol: float) -> None:
+    for (x,) in INPUTS:
+        with torch.no_grad():
+            expected = model(x).numpy()
+        assert np.abs(cm(x.numpy()) - expected).max() <= atol
 
 
 def int8_layers(cm) -> int:
@@ -107,20 +123,13 @@ def test_tolerance_budget_keeps_the_sensitive_layer_in_fp32(backend):
     assert len(rows) == 3 and "layers.1: fp32" in rows[1], rows
     assert int8_layers(cm) == 2, "\n".join(record.notes)
     assert "sensitivity" in str(cm.report) and "layer precisions" in str(cm.report)
-    for (x,) in INPUTS:
-        with torch.no_grad():
-            expected = model(x).numpy()
-        assert np.abs(cm(x.numpy()) - expected).max() <= 0.02
+    assert_within(cm, model, 0.02)
 
 
 def test_no_faster_int8_kernel_no_quantization(monkeypatch):
     from leangraph.cost_model import linear_kernels
 
-    def int8_slower(weight, rows=linear_kernels.KERNEL_ROWS):
-        return {name: 1e-3 if "fp32" in name else 2e-3
-                for kernels in linear_kernels.BACKEND_KERNELS.values() for name in (kernels["fp32"], *kernels["reduced"])}
-
-    monkeypatch.setattr(linear_kernels, "time_kernels", int8_slower)
+    monkeypatch.setattr(linear_kernels, "time_kernels", fixed_timings(fp32=1e-3, reduced=2e-3))
     cm = leangraph.optimize(MLP(), INPUTS[0], backend="onnxruntime", calibration=INPUTS,
                             tolerance=leangraph.Tolerance(rtol=0.0, atol=0.02))
     (record,) = [r for r in cm.report.records if r.name == "quantize_int8"]
@@ -183,48 +192,28 @@ def test_static_layers_take_their_calibrated_scale():
 def test_static_activation_kernel_is_chosen_where_it_is_fastest(monkeypatch):
     from leangraph.cost_model import linear_kernels
 
-    def static_fastest(weight, rows=linear_kernels.KERNEL_ROWS):
-        seconds = {}
-        for kernels in linear_kernels.BACKEND_KERNELS.values():
-            seconds[kernels["fp32"]] = 3e-3
-            seconds.update(dict.fromkeys(kernels["reduced"], 2e-3))
-        seconds[linear_kernels.ORT_STATIC_INT8] = 1e-3
-        return seconds
-
-    monkeypatch.setattr(linear_kernels, "time_kernels", static_fastest)
+    monkeypatch.setattr(linear_kernels, "time_kernels",
+                        fixed_timings(fp32=3e-3, reduced=2e-3, **{linear_kernels.ORT_STATIC_INT8: 1e-3}))
     model = MLP()
     cm = leangraph.optimize(model, INPUTS[0], backend="onnxruntime", calibration=INPUTS,
                             tolerance=leangraph.Tolerance(rtol=0.0, atol=0.02))
     static = [n for n in cm.graph.graph if n.op_type == "StaticQuantLinear"]
     assert static and "static activations" in "\n".join(cm.report.quantization)
-    for (x,) in INPUTS:
-        with torch.no_grad():
-            expected = model(x).numpy()
-        assert np.abs(cm(x.numpy()) - expected).max() <= 0.02
+    assert_within(cm, model, 0.02)
 
 
 def test_bf16_takes_the_layer_int8_cannot(monkeypatch):
     from leangraph.cost_model import linear_kernels
 
-    def bf16_fast(weight, rows=linear_kernels.KERNEL_ROWS):
-        seconds = {}
-        for kernels in linear_kernels.BACKEND_KERNELS.values():
-            seconds[kernels["fp32"]] = 3e-3
-            seconds.update(dict.fromkeys(kernels["reduced"], 1e-3))
-        seconds[linear_kernels.TORCH_BF16] = 2e-3
-        return seconds
-
-    monkeypatch.setattr(linear_kernels, "time_kernels", bf16_fast)
+    monkeypatch.setattr(linear_kernels, "time_kernels",
+                        fixed_timings(fp32=3e-3, reduced=1e-3, **{linear_kernels.TORCH_BF16: 2e-3}))
     model = MLP()
     cm = leangraph.optimize(model, INPUTS[0], backend="tvm", calibration=INPUTS,
                             tolerance=leangraph.Tolerance(rtol=0.0, atol=0.02))
     rows = cm.report.quantization
     assert "layers.1: bf16 via torch GEMM (bf16)" in rows[1] and ": int8 via" in rows[0], rows
     assert [n.op_type for n in cm.graph.graph if n.op_type.endswith("Linear")].count("Bf16Linear") == 1
-    for (x,) in INPUTS:
-        with torch.no_grad():
-            expected = model(x).numpy()
-        assert np.abs(cm(x.numpy()) - expected).max() <= 0.02
+    assert_within(cm, model, 0.02)
 
 
 def test_bf16_layers_survive_save_and_load(tmp_path):

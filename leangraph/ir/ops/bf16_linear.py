@@ -13,9 +13,8 @@ import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 
-from leangraph.ir.ops import activations
-from leangraph.ir.ops.matmul_bias_act import _activation
-from leangraph.ir.registry import OpDef, TensorInfo, register
+from leangraph.ir.ops.matmul_bias_act import bias_activation, bias_activation_onnx, linear_shape
+from leangraph.ir.registry import OpDef, register
 
 BFLOAT16 = ml_dtypes.bfloat16
 
@@ -26,17 +25,7 @@ def to_bfloat16(x: np.ndarray) -> np.ndarray:
 
 def _reference(a, weight, bias=None, activation="none"):
     product = to_bfloat16(a).astype(np.float32) @ weight.astype(np.float32)
-    y = to_bfloat16(product).astype(np.float32)
-    if bias is not None:
-        y = y + bias
-    return (activations.NUMPY[_activation({"activation": activation})](y).astype(a.dtype),)
-
-
-def _shape(inputs, attrs):
-    a, weight = inputs[0], inputs[1]
-    if a.shape is None or weight.shape is None:
-        return [TensorInfo(a.dtype, None)]
-    return [TensorInfo(a.dtype, (*a.shape[:-1], weight.shape[-1]))]
+    return (bias_activation(to_bfloat16(product).astype(np.float32), bias, activation, a.dtype),)
 
 
 def _decompose(tape, inputs, attrs):
@@ -48,9 +37,7 @@ def _decompose(tape, inputs, attrs):
     rounded = tape.op("Cast", [tape.op("Cast", [a], bf16)], f32)
     product = tape.op("MatMul", [rounded, tape.op("Cast", [weight], f32)])
     y = tape.op("Cast", [tape.op("Cast", [product], bf16)], f32)
-    if bias is not None:
-        y = tape.op("Add", [y, bias])
-    return [activations.to_onnx(tape, y, _activation(attrs), np.float32)]
+    return [bias_activation_onnx(tape, y, bias, attrs, np.float32)]
 
 
 BF16_LINEAR = register(
@@ -60,7 +47,7 @@ BF16_LINEAR = register(
         inputs=("a", "weight", "bias?"),
         outputs=("y",),
         attributes={"activation": "none"},
-        shape_rule=_shape,
+        shape_rule=linear_shape(1),
         reference=_reference,
         decompose=_decompose,
     )

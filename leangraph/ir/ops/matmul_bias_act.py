@@ -20,6 +20,32 @@ def _activation(attrs) -> str:
     return name
 
 
+def bias_activation(y, bias, activation: str, dtype):
+    """numpy: ``activation(y + bias)`` in ``dtype``, the end of every linear op's reference."""
+    if bias is not None:
+        y = y + bias
+    return activations.NUMPY[_activation({"activation": activation})](y).astype(dtype)
+
+
+def bias_activation_onnx(tape, y, bias, attrs, dtype):
+    """ONNX: ``activation(y + bias)``, the end of every linear op's decomposition."""
+    if bias is not None:
+        y = tape.op("Add", [y, bias])
+    return activations.to_onnx(tape, y, _activation(attrs), dtype)
+
+
+def linear_shape(weight_index: int):
+    """The shape rule of a linear op whose [K, N] weight is input ``weight_index``: [..., N]."""
+
+    def shape(inputs, attrs):
+        a, weight = inputs[0], inputs[weight_index]
+        if a.shape is None or weight.shape is None:
+            return [TensorInfo(a.dtype, None)]
+        return [TensorInfo(a.dtype, (*a.shape[:-1], weight.shape[-1]))]
+
+    return shape
+
+
 def _shape(inputs, attrs):
     a, b = inputs[0], inputs[1]
     bias = inputs[2] if len(inputs) > 2 else None
@@ -32,19 +58,13 @@ def _shape(inputs, attrs):
 
 
 def _reference(a, b, bias=None, activation="none"):
-    y = a @ b
-    if bias is not None:
-        y = y + bias
-    return (activations.NUMPY[_activation({"activation": activation})](y).astype(a.dtype),)
+    return (bias_activation(a @ b, bias, activation, a.dtype),)
 
 
 def _decompose(tape, inputs, attrs):
     a, b = inputs[0], inputs[1]
     bias = inputs[2] if len(inputs) > 2 else None
-    y = tape.op("MatMul", [a, b])
-    if bias is not None:
-        y = tape.op("Add", [y, bias])
-    return [activations.to_onnx(tape, y, _activation(attrs), a.dtype.numpy())]
+    return [bias_activation_onnx(tape, tape.op("MatMul", [a, b]), bias, attrs, a.dtype.numpy())]
 
 
 MATMUL_BIAS_ACT = register(

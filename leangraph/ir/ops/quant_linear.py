@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from leangraph.ir.ops import activations
 from leangraph.ir.ops._util import const
-from leangraph.ir.ops.matmul_bias_act import _activation
-from leangraph.ir.registry import OpDef, TensorInfo, register
+from leangraph.ir.ops.matmul_bias_act import bias_activation, bias_activation_onnx, linear_shape
+from leangraph.ir.registry import OpDef, register
 
 
 def range_scale(low: float, high: float, bits: int) -> tuple[np.float32, float]:
@@ -52,16 +51,7 @@ def _reference(a, weight, weight_scale, bias=None, activation="none", activation
     q, scale, zero = quantize_activations(a, activation_bits)
     accumulated = (q.astype(np.int64) - int(zero)) @ weight.astype(np.int64)
     y = accumulated.astype(np.float64) * (scale * weight_scale.astype(np.float64))
-    if bias is not None:
-        y = y + bias
-    return (activations.NUMPY[_activation({"activation": activation})](y).astype(a.dtype),)
-
-
-def _shape(inputs, attrs):
-    a, weight = inputs[0], inputs[1]
-    if a.shape is None or weight.shape is None:
-        return [TensorInfo(a.dtype, None)]
-    return [TensorInfo(a.dtype, (*a.shape[:-1], weight.shape[-1]))]
+    return (bias_activation(y, bias, activation, a.dtype),)
 
 
 def _quantize_onnx(tape, a, bits: int):
@@ -90,9 +80,7 @@ def _decompose(tape, inputs, attrs):
     quantized, scale, zero = _quantize_onnx(tape, a, attrs["activation_bits"])
     accumulated = tape.op("MatMulInteger", [quantized, weight, zero])
     y = tape.op("Mul", [tape.op("Cast", [accumulated], {"to": 1}), tape.op("Mul", [scale, weight_scale])])
-    if bias is not None:
-        y = tape.op("Add", [y, bias])
-    return [activations.to_onnx(tape, y, _activation(attrs), np.float32)]
+    return [bias_activation_onnx(tape, y, bias, attrs, np.float32)]
 
 
 DYNAMIC_QUANT_LINEAR = register(
@@ -102,7 +90,7 @@ DYNAMIC_QUANT_LINEAR = register(
         inputs=("a", "weight", "weight_scale", "bias?"),
         outputs=("y",),
         attributes={"activation": "none", "activation_bits": 7},
-        shape_rule=_shape,
+        shape_rule=linear_shape(1),
         reference=_reference,
         decompose=_decompose,
     )

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from leangraph.ir.ops import activations
-from leangraph.ir.ops.matmul_bias_act import _activation
+from leangraph.ir.ops.matmul_bias_act import bias_activation, bias_activation_onnx, linear_shape
 from leangraph.ir.ops.quant_linear import range_scale
-from leangraph.ir.registry import OpDef, TensorInfo, register
+from leangraph.ir.registry import OpDef, register
 
 
 def calibrated_scale(low: float, high: float) -> tuple[np.float32, np.uint8]:
@@ -34,16 +33,7 @@ def _reference(a, a_scale, a_zero, weight, weight_scale, bias=None, activation="
     zero = int(np.asarray(a_zero))
     accumulated = (quantize(a, a_scale, zero).astype(np.int64) - zero) @ weight.astype(np.int64)
     y = accumulated.astype(np.float64) * (float(np.asarray(a_scale)) * weight_scale.astype(np.float64))
-    if bias is not None:
-        y = y + bias
-    return (activations.NUMPY[_activation({"activation": activation})](y).astype(a.dtype),)
-
-
-def _shape(inputs, attrs):
-    a, weight = inputs[0], inputs[3]
-    if a.shape is None or weight.shape is None:
-        return [TensorInfo(a.dtype, None)]
-    return [TensorInfo(a.dtype, (*a.shape[:-1], weight.shape[-1]))]
+    return (bias_activation(y, bias, activation, a.dtype),)
 
 
 def _decompose(tape, inputs, attrs):
@@ -56,9 +46,7 @@ def _decompose(tape, inputs, attrs):
     quantized = tape.op("QuantizeLinear", [a, a_scale, a_zero])
     y = tape.op("MatMul", [tape.op("DequantizeLinear", [quantized, a_scale, a_zero]),
                            tape.op("DequantizeLinear", [weight, weight_scale], {"axis": 1})])
-    if bias is not None:
-        y = tape.op("Add", [y, bias])
-    return [activations.to_onnx(tape, y, _activation(attrs), np.float32)]
+    return [bias_activation_onnx(tape, y, bias, attrs, np.float32)]
 
 
 def decompose_for_onnxruntime(tape, inputs, attrs):
@@ -70,7 +58,7 @@ def decompose_for_onnxruntime(tape, inputs, attrs):
     quantized = tape.op("QuantizeLinear", [a, a_scale, a_zero])
     y = tape.op("MatMulIntegerToFloat", [quantized, weight, a_scale, weight_scale, a_zero, None, bias],
                 domain="com.microsoft")
-    return [activations.to_onnx(tape, y, _activation(attrs), np.float32)]
+    return [bias_activation_onnx(tape, y, None, attrs, np.float32)]  # the bias went into the kernel
 
 
 STATIC_QUANT_LINEAR = register(
@@ -80,7 +68,7 @@ STATIC_QUANT_LINEAR = register(
         inputs=("a", "a_scale", "a_zero", "weight", "weight_scale", "bias?"),
         outputs=("y",),
         attributes={"activation": "none"},
-        shape_rule=_shape,
+        shape_rule=linear_shape(3),
         reference=_reference,
         decompose=_decompose,
     )

@@ -69,50 +69,45 @@ def quantize_layers(model: ir.Model, names: Collection[str], activation_bits: in
     """Rewrite the named candidate layers in place; returns how many were rewritten. The bits are
     the kernel's (see leangraph::DynamicQuantLinear: 7/8 for fbgemm, 8/7 for ONNX Runtime without
     VNNI); ``static_activations`` takes each layer's calibrated range from ``ranges`` (8 bits)."""
+
+    def int8(node: ir.Node):
+        if static_activations and (ranges is None or node.name not in ranges):
+            raise ValueError(f"layer '{node.name}' has no calibrated activation range for static quantization")
+        quantized, scale = quantize_weight(node.inputs[1].const_value.numpy(), weight_bits)
+        constants = {f"{node.inputs[1].name}_int8": quantized, f"{node.inputs[1].name}_scale": scale}
+        if not static_activations:
+            return "DynamicQuantLinear", constants, [ir.AttrInt64("activation_bits", activation_bits)]
+        a_scale, a_zero = calibrated_scale(*ranges[node.name])
+        return "StaticQuantLinear", {f"{node.name}_a_scale": np.array(a_scale),
+                                     f"{node.name}_a_zero": np.array(a_zero), **constants}, []
+
+    return _rewrite_layers(model, names, int8)
+
+
+def bf16_layers(model: ir.Model, names: Collection[str]) -> int:
+    """Rewrite the named candidate layers in place as leangraph::Bf16Linear (weights rounded to
+    bfloat16 once); returns how many were rewritten."""
+    return _rewrite_layers(model, names, lambda node: (
+        "Bf16Linear", {f"{node.inputs[1].name}_bf16": to_bfloat16(node.inputs[1].const_value.numpy())}, []))
+
+
+def _rewrite_layers(model: ir.Model, names: Collection[str], rewrite) -> int:
+    """Replace each named candidate layer by the op ``rewrite(node)`` gives as (op type, constants
+    that take the weight's place, attributes besides the activation); returns how many."""
     count = 0
     for node in candidate_layers(model):
         if node.name not in names:
             continue
-        if static_activations and (ranges is None or node.name not in ranges):
-            raise ValueError(f"layer '{node.name}' has no calibrated activation range for static quantization")
-        quantized, scale = quantize_weight(node.inputs[1].const_value.numpy(), weight_bits)
-        arrays = {f"{node.inputs[1].name}_int8": quantized, f"{node.inputs[1].name}_scale": scale}
-        if static_activations:
-            a_scale, a_zero = calibrated_scale(*ranges[node.name])
-            arrays = {f"{node.name}_a_scale": np.array(a_scale), f"{node.name}_a_zero": np.array(a_zero), **arrays}
+        op_type, arrays, attributes = rewrite(node)
         constants = []
         for name, array in arrays.items():
             value = ir.Value(name=name, shape=ir.Shape(array.shape),
                              type=ir.TensorType(ir.DataType.from_numpy(array.dtype)), const_value=ir.tensor(array))
             model.graph.register_initializer(value)
             constants.append(value)
-        attributes = [ir.AttrString("activation", node.attributes.get_string("activation", "none"))]
-        if not static_activations:
-            attributes.append(ir.AttrInt64("activation_bits", activation_bits))
         replacement = ir.Node(
-            DOMAIN, "StaticQuantLinear" if static_activations else "DynamicQuantLinear",
-            [node.inputs[0], *constants, *node.inputs[2:]], attributes=attributes,
-            name=node.name, metadata_props=dict(node.metadata_props))
-        ir.convenience.replace_nodes_and_values(model.graph, node, [node], [replacement], node.outputs,
-                                                replacement.outputs)
-        count += 1
-    return count
-
-
-def bf16_layers(model: ir.Model, names: Collection[str]) -> int:
-    """Rewrite the named candidate layers in place as leangraph::Bf16Linear (weights rounded to
-    bfloat16 once); returns how many were rewritten."""
-    count = 0
-    for node in candidate_layers(model):
-        if node.name not in names:
-            continue
-        weight = to_bfloat16(node.inputs[1].const_value.numpy())
-        value = ir.Value(name=f"{node.inputs[1].name}_bf16", shape=ir.Shape(weight.shape),
-                         type=ir.TensorType(ir.DataType.BFLOAT16), const_value=ir.tensor(weight))
-        model.graph.register_initializer(value)
-        replacement = ir.Node(
-            DOMAIN, "Bf16Linear", [node.inputs[0], value, *node.inputs[2:]],
-            attributes=[ir.AttrString("activation", node.attributes.get_string("activation", "none"))],
+            DOMAIN, op_type, [node.inputs[0], *constants, *node.inputs[2:]],
+            attributes=[ir.AttrString("activation", node.attributes.get_string("activation", "none")), *attributes],
             name=node.name, metadata_props=dict(node.metadata_props))
         ir.convenience.replace_nodes_and_values(model.graph, node, [node], [replacement], node.outputs,
                                                 replacement.outputs)
