@@ -82,16 +82,26 @@ def _decompose(tape, inputs, attrs):
     (out,) = attention._decompose(body, [q, k, v, bias], {"scale": attrs["scale"], "causal": attrs["causal"]},
                                   empty_rows=False)
     gathered = body.op("Gather", [body.op("Flatten", [out], {"axis": 3}), out_rows], {"axis": 0})  # [tokens, heads, size]
-    packed = body.op("Reshape", [gathered, const(body, [0, -1], np.int64)])
     empty = ir.tape.Tape()
     if fused is not None:  # the Split goes away: the branch must not read its output
-        nothing = const(empty, np.zeros((0, value.shape[-1])), dtype)
+        nothing = const(empty, np.zeros((0, heads, value.shape[-1] // heads)), dtype)
     else:
-        nothing = empty.op("ConstantOfShape", [empty.op("Shape", [value])], {"value": ir.tensor(np.zeros(1, dtype))})
+        width = empty.op("Shape", [value], {"start": 1, "end": 2})
+        shape = empty.op("Concat", [const(empty, [0, heads], np.int64),
+                                    empty.op("Div", [width, const(empty, [heads], np.int64)])], {"axis": 0})
+        nothing = empty.op("ConstantOfShape", [shape], {"value": ir.tensor(np.zeros(1, dtype))})
     tokens = tape.op("Shape", [query if fused is None else fused], {"start": 0, "end": 1})
     any_token = tape.op("Greater", [tokens, const(tape, [0], np.int64)])
-    return [tape.op("If", [any_token], {"then_branch": _branch("attention", body, packed),
-                                         "else_branch": _branch("no_tokens", empty, nothing)})]
+    by_head = tape.op("If", [any_token], {"then_branch": _branch("attention", body, gathered),
+                                          "else_branch": _branch("no_tokens", empty, nothing)})
+    # Reshaped outside the If: a subgraph's output is copied out of it, a Reshape outside is a view
+    # (MiniLM, STS-B dev: 11 ms of 300 in attention).
+    if value.shape is not None and isinstance(value.shape[-1], int):  # always so under a fused projection
+        width = const(tape, [0, value.shape[-1]], np.int64)
+    else:  # not [0, -1]: a Reshape cannot infer -1 with 0 tokens
+        width = tape.op("Concat", [const(tape, [0], np.int64), tape.op("Shape", [value], {"start": 1, "end": 2})],
+                        {"axis": 0})
+    return [tape.op("Reshape", [by_head, width])]
 
 
 def _gather_indices(tape, mask, heads, dtype):
