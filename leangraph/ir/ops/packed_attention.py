@@ -106,7 +106,7 @@ def _decompose(tape, inputs, attrs):
 
 def _gather_indices(tape, mask, heads, dtype):
     """From the [batch, seq] mask: the packed row (token * heads + head) each [batch, heads, seq]
-    position reads (padded ones: token 0's), the additive key-padding bias [batch, 1, 1, seq], and
+    position reads (padded ones: token 0's), the additive key-padding bias [batch, 1, seq, seq], and
     for each [token, head] its row in the flattened [batch * heads * seq] output."""
     valid = tape.op("Cast", [mask], {"to": int(ir.DataType.BOOL)})
     token_of = tape.op("Reshape", [packed_rows(tape, mask), tape.op("Shape", [mask])])
@@ -114,10 +114,14 @@ def _gather_indices(tape, mask, heads, dtype):
     rows = tape.op("Add", [tape.op("Mul", [tape.op("Unsqueeze", [source, const(tape, [1], np.int64)]),
                                             const(tape, heads, np.int64)]),
                            const(tape, np.arange(heads).reshape(1, heads, 1), np.int64)])
-    bias = tape.op("Where", [tape.op("Unsqueeze", [valid, const(tape, [1, 2], np.int64)]),
-                             const(tape, 0.0, dtype.numpy()), const(tape, -np.inf, dtype.numpy())])
-    bias.dtype = dtype  # the attention decomposition reads it: additive, not boolean
     seq = tape.op("Shape", [mask], {"start": 1, "end": 2})
+    key_bias = tape.op("Where", [tape.op("Unsqueeze", [valid, const(tape, [1, 2], np.int64)]),
+                                 const(tape, 0.0, dtype.numpy()), const(tape, -np.inf, dtype.numpy())])
+    # Spelled out over the query rows once per batch: ONNX Runtime adds a [batch, 1, seq, seq] bias to the
+    # scores in seq * seq runs, a [batch, 1, 1, seq] one in runs of seq (MiniLM, STS-B dev: 15 vs 35 ms).
+    bias = tape.op("Expand", [key_bias, tape.op("Concat", [const(tape, [1, 1], np.int64), seq, const(tape, [1], np.int64)],
+                                                {"axis": 0})])
+    bias.dtype = dtype  # the attention decomposition reads it: additive, not boolean
     position = tape.op("NonZero", [mask])  # [2, tokens]: sequence, position
     sequence_of, position_of = (tape.op("Gather", [position, const(tape, i, np.int64)], {"axis": 0}) for i in (0, 1))
     first_row = tape.op("Add", [tape.op("Mul", [sequence_of, tape.op("Mul", [seq, const(tape, [heads], np.int64)])]),
