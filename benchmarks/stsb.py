@@ -196,18 +196,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         runners, notes = build_runners(encoder, batches, Path(tmp), set(args.skip))
         times = {name: [] for name in runners}
-        peaks = dict.fromkeys(runners, 0.0)
-        embeddings = {}
         for round_index in range(args.rounds):
             for name, run in runners.items():
-                with PeakMemory() as memory:
-                    start = time.perf_counter()
-                    out = [run(ids, mask) for ids, mask in batches]
-                    times[name].append(time.perf_counter() - start)
-                peaks[name] = max(peaks[name], memory.peak)
-                if round_index == 0:
-                    embeddings[name] = np.concatenate(out)
+                start = time.perf_counter()
+                for ids, mask in batches:
+                    run(ids, mask)
+                times[name].append(time.perf_counter() - start)
                 print(f"round {round_index + 1}: {name}: {times[name][-1]:.2f} s", flush=True)
+        # Memory and outputs in one more pass, untimed: the sampling thread would take a core from the
+        # runner's threads (2 ms wake-ups; measured 1.5-3.5% slower runs, unevenly across runners).
+        peaks, embeddings = {}, {}
+        for name, run in runners.items():
+            with PeakMemory() as memory:
+                embeddings[name] = np.concatenate([run(ids, mask) for ids, mask in batches])
+            peaks[name] = memory.peak
 
     medians = {name: float(np.median(t)) for name, t in times.items()}
     base = medians["ONNX Runtime fp32"]
@@ -218,7 +220,7 @@ def main() -> None:
         f"3000 sentences of ../shared/data/stsb/sts-dev.csv in file order, {len(batches)} batches of 32 padded to "
         f"their longest ({tokens} real tokens, {padded} padded: {padded / tokens:.2f}x), mean pooling + L2 norm, "
         f"{THREADS} threads, median of {args.rounds} interleaved rounds, one process. Peak memory is the process's "
-        "resident set while the runner ran (it includes everything loaded before).",
+        "resident set during one more, untimed pass of the runner (it includes everything loaded before).",
         "",
         f"CPU: {cpu_description()}.",
         "",
@@ -234,6 +236,11 @@ def main() -> None:
         lines.append(f"| {name} | {seconds:.2f} | {base / seconds:.2f}x | {medians[fastest_ort] / seconds:.2f}x | "
                      f"{tuned / seconds:.2f}x | {spearman_x100(embeddings[name]):.2f} | {peaks[name]:.0f} | "
                      f"{notes.get(name, '')} |")
+    best = min((name for name in medians if name.startswith("leangraph")), key=medians.__getitem__)
+    per_round = {baseline: [f"{a / b:.2f}x" for a, b in zip(times[baseline], times[best])]
+                 for baseline in (fastest_ort, TUNED_ORT) if baseline in times}
+    lines += ["", f"Per round (the machine's speed drifts; rounds pair runs minutes apart), {best} vs "
+              + "; vs ".join(f"{baseline}: {', '.join(ratios)}" for baseline, ratios in per_round.items()) + "."]
     text = "\n".join(lines) + "\n"
     print(text)
     DOCS.mkdir(parents=True, exist_ok=True)
