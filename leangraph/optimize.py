@@ -176,7 +176,7 @@ def _quantize(graph, captured_graph, chain, kernels_of, input_sets, tolerance, e
     changed = quantized is not graph
     if changed:
         PASSES["dce"](quantized)  # the fp32 weights the int8 layers replaced
-    record = PassRecord(name="quantize_int8", changed=changed, nodes_before=nodes_before,
+    record = PassRecord(name="mixed_precision", changed=changed, nodes_before=nodes_before,
                         nodes_after=node_count(quantized), seconds=time.perf_counter() - start,
                         verified=True if changed else None, notes=notes)
     if baseline is not None:

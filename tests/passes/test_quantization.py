@@ -110,7 +110,7 @@ def test_quantize_layers_rewrites_only_the_named_layers():
 
 def test_no_budget_no_quantization():
     cm = leangraph.optimize(MLP(), INPUTS[0], backend="onnxruntime", calibration=INPUTS)
-    assert int8_layers(cm) == 0 and "quantize_int8" not in [r.name for r in cm.report.records]
+    assert int8_layers(cm) == 0 and "mixed_precision" not in [r.name for r in cm.report.records]
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "tvm"])
@@ -118,7 +118,7 @@ def test_tolerance_budget_keeps_the_sensitive_layer_in_fp32(backend):
     model = MLP()
     cm = leangraph.optimize(model, INPUTS[0], backend=backend, calibration=INPUTS,
                             tolerance=leangraph.Tolerance(rtol=0.0, atol=0.02))
-    (record,) = [r for r in cm.report.records if r.name == "quantize_int8"]
+    (record,) = [r for r in cm.report.records if r.name == "mixed_precision"]
     rows = cm.report.quantization
     assert len(rows) == 3 and "layers.1: fp32" in rows[1], rows
     assert int8_layers(cm) == 2, "\n".join(record.notes)
@@ -132,7 +132,7 @@ def test_no_faster_int8_kernel_no_quantization(monkeypatch):
     monkeypatch.setattr(linear_kernels, "time_kernels", fixed_timings(fp32=1e-3, reduced=2e-3))
     cm = leangraph.optimize(MLP(), INPUTS[0], backend="onnxruntime", calibration=INPUTS,
                             tolerance=leangraph.Tolerance(rtol=0.0, atol=0.02))
-    (record,) = [r for r in cm.report.records if r.name == "quantize_int8"]
+    (record,) = [r for r in cm.report.records if r.name == "mixed_precision"]
     assert int8_layers(cm) == 0
     assert "no layer shape where ORT DynamicQuantizeMatMul (int8) or ORT MatMulIntegerToFloat (int8, static activations) is faster" in record.notes[-1], record.notes
 
@@ -149,7 +149,7 @@ def test_evaluate_budget_backs_off_until_it_holds():
 
     cm = leangraph.optimize(model, INPUTS[0], backend="onnxruntime", calibration=INPUTS, evaluate=evaluate,
                             max_drop=2.0)
-    (record,) = [r for r in cm.report.records if r.name == "quantize_int8"]
+    (record,) = [r for r in cm.report.records if r.name == "mixed_precision"]
     assert record.notes[0].startswith("evaluate() of the unoptimized model")
     assert "attempt 1: 3/3 layers int8" in record.notes[1] and "below the unoptimized" in record.notes[1]
     assert record.notes[-1].endswith("within budget")
