@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+
+import numpy as np
 
 import pytest
 import torch
@@ -49,6 +53,29 @@ def test_libraries_are_saved_and_loaded_not_rebuilt(saved, monkeypatch):
     assert f"{len(tvm_pieces)} compiled" in str(loaded.report)
     inputs = entry.inputs(*entry.shapes[1])
     torch.testing.assert_close(loaded(*inputs).last_hidden_state, cm(*inputs).last_hidden_state, rtol=0, atol=0)
+
+
+def test_a_fresh_process_loads_and_runs_the_libraries(saved, tmp_path):
+    # A new process has none of the packed functions the libraries call registered; they are
+    # registered from the saved graph, whose float attributes are float32 (a layer norm's epsilon
+    # named after its float64 value was not found: the artifact and the compile cache failed there).
+    entry, cm, directory = saved
+    arrays = [x.numpy() for x in entry.inputs(*entry.shapes[1])]
+    np.savez(tmp_path / "inputs.npz", *arrays)
+    script = (
+        "import sys, numpy as np, leangraph\n"
+        "cm = leangraph.load(sys.argv[1])\n"
+        "assert 'compiled librar' in str(cm.report), cm.report\n"
+        "inputs = np.load(sys.argv[2])\n"
+        "np.savez(sys.argv[3], *cm.run_flat([inputs[f'arr_{i}'] for i in range(len(inputs.files))]))\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(directory), str(tmp_path / "inputs.npz"), str(tmp_path / "out.npz")],
+                   check=True, capture_output=True, timeout=600)
+    loaded = np.load(tmp_path / "out.npz")
+    expected = cm.run_flat(arrays)
+    assert len(loaded.files) == len(expected)
+    for index, array in enumerate(expected):
+        np.testing.assert_array_equal(loaded[f"arr_{index}"], array)
 
 
 def test_compiling_twice_gives_byte_identical_libraries(saved, tmp_path):

@@ -88,15 +88,23 @@ def _torch_kernel(op_type: str, name: str, attrs: dict) -> str:
     return name
 
 
+def _float_attribute(value: float) -> float:
+    """An ONNX float attribute as a saved model holds it (float32): a function named after the
+    in-memory float64 would not be found by a library loaded back from an artifact or the cache."""
+    return float(np.float32(value))
+
+
 def multi_head_attention_function(heads: int, scale: float, causal: int, masked: bool) -> str:
     """The packed function running leangraph::MultiHeadAttention with these attributes (the torch
     backend's kernel on the split heads)."""
+    scale = _float_attribute(scale)
     name = f"leangraph.multi_head_attention.h{heads}.s{scale!r}.c{causal}.m{int(masked)}"
     return _torch_kernel("MultiHeadAttention", name, {"num_heads": heads, "scale": scale, "causal": causal})
 
 
 def layer_norm_function(axis: int, epsilon: float) -> str:
     """The packed function running leangraph::LayerNorm with these attributes (torch's layer_norm)."""
+    epsilon = _float_attribute(epsilon)
     name = f"leangraph.layer_norm.a{axis}.e{epsilon!r}"
     return _torch_kernel("LayerNorm", name, {"axis": axis, "epsilon": epsilon})
 
@@ -105,6 +113,7 @@ def packed_attention_function(heads: int, scale: float, causal: int) -> str:
     """The packed function running leangraph::PackedMultiHeadAttention with these attributes (the
     torch backend's kernel: sequences laid out padded, one batched attention with the key-padding
     mask, the valid rows gathered back)."""
+    scale = _float_attribute(scale)
     name = f"leangraph.packed_multi_head_attention.h{heads}.s{scale!r}.c{causal}"
     return _torch_kernel("PackedMultiHeadAttention", name, {"num_heads": heads, "scale": scale, "causal": causal})
 
