@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -118,3 +120,24 @@ def test_calibration_generator_is_read_for_cache_key_and_verification(tmp_path):
     assert "not verified" not in str(cm.report)
     again = leangraph.optimize(add_relu_model(), calibration=iter(sets), cache_dir=tmp_path, passes="cse,dce")
     assert again.report.cache_hit
+
+
+def test_capture_and_folding_keep_the_terminal_quiet(caplog):
+    # onnxscript's folder warns for each node its evaluator rejects (a static-shape BERT's token-type
+    # GatherElements: "Evaluation failed: cannot reshape ..."); the node just stays unfolded, so
+    # users must not see it.
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=64, vocab_size=50)
+    bert = transformers.BertModel(config).eval()
+
+    class Encoder(torch.nn.Module):
+        def forward(self, ids, mask):
+            return bert(input_ids=ids, attention_mask=mask).last_hidden_state.mean(1)
+
+    ids, mask = torch.randint(0, 50, (2, 5)), torch.ones(2, 5, dtype=torch.int64)
+    leangraph.optimize(Encoder(), (ids, mask), backend="reference")
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []

@@ -35,8 +35,10 @@ def to_torch_args(example_inputs: Sequence[Any]) -> tuple[Any, ...]:
 
 @contextlib.contextmanager
 def _quiet_exporter():
-    """The exporter logs warnings about optional packages and prints progress; users see errors only."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx")]
+    """The exporter logs warnings about optional packages and prints progress, and its onnxscript
+    optimizer warns for every node it cannot fold (the node stays and runs); users see errors only."""
+    names = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript.optimizer._constant_folding")
+    loggers = [logging.getLogger(name) for name in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)

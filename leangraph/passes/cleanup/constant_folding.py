@@ -9,6 +9,9 @@ shape inference, and verification runs the result on real inputs.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 import onnxscript.optimizer
@@ -16,10 +19,37 @@ import onnxscript.optimizer
 from leangraph.passes.base import graph_pass
 
 
+_FOLDER_LOG = logging.getLogger("onnxscript.optimizer._constant_folding")
+_LOG = logging.getLogger(__name__)
+
+
+class _UnfoldedToDebug(logging.Filter):
+    """The folder warns for every node its evaluator rejects (e.g. BERT's token-type GatherElements:
+    "Evaluation failed: cannot reshape array of size 1 into shape (1,5)"); such a node just stays in
+    the graph and runs, so the warning is noise on the user's terminal: kept at debug level, ours."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and record.getMessage().startswith("Evaluation failed"):
+            _LOG.debug("constant_folding: node left unfolded: %s", record.getMessage())
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def _quiet_folder():
+    quiet = _UnfoldedToDebug()
+    _FOLDER_LOG.addFilter(quiet)
+    try:
+        yield
+    finally:
+        _FOLDER_LOG.removeFilter(quiet)
+
+
 @graph_pass("constant_folding")
 def constant_folding(model: ir.Model) -> bool:
     """Fold constant subgraphs and static shape arithmetic into initializers."""
-    result = onnxscript.optimizer.fold_constants(model)
+    with _quiet_folder():
+        result = onnxscript.optimizer.fold_constants(model)
     if result.modified:
         onnxscript.optimizer.remove_unused_nodes(model)
     lifted = common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
