@@ -21,6 +21,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from leangraph.backends import AVAILABLE
 from leangraph.errors import LeanGraphError, OptionError
 
 def _load_factory(spec: str):
@@ -234,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("-o", "--output", required=True, help="artifact directory to write")
     compile_.add_argument("--example-shapes", nargs="*", default=[], metavar="NAME=DIMS",
                           help="for .onnx models: input shapes to verify the passes on, e.g. input_ids=2x16")
-    compile_.add_argument("--backend", default="auto", help="auto, onnxruntime or reference")
+    compile_.add_argument("--backend", default="auto", help=f"auto (the default), {', '.join(AVAILABLE)}")
     compile_.add_argument("--passes", help="comma-separated pass names (default: the default pipeline)")
     compile_.add_argument("--json", action="store_true", help="print a one-line JSON summary")
     compile_.set_defaults(run=_compile)

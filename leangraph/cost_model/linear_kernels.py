@@ -64,7 +64,7 @@ keeps ``reduce_range`` (the TVM backend calls it for 7-bit activations), and the
 written for ``vpmaddubsw``."""
 
 BACKEND_KERNELS = {
-    "tvm": {"fp32": "torch GEMM (fp32)",
+    "tvm": {"fp32": "torch GEMM (fp32)",  # oneDNN's or MKL's, whichever is faster here (library.fp32_linear)
             "reduced": {FBGEMM: INT8_BITS[FBGEMM], TVM_INT8: INT8_BITS[TVM_INT8], TORCH_BF16: Bf16Scheme()}},
     "onnxruntime": {"fp32": "ORT MatMul (fp32)",
                     "reduced": {ORT_INT8: INT8_BITS[ORT_INT8], ORT_STATIC_INT8: INT8_BITS[ORT_STATIC_INT8]}},
@@ -88,19 +88,19 @@ def time_kernels(weight: np.ndarray, rows: int = KERNEL_ROWS) -> dict[str, float
 
     from leangraph.backends.onnxruntime import inference_session, linear_model, session_options
     from leangraph.backends.tvm import int8_gemm
-    from leangraph.backends.tvm.library import fbgemm_prepack
+    from leangraph.backends.tvm.library import fbgemm_prepack, fp32_linear
 
     k, n = weight.shape
     rng = np.random.default_rng(0)
     x = rng.standard_normal((rows, k)).astype(np.float32)
     seconds = {}
     xt, wt = torch.from_numpy(x), torch.from_numpy(weight)
-    seconds[BACKEND_KERNELS["tvm"]["fp32"]] = _time_calls(lambda: torch.mm(xt, wt))
+    out = torch.empty(rows, n)
+    seconds[BACKEND_KERNELS["tvm"]["fp32"]] = _time_calls(lambda: fp32_linear()[1](xt, wt, None, out))
     quantized, scale = quantize_weight(weight, INT8_BITS[FBGEMM][1])
     packed = fbgemm_prepack(quantized, scale)
     seconds[FBGEMM] = _time_calls(lambda: torch.ops.quantized.linear_dynamic(xt, packed, True))
     weight_bf16 = wt.to(torch.bfloat16)
-    out = torch.empty(rows, n)
     seconds[TORCH_BF16] = _time_calls(lambda: out.copy_(torch.mm(xt.to(torch.bfloat16), weight_bf16)))
     seconds[TVM_INT8] = math.inf
     if int8_gemm.applies(k, n):

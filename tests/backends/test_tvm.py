@@ -244,3 +244,24 @@ def test_bf16_linear_through_torch(activation):
     weight.const_value = ir.tensor(to_bfloat16(w))
     model.graph.register_initializer(weight)
     check(model, [a, bias], rtol=1e-2, atol=1e-2)  # float32 sums in another order: one bfloat16 step apart
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("library_name", ["MKL", "oneDNN"])
+def test_fp32_linear_libraries_match_a_float64_product(library_name, with_bias):
+    # The linear layers' GEMM is whichever of torch's two libraries measured faster (library.fp32_linear);
+    # both must compute x @ W (+ bias) into the output they are given, W read as [K, N].
+    import torch
+
+    from leangraph.backends.tvm import library
+
+    if library_name == "oneDNN" and not torch.backends.mkldnn.is_available():
+        pytest.skip("torch is built without oneDNN here")
+    linear = {"MKL": library._mkl_linear, "oneDNN": library._onednn_linear}[library_name]
+    x, weight = torch.from_numpy(f32(37, 48)), torch.from_numpy(f32(48, 24))
+    bias = torch.from_numpy(f32(24)) if with_bias else None
+    out = torch.full((37, 24), float("nan"))
+    linear(x, weight, bias, out)
+    expected = x.double() @ weight.double() + (bias.double() if with_bias else 0)
+    torch.testing.assert_close(out, expected.float(), rtol=1e-5, atol=1e-5)
+    assert library.fp32_linear()[0] in ("MKL", "oneDNN")
