@@ -220,7 +220,8 @@ def bf16_linear_function(weight: np.ndarray, activation: str, with_bias: bool) -
     if tvm.get_global_func(name, allow_missing=True) is not None:
         return name
     apply = ACTIVATIONS[activation]
-    weight_bf16 = torch.from_numpy(np.ascontiguousarray(weight).view(np.int16)).view(torch.bfloat16)
+    # A copy: a weight loaded from an artifact is a read-only view of its file, which torch warns about.
+    weight_bf16 = torch.from_numpy(np.array(weight, order="C").view(np.int16)).view(torch.bfloat16)
 
     def run(a, *rest):
         x = torch.from_dlpack(a)
