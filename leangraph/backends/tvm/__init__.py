@@ -109,10 +109,10 @@ class TVMExecutable:
         import tvm
         from tvm import relax
 
-        from leangraph.backends.tvm import library
         from leangraph.backends.tvm.converters import register_library_kernels
+        from leangraph.backends.tvm.library import fp32_linear
 
-        library.fp32_linear()  # measured here, not inside the first call (a few ms, once per process)
+        fp32_linear()  # measured here, not inside the first call (a few ms, once per process)
         self.name = model_name(model)
         self.input_names = [v.name for v in model.graph.inputs]
         self.output_names = [v.name for v in model.graph.outputs]
