@@ -64,7 +64,7 @@ keeps ``reduce_range`` (the TVM backend calls it for 7-bit activations), and the
 written for ``vpmaddubsw``."""
 
 BACKEND_KERNELS = {
-    "tvm": {"fp32": "torch GEMM (fp32)",  # oneDNN's or MKL's, whichever is faster here (library.fp32_linear)
+    "tvm": {"fp32": "torch GEMM (fp32)",  # oneDNN's where torch has it, else MKL's (library.fp32_linear)
             "reduced": {FBGEMM: INT8_BITS[FBGEMM], TVM_INT8: INT8_BITS[TVM_INT8], TORCH_BF16: Bf16Scheme()}},
     "onnxruntime": {"fp32": "ORT MatMul (fp32)",
                     "reduced": {ORT_INT8: INT8_BITS[ORT_INT8], ORT_STATIC_INT8: INT8_BITS[ORT_STATIC_INT8]}},

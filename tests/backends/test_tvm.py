@@ -249,7 +249,7 @@ def test_bf16_linear_through_torch(activation):
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("library_name", ["MKL", "oneDNN"])
 def test_fp32_linear_libraries_match_a_float64_product(library_name, with_bias):
-    # The linear layers' GEMM is whichever of torch's two libraries measured faster (library.fp32_linear);
+    # The linear layers call oneDNN (library.fp32_linear) where torch has it, MKL otherwise;
     # both must compute x @ W (+ bias) into the output they are given, W read as [K, N].
     import torch
 

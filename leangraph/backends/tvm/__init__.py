@@ -110,9 +110,6 @@ class TVMExecutable:
         from tvm import relax
 
         from leangraph.backends.tvm.converters import register_library_kernels
-        from leangraph.backends.tvm.library import fp32_linear
-
-        fp32_linear()  # measured here, not inside the first call (a few ms, once per process)
         self.name = model_name(model)
         self.input_names = [v.name for v in model.graph.inputs]
         self.output_names = [v.name for v in model.graph.outputs]

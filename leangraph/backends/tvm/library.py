@@ -42,61 +42,32 @@ def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     out.copy_(torch.ops.mkldnn._linear_pointwise(x, weight.t(), bias, "none", [], ""))
 
 
-def _measured_fp32_linear():
-    """The faster of torch's two fp32 GEMM libraries here, measured once at a MiniLM-sized layer
-    (512 x 384 x 1152; both take a few ms). MKL, which torch.mm calls, runs AMD CPUs' slow path:
-    AMD EPYC with AVX-512, 2 threads: 2.14 ms there vs oneDNN's 0.92 ms (ONNX Runtime's MLAS 0.94)."""
-    import time
-
-    candidates = {"MKL": _mkl_linear}
-    if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
-        candidates["oneDNN"] = _onednn_linear
-    generator = torch.Generator().manual_seed(0)
-    x, weight = torch.randn(512, 384, generator=generator), torch.randn(384, 1152, generator=generator)
-    bias, out = torch.zeros(1152), torch.empty(512, 1152)
-
-    def seconds(linear) -> float:
-        for _ in range(3):
-            linear(x, weight, bias, out)
-        best = float("inf")
-        for _ in range(5):
-            start = time.perf_counter()
-            for _ in range(4):
-                linear(x, weight, bias, out)
-            best = min(best, time.perf_counter() - start)
-        return best
-
-    name = min(candidates, key=lambda key: seconds(candidates[key]))
-    return name, candidates[name]
-
-
-_FP32_LINEAR = None
-
-
 def fp32_linear():
     """(library name, linear(x [rows, K], weight [K, N], bias [N] or None, out [rows, N])): the fp32
-    GEMM the TVM backend's linear layers call, chosen on first use."""
-    global _FP32_LINEAR
-    if _FP32_LINEAR is None:
-        _FP32_LINEAR = _measured_fp32_linear()
-    return _FP32_LINEAR
+    GEMM the TVM backend's linear layers call. oneDNN's linear (the kernel torch's inductor calls on
+    CPU) where torch has oneDNN, else MKL's GEMM (torch.mm). MKL runs AMD CPUs' slow path: AMD EPYC
+    with AVX-512, 2 threads, 512 x 384 x 1152: 2.14 ms vs oneDNN's 0.92 ms (ONNX Runtime's MLAS
+    0.94). A fixed rule, not a measurement per process: two processes must compute the same outputs."""
+    if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        return "oneDNN", _onednn_linear
+    return "MKL", _mkl_linear
 
 
 def _register() -> None:
+    _, gemm = fp32_linear()
     for activation, apply in ACTIVATIONS.items():
 
         def linear_bias(a, w, bias, out, apply=apply):
             result = torch.from_dlpack(out)
             weight = torch.from_dlpack(w)
-            fp32_linear()[1](torch.from_dlpack(a).reshape(-1, weight.shape[0]), weight, torch.from_dlpack(bias),
-                             result.view(-1, weight.shape[1]))
+            gemm(torch.from_dlpack(a).reshape(-1, weight.shape[0]), weight, torch.from_dlpack(bias),
+                 result.view(-1, weight.shape[1]))
             apply(result)
 
         def linear(a, w, out, apply=apply):
             result = torch.from_dlpack(out)
             weight = torch.from_dlpack(w)
-            fp32_linear()[1](torch.from_dlpack(a).reshape(-1, weight.shape[0]), weight, None,
-                             result.view(-1, weight.shape[1]))
+            gemm(torch.from_dlpack(a).reshape(-1, weight.shape[0]), weight, None, result.view(-1, weight.shape[1]))
             apply(result)
 
         tvm.register_global_func(function_name(activation, True), linear_bias, override=True)
