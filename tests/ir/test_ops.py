@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
@@ -245,10 +246,28 @@ def test_packed_attention_over_one_split_reads_the_split_input(rng, tokens):
 
 
 def test_packed_multi_head_attention_of_a_batch_without_tokens_is_empty(rng):
-    # Its decomposition gathers token rows; with no token there is none to read (the If's other branch).
+    # Its decomposition gathers token rows; with no token its per-sequence layout has length 0, so
+    # every gather is empty and no row is read (no If needed).
     y = check_op("PackedMultiHeadAttention", [f32(rng, 0, 16), f32(rng, 0, 16), f32(rng, 0, 8), np.zeros((3, 5), np.int64)],
                  {"num_heads": 4})
     assert y.shape == (0, 8)
+
+
+def test_packed_attention_decomposition_spans_the_longest_sequence_not_the_mask(rng):
+    # A batch padded to a fixed width attends over its longest sentence only: [batch, heads, 3, 3]
+    # scores for a mask 16 wide whose sequences hold at most 3 tokens; and no If in the graph.
+    mask = np.zeros((2, 16), np.int64)
+    mask[0, :3], mask[1, 5:7] = 1, 1
+    q, k, v = f32(rng, 5, 16), f32(rng, 5, 16), f32(rng, 5, 8)
+    model = single_op_model("PackedMultiHeadAttention", [q, k, v, mask], {"num_heads": 4})
+    proto = lowered_proto(model)
+    assert "If" not in {n.op_type for n in proto.graph.node}
+    softmax = next(n for n in proto.graph.node if n.op_type == "Softmax")
+    proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(softmax.output[0]))
+    names = [i.name for i in proto.graph.input]
+    outputs = ort.InferenceSession(proto.SerializeToString()).run(None, dict(zip(names, [q, k, v, mask])))
+    assert outputs[-1].shape == (2, 4, 3, 3)
+    np.testing.assert_allclose(outputs[0], run_reference(model, [q, k, v, mask])[0], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("activation", ["none", "gelu"])

@@ -17,7 +17,6 @@ import onnx_ir as ir
 
 from leangraph.ir.ops import attention, multi_head_attention
 from leangraph.ir.ops._util import const
-from leangraph.ir.ops.packing import packed_rows
 from leangraph.ir.registry import OpDef, TensorInfo, register
 
 
@@ -47,55 +46,51 @@ def _reference(query, key, value, mask, num_heads=0, scale=0.0, causal=0):
 
 
 def _decompose(tape, inputs, attrs):
-    """The padded [batch, heads, seq, head_size] layout gathered straight from the packed rows viewed
-    as [tokens * heads, head_size] (no zero-filled buffer, no head transposes; padded positions read
-    token 0's rows, masked out as keys and dropped as queries), attention with an additive key-padding
-    bias, and the output gathered back to [tokens, heads, head_size]. Under an If on tokens > 0: a
-    batch without a valid token has no row to read and gives the empty output."""
+    """The per-sequence layout [batch, heads, longest, head_size], longest = the most valid tokens of
+    any sequence (not the mask's width: a batch padded to a fixed length attends over its longest
+    sentence only), gathered straight from the packed rows viewed as [tokens * heads, head_size]: no
+    zero-filled buffer, no head transposes; positions past a sequence's length read token 0's rows,
+    masked out as keys and dropped as queries. Attention with an additive key-padding bias, and the
+    output gathered back to [tokens, heads, head_size]. A batch without a valid token has longest 0:
+    every gather is then empty and no row is read, so no If guards it (an If costs ~60 us a call in
+    ONNX Runtime: MiniLM on STS-B dev, 33 of 290 ms of attention)."""
     query, key, value, mask = inputs
     heads = attrs["num_heads"]
-    dtype = query.dtype.numpy()
     rows, bias, out_rows = _gather_indices(tape, mask, heads, query.dtype)
 
-    body = ir.tape.Tape()
     fused = _split_source(query, key, value)
     if fused is not None:  # row (token * 3 + part) * heads + head of the fused tensor, for each part
         part_rows = [tape.op("Add", [tape.op("Mul", [rows, const(tape, 3, np.int64)]),
                                      const(tape, part * heads - 2 * np.arange(heads).reshape(1, heads, 1), np.int64)])
                      for part in range(3)]
 
-    def rows_by_head(x, parts):
+    def last_dim(x, parts=1):
+        """[-1, x's last dim / parts] as a Reshape target (Reshape, not Flatten: with 0 tokens
+        Flatten's [0, -1] has no answer)."""
         width = x.shape[-1] if x.shape is not None else None
-        size = width // (parts * heads) if isinstance(width, int) else -1  # -1 and a 0-token dim do not go together
-        return body.op("Flatten", [body.op("Reshape", [x, const(body, [0, parts * heads, size], np.int64)])], {"axis": 2})
+        if isinstance(width, int):
+            return const(tape, [-1, width // parts], np.int64)
+        size = tape.op("Div", [tape.op("Shape", [x], {"start": -1}), const(tape, [parts], np.int64)])
+        return tape.op("Concat", [const(tape, [-1], np.int64), size], {"axis": 0})
+
+    def rows_by_head(x, parts):  # [tokens * parts * heads, size]
+        return tape.op("Reshape", [x, last_dim(x, parts * heads)])
 
     # One view of the fused projection serves the three parts.
     fused_rows = rows_by_head(fused, 3) if fused is not None else None
 
     def heads_first(x, part):
         source, index = (fused_rows, part_rows[part]) if fused is not None else (rows_by_head(x, 1), rows)
-        out = body.op("Gather", [source, index], {"axis": 0})
+        out = tape.op("Gather", [source, index], {"axis": 0})
         out.dtype, out.shape = query.dtype, ir.Shape([None, None, None, None])
         return out
 
     q, k, v = (heads_first(x, part) for part, x in enumerate((query, key, value)))
-    (out,) = attention._decompose(body, [q, k, v, bias], {"scale": attrs["scale"], "causal": attrs["causal"]},
+    (out,) = attention._decompose(tape, [q, k, v, bias], {"scale": attrs["scale"], "causal": attrs["causal"]},
                                   empty_rows=False)
-    gathered = body.op("Gather", [body.op("Flatten", [out], {"axis": 3}), out_rows], {"axis": 0})  # [tokens, heads, size]
-    empty = ir.tape.Tape()
-    if fused is not None:  # the Split goes away: the branch must not read its output
-        nothing = const(empty, np.zeros((0, heads, value.shape[-1] // heads)), dtype)
-    else:
-        width = empty.op("Shape", [value], {"start": 1, "end": 2})
-        shape = empty.op("Concat", [const(empty, [0, heads], np.int64),
-                                    empty.op("Div", [width, const(empty, [heads], np.int64)])], {"axis": 0})
-        nothing = empty.op("ConstantOfShape", [shape], {"value": ir.tensor(np.zeros(1, dtype))})
-    tokens = tape.op("Shape", [query if fused is None else fused], {"start": 0, "end": 1})
-    any_token = tape.op("Greater", [tokens, const(tape, [0], np.int64)])
-    by_head = tape.op("If", [any_token], {"then_branch": _branch("attention", body, gathered),
-                                          "else_branch": _branch("no_tokens", empty, nothing)})
-    # Reshaped outside the If: a subgraph's output is copied out of it, a Reshape outside is a view
-    # (MiniLM, STS-B dev: 11 ms of 300 in attention).
+    out.shape = ir.Shape([None, None, None, value.shape[-1] // heads if value.shape is not None
+                          and isinstance(value.shape[-1], int) else None])
+    by_head = tape.op("Gather", [tape.op("Reshape", [out, last_dim(out)]), out_rows], {"axis": 0})  # [tokens, heads, size]
     if value.shape is not None and isinstance(value.shape[-1], int):  # always so under a fused projection
         width = const(tape, [0, value.shape[-1]], np.int64)
     else:  # not [0, -1]: a Reshape cannot infer -1 with 0 tokens
@@ -105,29 +100,40 @@ def _decompose(tape, inputs, attrs):
 
 
 def _gather_indices(tape, mask, heads, dtype):
-    """From the [batch, seq] mask: the packed row (token * heads + head) each [batch, heads, seq]
-    position reads (padded ones: token 0's), the additive key-padding bias [batch, 1, seq, seq], and
-    for each [token, head] its row in the flattened [batch * heads * seq] output."""
-    valid = tape.op("Cast", [mask], {"to": int(ir.DataType.BOOL)})
-    token_of = tape.op("Reshape", [packed_rows(tape, mask), tape.op("Shape", [mask])])
-    source = tape.op("Where", [valid, token_of, const(tape, 0, np.int64)])  # [batch, seq]
+    """From the [batch, seq] mask, with longest = the most valid tokens of a sequence: the packed row
+    (token * heads + head) each [batch, heads, longest] position reads (a sequence's j-th valid token,
+    or token 0 past its length), the additive key-padding bias [batch, 1, longest, longest], and for
+    each [token, head] its row in the flattened [batch * heads * longest] output. Tokens keep their
+    order within a sequence (PackTokens' row-major order), so a causal mask over positions holds."""
+    valid = tape.op("Cast", [tape.op("Cast", [mask], {"to": int(ir.DataType.BOOL)})], {"to": int(ir.DataType.INT64)})
+    lengths = tape.op("ReduceSum", [valid, const(tape, [1], np.int64)], {"keepdims": 0})  # [batch]
+    starts = tape.op("Sub", [tape.op("CumSum", [lengths, const(tape, 0, np.int64)]), lengths])
+    # Max with 0: ReduceMax over an empty batch gives the lowest int64.
+    longest = tape.op("Max", [tape.op("ReduceMax", [lengths], {"keepdims": 1}), const(tape, [0], np.int64)])
+    position = tape.op("Range", [const(tape, 0, np.int64), tape.op("Squeeze", [longest]), const(tape, 1, np.int64)])
+    in_sequence = tape.op("Less", [tape.op("Unsqueeze", [position, const(tape, [0], np.int64)]),
+                                   tape.op("Unsqueeze", [lengths, const(tape, [1], np.int64)])])  # [batch, longest]
+    token = tape.op("Add", [tape.op("Unsqueeze", [starts, const(tape, [1], np.int64)]),
+                            tape.op("Unsqueeze", [position, const(tape, [0], np.int64)])])
+    source = tape.op("Where", [in_sequence, token, const(tape, 0, np.int64)])
     rows = tape.op("Add", [tape.op("Mul", [tape.op("Unsqueeze", [source, const(tape, [1], np.int64)]),
                                             const(tape, heads, np.int64)]),
                            const(tape, np.arange(heads).reshape(1, heads, 1), np.int64)])
-    seq = tape.op("Shape", [mask], {"start": 1, "end": 2})
-    key_bias = tape.op("Where", [tape.op("Unsqueeze", [valid, const(tape, [1, 2], np.int64)]),
+    key_bias = tape.op("Where", [tape.op("Unsqueeze", [in_sequence, const(tape, [1, 2], np.int64)]),
                                  const(tape, 0.0, dtype.numpy()), const(tape, -np.inf, dtype.numpy())])
-    # Spelled out over the query rows once per batch: ONNX Runtime adds a [batch, 1, seq, seq] bias to the
-    # scores in seq * seq runs, a [batch, 1, 1, seq] one in runs of seq (MiniLM, STS-B dev: 15 vs 35 ms).
-    bias = tape.op("Expand", [key_bias, tape.op("Concat", [const(tape, [1, 1], np.int64), seq, const(tape, [1], np.int64)],
-                                                {"axis": 0})])
+    # Spelled out over the query rows once per batch: ONNX Runtime adds a [batch, 1, n, n] bias to the
+    # scores in n * n runs, a [batch, 1, 1, n] one in runs of n (MiniLM, STS-B dev: 15 vs 35 ms).
+    bias = tape.op("Expand", [key_bias, tape.op("Concat", [const(tape, [1, 1], np.int64), longest,
+                                                           const(tape, [1], np.int64)], {"axis": 0})])
     bias.dtype = dtype  # the attention decomposition reads it: additive, not boolean
-    position = tape.op("NonZero", [mask])  # [2, tokens]: sequence, position
-    sequence_of, position_of = (tape.op("Gather", [position, const(tape, i, np.int64)], {"axis": 0}) for i in (0, 1))
-    first_row = tape.op("Add", [tape.op("Mul", [sequence_of, tape.op("Mul", [seq, const(tape, [heads], np.int64)])]),
+    sequence_of = tape.op("Gather", [tape.op("NonZero", [mask]), const(tape, 0, np.int64)], {"axis": 0})  # [tokens]
+    tokens = tape.op("Shape", [sequence_of])
+    index = tape.op("Range", [const(tape, 0, np.int64), tape.op("Squeeze", [tokens]), const(tape, 1, np.int64)])
+    position_of = tape.op("Sub", [index, tape.op("Gather", [starts, sequence_of], {"axis": 0})])
+    first_row = tape.op("Add", [tape.op("Mul", [sequence_of, tape.op("Mul", [longest, const(tape, [heads], np.int64)])]),
                                 position_of])
     out_rows = tape.op("Add", [tape.op("Unsqueeze", [first_row, const(tape, [1], np.int64)]),
-                               tape.op("Mul", [const(tape, np.arange(heads).reshape(1, heads), np.int64), seq])])
+                               tape.op("Mul", [const(tape, np.arange(heads).reshape(1, heads), np.int64), longest])])
     return rows, bias, out_rows
 
 
@@ -147,10 +153,6 @@ def _split_source(query: ir.Value, key: ir.Value, value: ir.Value) -> ir.Value |
     if len(widths) != 1 or not isinstance(source.shape[1], int) or 3 * next(iter(widths)) != source.shape[1]:
         return None
     return source
-
-
-def _branch(name: str, tape: ir.tape.Tape, output: ir.Value) -> ir.Graph:
-    return ir.Graph([], [output], nodes=tape.nodes, name=name)
 
 
 PACKED_MULTI_HEAD_ATTENTION = register(
