@@ -35,6 +35,9 @@ def load(directory: str | os.PathLike, *, backend: str | None = None) -> Compile
                     backend=chosen, compile_seconds=time.perf_counter() - start)
     report.notes.append(f"loaded from artifact {os.fspath(directory)} (content hash {manifest['content_hash'][:16]}...)")
     report.notes.extend(notes)
+    quantization = manifest.get("quantization", [])  # the per-layer precision rows of a lossy compile
+    if isinstance(quantization, list):
+        report.quantization = [line for line in quantization if isinstance(line, str)]
     return CompiledModel(model, executable, backend=chosen, report=report)
 
 

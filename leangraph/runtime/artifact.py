@@ -2,7 +2,8 @@
 weight in one safetensors file. Never pickle.
 
     OUT_DIR/manifest.json       format, version, model name, backend, input/output signature, output
-                                structure, sha256 of every file, and a content hash over all of it
+                                structure, the per-layer precision rows of a lossy compile, sha256 of
+                                every file, and a content hash over all of it
     OUT_DIR/graph.onnx          the optimized IR (leangraph ops included), weights external
     OUT_DIR/graph.safetensors   the weights
     OUT_DIR/<piece key>.so      the compiled library of every piece a library backend (TVM) built,

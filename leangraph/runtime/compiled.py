@@ -115,6 +115,8 @@ class CompiledModel:
                        for s in self.inputs],
             "outputs": list(self.output_names),
         }
+        if self.report is not None and self.report.quantization:  # kept: load() reports them again
+            signature["quantization"] = list(self.report.quantization)
         save_artifact(self._graph, directory, backend=self.backend, signature=signature, libraries=self._libraries())
 
     def _libraries(self) -> list:

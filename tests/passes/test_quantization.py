@@ -227,3 +227,15 @@ def test_bf16_layers_survive_save_and_load(tmp_path):
     x = INPUTS[1][0].numpy()
     np.testing.assert_array_equal(loaded(x), cm(x))
     assert [n.op_type for n in loaded.graph.graph].count("Bf16Linear") == 3
+
+
+def test_a_loaded_artifact_reports_each_layers_precision(tmp_path):
+    # The artifact keeps the search's per-layer rows: load() (and a compile-cache hit) shows them.
+    model = MLP()
+    cm = leangraph.optimize(model, INPUTS[0], backend="onnxruntime", calibration=INPUTS,
+                            tolerance=leangraph.Tolerance(rtol=0.0, atol=0.05))
+    assert cm.report.quantization
+    cm.save(tmp_path / "artifact")
+    loaded = leangraph.load(tmp_path / "artifact")
+    assert loaded.report.quantization == cm.report.quantization
+    assert "layer precisions" in str(loaded.report)
