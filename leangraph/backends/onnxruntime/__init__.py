@@ -109,13 +109,11 @@ def linear_model(weight: np.ndarray, scale: np.ndarray | None = None, bias: np.n
     (DynamicQuantizeLinear + MatMulInteger, which ONNX Runtime fuses), or with ``activation_range``
     (the calibrated [low, high] of x) leangraph::StaticQuantLinear lowered (QuantizeLinear +
     MatMulInteger, fused into MatMulIntegerToFloat)."""
-    from leangraph.ir.ops.static_quant_linear import calibrated_scale
-
     k, n = weight.shape
     x = ir.val("x", ir.DataType.FLOAT, ir.Shape(["rows", k]))
     arrays = {"w": weight, "scale": scale, "bias": bias}
     if scale is not None and activation_range is not None:
-        a_scale, a_zero = calibrated_scale(*activation_range)
+        a_scale, a_zero = static_quant_linear.calibrated_scale(*activation_range)
         arrays = {"a_scale": np.array(a_scale), "a_zero": np.array(a_zero), **arrays}
     constants = []
     for name, array in arrays.items():

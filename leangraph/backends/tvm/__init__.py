@@ -110,6 +110,7 @@ class TVMExecutable:
         from tvm import relax
 
         from leangraph.backends.tvm.converters import register_library_kernels
+
         self.name = model_name(model)
         self.input_names = [v.name for v in model.graph.inputs]
         self.output_names = [v.name for v in model.graph.outputs]
