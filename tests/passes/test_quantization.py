@@ -49,8 +49,7 @@ def int8_kernels_twice_as_fast(monkeypatch):
     from leangraph.cost_model import linear_kernels
 
     # bf16 as without AVX-512 BF16: never an option
-    monkeypatch.setattr(linear_kernels, "time_kernels",
-                        fixed_timings(fp32=2e-3, reduced=1e-3, **{linear_kernels.TORCH_BF16: 4e-3}))
+    use_timings(monkeypatch, fp32=2e-3, reduced=1e-3, **{linear_kernels.TORCH_BF16: 4e-3})
 
 
 def fixed_timings(fp32: float, reduced: float, **by_kernel: float):
@@ -66,6 +65,19 @@ def fixed_timings(fp32: float, reduced: float, **by_kernel: float):
         return {**seconds, **by_kernel}
 
     return time_kernels
+
+
+def use_timings(monkeypatch, fp32: float, reduced: float, **by_kernel: float) -> None:
+    """Replace the kernel measurements by fixed_timings(...) for one test."""
+    from leangraph.cost_model import linear_kernels
+
+    monkeypatch.setattr(linear_kernels, "time_kernels", fixed_timings(fp32, reduced, **by_kernel))
+
+
+def optimize_within(model, backend: str, atol: float = 0.02):
+    """``model`` optimized on ``backend`` with a lossy absolute tolerance as the budget."""
+    return leangraph.optimize(model, INPUTS[0], backend=backend, calibration=INPUTS,
+                              tolerance=leangraph.Tolerance(rtol=0.0, atol=atol))
 
 
 def assert_within(cm, model, atol: float) -> None:
@@ -116,8 +128,7 @@ def test_no_budget_no_quantization():
 @pytest.mark.parametrize("backend", ["onnxruntime", "tvm"])
 def test_tolerance_budget_keeps_the_sensitive_layer_in_fp32(backend):
     model = MLP()
-    cm = leangraph.optimize(model, INPUTS[0], backend=backend, calibration=INPUTS,
-                            tolerance=leangraph.Tolerance(rtol=0.0, atol=0.02))
+    cm = optimize_within(model, backend)
     (record,) = [r for r in cm.report.records if r.name == "mixed_precision"]
     rows = cm.report.quantization
     assert len(rows) == 3 and "layers.1: fp32" in rows[1], rows
@@ -127,11 +138,8 @@ def test_tolerance_budget_keeps_the_sensitive_layer_in_fp32(backend):
 
 
 def test_no_faster_int8_kernel_no_quantization(monkeypatch):
-    from leangraph.cost_model import linear_kernels
-
-    monkeypatch.setattr(linear_kernels, "time_kernels", fixed_timings(fp32=1e-3, reduced=2e-3))
-    cm = leangraph.optimize(MLP(), INPUTS[0], backend="onnxruntime", calibration=INPUTS,
-                            tolerance=leangraph.Tolerance(rtol=0.0, atol=0.02))
+    use_timings(monkeypatch, fp32=1e-3, reduced=2e-3)
+    cm = optimize_within(MLP(), "onnxruntime")
     (record,) = [r for r in cm.report.records if r.name == "mixed_precision"]
     assert int8_layers(cm) == 0
     assert "no layer shape where ORT DynamicQuantizeMatMul (int8) or ORT MatMulIntegerToFloat (int8, static activations) is faster" in record.notes[-1], record.notes
@@ -192,11 +200,9 @@ def test_static_layers_take_their_calibrated_scale():
 def test_static_activation_kernel_is_chosen_where_it_is_fastest(monkeypatch):
     from leangraph.cost_model import linear_kernels
 
-    monkeypatch.setattr(linear_kernels, "time_kernels",
-                        fixed_timings(fp32=3e-3, reduced=2e-3, **{linear_kernels.ORT_STATIC_INT8: 1e-3}))
+    use_timings(monkeypatch, fp32=3e-3, reduced=2e-3, **{linear_kernels.ORT_STATIC_INT8: 1e-3})
     model = MLP()
-    cm = leangraph.optimize(model, INPUTS[0], backend="onnxruntime", calibration=INPUTS,
-                            tolerance=leangraph.Tolerance(rtol=0.0, atol=0.02))
+    cm = optimize_within(model, "onnxruntime")
     static = [n for n in cm.graph.graph if n.op_type == "StaticQuantLinear"]
     assert static and "static activations" in "\n".join(cm.report.quantization)
     assert_within(cm, model, 0.02)
@@ -205,11 +211,9 @@ def test_static_activation_kernel_is_chosen_where_it_is_fastest(monkeypatch):
 def test_bf16_takes_the_layer_int8_cannot(monkeypatch):
     from leangraph.cost_model import linear_kernels
 
-    monkeypatch.setattr(linear_kernels, "time_kernels",
-                        fixed_timings(fp32=3e-3, reduced=1e-3, **{linear_kernels.TORCH_BF16: 2e-3}))
+    use_timings(monkeypatch, fp32=3e-3, reduced=1e-3, **{linear_kernels.TORCH_BF16: 2e-3})
     model = MLP()
-    cm = leangraph.optimize(model, INPUTS[0], backend="tvm", calibration=INPUTS,
-                            tolerance=leangraph.Tolerance(rtol=0.0, atol=0.02))
+    cm = optimize_within(model, "tvm")
     rows = cm.report.quantization
     assert "layers.1: bf16 via torch GEMM (bf16)" in rows[1] and ": int8 via" in rows[0], rows
     assert [n.op_type for n in cm.graph.graph if n.op_type.endswith("Linear")].count("Bf16Linear") == 1
@@ -232,8 +236,7 @@ def test_bf16_layers_survive_save_and_load(tmp_path):
 def test_a_loaded_artifact_reports_each_layers_precision(tmp_path):
     # The artifact keeps the search's per-layer rows: load() (and a compile-cache hit) shows them.
     model = MLP()
-    cm = leangraph.optimize(model, INPUTS[0], backend="onnxruntime", calibration=INPUTS,
-                            tolerance=leangraph.Tolerance(rtol=0.0, atol=0.05))
+    cm = optimize_within(model, "onnxruntime", atol=0.05)
     assert cm.report.quantization
     cm.save(tmp_path / "artifact")
     loaded = leangraph.load(tmp_path / "artifact")
