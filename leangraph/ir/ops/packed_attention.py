@@ -88,6 +88,7 @@ def _decompose(tape, inputs, attrs):
     q, k, v = (heads_first(x, part) for part, x in enumerate((query, key, value)))
     (out,) = attention._decompose(tape, [q, k, v, bias], {"scale": attrs["scale"], "causal": attrs["causal"]},
                                   empty_rows=False)
+    out.dtype = query.dtype  # a shape without a dtype is dropped, with a warning, when serialized
     out.shape = ir.Shape([None, None, None, value.shape[-1] // heads if value.shape is not None
                           and isinstance(value.shape[-1], int) else None])
     by_head = tape.op("Gather", [tape.op("Reshape", [out, last_dim(out)]), out_rows], {"axis": 0})  # [tokens, heads, size]
