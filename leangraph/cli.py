@@ -26,6 +26,9 @@ from leangraph.errors import LeanGraphError, OptionError
 
 def _load_factory(spec: str):
     module_name, _, attribute = spec.partition(":")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        # As `python -m` does: the console script alone would not find the user's own modules.
+        sys.path.insert(0, os.getcwd())
     try:
         factory = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as exc:
@@ -127,6 +130,7 @@ def _compile(args) -> int:
         "nodes_before": cm.report.nodes_before, "nodes_after": cm.report.nodes_after,
         "passes_changed": [r.name for r in cm.report.records if r.changed and not r.reverted],
         "passes_reverted": reverted, "verified": example is not None,
+        "partitions": [[backend, nodes] for backend, nodes in cm.report.partitions],
         "seconds": round(cm.report.capture_seconds + cm.report.passes_seconds + cm.report.compile_seconds, 3),
     }
     if args.json:
@@ -135,6 +139,9 @@ def _compile(args) -> int:
         print(cm.report)
     if reverted and not args.json:
         print(f"leangraph: warning: passes reverted: {', '.join(reverted)} (see `leangraph inspect`)", file=sys.stderr)
+    if example is None and not args.json and not args.verbose:
+        print("leangraph: warning: the passes were not verified against the reference (no example inputs); "
+              "give --example-shapes NAME=DIMS ... to check each pass", file=sys.stderr)
     return 0
 
 

@@ -63,6 +63,15 @@ def test_unknown_pass_and_bad_factory(tmp_path):
     assert result.returncode == 2 and "cannot load model factory" in result.stderr
 
 
+def test_console_script_finds_factories_in_the_working_directory():
+    # `leangraph` (the installed script, not `python -m`) imports package.module:attribute from the cwd.
+    script = Path(sys.executable).parent / "leangraph"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([str(script), "inspect", "tests.models_for_cli:not_a_pair"], capture_output=True,
+                            text=True, cwd=ROOT, env=env, timeout=600)
+    assert result.returncode == 2 and "must return (module, example_inputs)" in result.stderr, result.stderr
+
+
 def test_verbose_shows_traceback(tmp_path):
     result = run_cli("-v", "inspect", str(tmp_path / "missing.onnx"))
     assert result.returncode == 2 and "Traceback" in result.stderr
@@ -79,6 +88,7 @@ def test_compile_then_run_from_npz(tmp_path):
     summary = json.loads(result.stdout)
     assert summary["nodes_after"] < summary["nodes_before"] and summary["passes_reverted"] == []
     assert summary["verified"] is True and (out / "manifest.json").is_file()
+    assert summary["partitions"] == [["onnxruntime", summary["nodes_after"]]]
     ids = np.array([[5, 6, 7, 8], [9, 10, 11, 12]], np.int64)
     np.savez(tmp_path / "in.npz", input_ids=ids, attention_mask=np.ones_like(ids))
     result = run_cli("run", str(out), "--inputs", str(tmp_path / "in.npz"), "--output", str(tmp_path / "out.npz"))
@@ -96,7 +106,10 @@ def test_compile_is_quiet_and_run_refuses_bad_inputs(tmp_path):
     onnx.save(add_relu_model(), path)
     out = tmp_path / "artifact"
     result = run_cli("compile", str(path), "-o", str(out), "--example-shapes", "x=2x3")
+    assert result.returncode == 0 and result.stdout == result.stderr == "", result.stdout + result.stderr
+    result = run_cli("compile", str(path), "-o", str(tmp_path / "unverified"))
     assert result.returncode == 0 and result.stdout == "", result.stdout + result.stderr
+    assert "not verified" in result.stderr and "--example-shapes" in result.stderr
     np.savez(tmp_path / "wrong.npz", y=np.ones((2, 3), np.float32))
     result = run_cli("run", str(out), "--inputs", str(tmp_path / "wrong.npz"))
     assert result.returncode == 2 and "holds ['y']; the model takes ['x']" in result.stderr
