@@ -54,14 +54,16 @@ class Bf16Scheme(NamedTuple):
 ORT_STATIC_INT8 = "ORT MatMulIntegerToFloat (int8, static activations)"
 TORCH_BF16 = "torch GEMM (bf16)"
 
-_ORT_WEIGHT_BITS = 8 if exact_u8s8_products() else 7
-INT8_BITS = {FBGEMM: Int8Scheme(7, 8), ORT_INT8: Int8Scheme(8, _ORT_WEIGHT_BITS),
+_EXACT_U8S8 = exact_u8s8_products()
+_ORT_WEIGHT_BITS = 8 if _EXACT_U8S8 else 7
+INT8_BITS = {FBGEMM: Int8Scheme(8 if _EXACT_U8S8 else 7, 8), ORT_INT8: Int8Scheme(8, _ORT_WEIGHT_BITS),
              ORT_STATIC_INT8: Int8Scheme(8, _ORT_WEIGHT_BITS, static_activations=True), TVM_INT8: Int8Scheme(7, 7)}
 """The scheme of each int8 kernel; a layer is quantized as the kernel chosen for it wants. With
-AVX-512 VNNI ONNX Runtime's kernels take 8-bit weights (so a model quantized on such a machine
-carries weights that an AVX2 machine's kernel may saturate on: compile where it will run). fbgemm
-keeps ``reduce_range`` (the TVM backend calls it for 7-bit activations), and the TVM micro-kernel is
-written for ``vpmaddubsw``."""
+AVX-512 VNNI every side keeps 8 bits: ONNX Runtime's kernels take 8-bit weights, fbgemm 8-bit
+activations (``reduce_range`` off: half the activation error, MiniLM's layers measured as fast).
+So a model quantized on such a machine carries values that an AVX2 machine's kernels may saturate
+on: compile where it will run. Without VNNI fbgemm keeps ``reduce_range`` (7-bit activations) and
+ONNX Runtime takes 7-bit weights; the TVM micro-kernel is written for ``vpmaddubsw``."""
 
 BACKEND_KERNELS = {
     "tvm": {"fp32": "torch GEMM (fp32)",  # oneDNN's where torch has it, else MKL's (library.fp32_linear)
@@ -73,11 +75,10 @@ BACKEND_KERNELS = {
 kernels the search may give a layer, with their schemes (a layer's options are those faster than
 fp32 at its shape: torch's bf16 GEMM is on CPUs with AVX-512 BF16 or AMX, and 50x slower without;
 a kernel that does not tile a shape is timed as infinitely slow there). ONNX Runtime has no fast
-bf16 or fp16 CPU GEMM. The TVM backend can run ONNX Runtime's dynamic int8
-kernel too (8-bit activations, library.py), but inside TVM's process it has to stop spinning and
-measured slower than fbgemm there (MiniLM, 960 STS-B sentences, every layer int8: 2.35 vs 2.16 s;
-spinning, 23.6 s), so the search does not offer it; it has no converter for the static one (such
-layers would run on ONNX Runtime pieces)."""
+bf16 or fp16 CPU GEMM. The TVM backend runs every dynamic int8 layer it is given on fbgemm
+(library.quant_linear_function; ONNX Runtime's kernel inside TVM's process has to stop spinning and
+measured slower: MiniLM, 960 STS-B sentences, every layer int8: 2.35 vs 2.16 s); it has no converter
+for the static one (such layers would run on ONNX Runtime pieces)."""
 
 _time_calls = partial(median_seconds, calls=20, rounds=3)
 
@@ -100,7 +101,8 @@ def time_kernels(weight: np.ndarray, rows: int = KERNEL_ROWS) -> dict[str, float
     seconds[BACKEND_KERNELS["tvm"]["fp32"]] = _time_calls(lambda: fp32_gemm(xt, wt, None, out))
     quantized, scale = quantize_weight(weight, INT8_BITS[FBGEMM][1])
     packed = fbgemm_prepack(quantized, scale)
-    seconds[FBGEMM] = _time_calls(lambda: torch.ops.quantized.linear_dynamic(xt, packed, True))
+    reduce_range = INT8_BITS[FBGEMM].activation_bits == 7
+    seconds[FBGEMM] = _time_calls(lambda: torch.ops.quantized.linear_dynamic(xt, packed, reduce_range))
     weight_bf16 = wt.to(torch.bfloat16)
     seconds[TORCH_BF16] = _time_calls(lambda: out.copy_(torch.mm(xt.to(torch.bfloat16), weight_bf16)))
     seconds[TVM_INT8] = math.inf

@@ -152,7 +152,7 @@ def with_constant_weights(model: ir.Model, arrays: list[np.ndarray]) -> ir.Model
 
 
 @pytest.mark.parametrize(("activation", "activation_bits"), [("none", 7), ("gelu", 7), ("none", 8), ("gelu", 8)])
-def test_dynamic_quant_linear_through_fbgemm_or_onnxruntime(activation, activation_bits):
+def test_dynamic_quant_linear_through_fbgemm(activation, activation_bits):
     a, w, bias = f32(4, 7, 32), f32(32, 16) * 0.1, f32(16)
     levels = 127 if activation_bits == 7 else 63  # the other side gives up a bit (see the op)
     scale = (np.abs(w).max(axis=0) / levels).astype(np.float32)
@@ -162,9 +162,24 @@ def test_dynamic_quant_linear_through_fbgemm_or_onnxruntime(activation, activati
                                   [weight, scale, bias])
     got = TVMExecutable(model)([a])[0]
     expected = ReferenceExecutable(model)([a])[0]
-    # fbgemm (7-bit activations) picks its activation zero point and scale its own way: a quantization
-    # step apart at most; ONNX Runtime (8-bit) quantizes as the op's decomposition does
+    # fbgemm picks its activation zero point and scale its own way: a quantization step apart at most
     np.testing.assert_allclose(got, expected, rtol=0.02, atol=0.02 * np.abs(expected).max())
+
+
+def test_fbgemm_does_not_saturate_at_the_bits_chosen_for_this_cpu():
+    # The worst case of u8 x s8 pair sums: every activation at the top of its range, every weight at
+    # +-127. Without VNNI 8-bit activations would give 2 * 255 * 127 > 32767 in int16 (INT8_BITS then
+    # keeps fbgemm at 7); with VNNI nothing is summed in int16 and 8 bits are exact.
+    from leangraph.cost_model.linear_kernels import FBGEMM, INT8_BITS
+
+    x = np.ones((4, 64), np.float32)
+    weight = np.full((64, 16), 127, np.int8)
+    weight[:, 8:] *= -1
+    scale = np.full(16, 0.01, np.float32)
+    model = with_constant_weights(single_op_model("DynamicQuantLinear", [x, weight, scale],
+                                                  {"activation_bits": INT8_BITS[FBGEMM].activation_bits}),
+                                  [weight, scale])
+    np.testing.assert_allclose(TVMExecutable(model)([x])[0], ReferenceExecutable(model)([x])[0], rtol=1e-5)
 
 
 SHAPE_FUNCTION = """

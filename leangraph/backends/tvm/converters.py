@@ -261,7 +261,8 @@ def _quant_linear_constants(node: ir.Node) -> list[np.ndarray | None]:
 def _uses_tir_int8_gemm(node: ir.Node) -> bool:
     """7-bit activations with weights within 7 bits, at a shape it tiles: our TIR kernel
     (int8_gemm.py). fbgemm's layers have 8-bit weights (each column's peak is +-127), ONNX Runtime's
-    8-bit activations, so the bits the quantization pass chose tell the kernels apart."""
+    8-bit activations (run on fbgemm here), so the bits the quantization pass chose tell the kernels
+    apart."""
     from leangraph.backends.tvm import int8_gemm
 
     weight = node.inputs[1].const_value
@@ -272,9 +273,9 @@ def _uses_tir_int8_gemm(node: ir.Node) -> bool:
 
 @library_kernel("DynamicQuantLinear")
 def _dynamic_quant_linear_kernel(node: ir.Node) -> str | None:
-    """The library int8 GEMM holding the constant weights: fbgemm for 7-bit activations with 8-bit
-    weights, ONNX Runtime's kernel for 8-bit activations (library.quant_linear_function); None for
-    the layers our TIR kernel computes (its activation is applied by a packed function)."""
+    """The library int8 GEMM holding the constant weights: fbgemm, for 7- or 8-bit activations
+    (library.quant_linear_function); None for the layers our TIR kernel computes (its activation is
+    applied by a packed function)."""
     from leangraph.backends.tvm import library
 
     if _uses_tir_int8_gemm(node):

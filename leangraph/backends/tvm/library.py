@@ -156,11 +156,9 @@ def fbgemm_prepack(weight: np.ndarray, weight_scale: np.ndarray, bias: np.ndarra
 def quant_linear_function(weight: np.ndarray, weight_scale: np.ndarray, bias: np.ndarray | None, activation: str,
                           activation_bits: int) -> str:
     """The name of a packed function running leangraph::DynamicQuantLinear with these constant
-    weights. 7-bit activations: fbgemm (torch's x86 int8 GEMM, u8 activations quantized per call
-    with ``reduce_range``, s8 weights per channel, prepacked once here). 8-bit activations (and 7-bit
-    weights): ONNX Runtime's DynamicQuantizeMatMul, in a one-layer session writing straight into the
-    output (it must not spin between calls here, and is then slower than fbgemm: see
-    cost_model/linear_kernels.py)."""
+    weights: fbgemm (torch's x86 int8 GEMM: u8 activations quantized per call, s8 weights per
+    channel, prepacked once here), with ``reduce_range`` for 7-bit activations. 8-bit activations
+    are exact with AVX-512 VNNI, or with weights within 7 bits (see leangraph::DynamicQuantLinear)."""
     if activation_bits not in (7, 8):
         raise ValueError(f"activation_bits must be 7 or 8, not {activation_bits}")
     digest = hashlib.sha256()
@@ -170,12 +168,14 @@ def quant_linear_function(weight: np.ndarray, weight_scale: np.ndarray, bias: np
     if tvm.get_global_func(name, allow_missing=True) is not None:
         return name
     apply = ACTIVATIONS[activation]
-    linear = _fbgemm_linear(weight, weight_scale, bias) if activation_bits == 7 else _ort_linear(weight, weight_scale, bias)
+    packed = fbgemm_prepack(weight, weight_scale, bias)
+    reduce_range = activation_bits == 7
 
     def run(a, out):
         x = torch.from_dlpack(a)
         result = torch.from_dlpack(out)
-        linear(x.reshape(-1, x.shape[-1]), result.view(-1, result.shape[-1]))
+        result.view(-1, result.shape[-1]).copy_(
+            torch.ops.quantized.linear_dynamic(x.reshape(-1, x.shape[-1]), packed, reduce_range))
         apply(result)
 
     tvm.register_global_func(name, run, override=True)
@@ -204,28 +204,3 @@ def bf16_linear_function(weight: np.ndarray, activation: str, with_bias: bool) -
 
     tvm.register_global_func(name, run, override=True)
     return name
-
-
-def _fbgemm_linear(weight: np.ndarray, weight_scale: np.ndarray, bias: np.ndarray | None):
-    packed = fbgemm_prepack(weight, weight_scale, bias)
-
-    def linear(x: torch.Tensor, out: torch.Tensor) -> None:
-        out.copy_(torch.ops.quantized.linear_dynamic(x, packed, True))
-
-    return linear
-
-
-def _ort_linear(weight: np.ndarray, weight_scale: np.ndarray, bias: np.ndarray | None):
-    from leangraph.backends.onnxruntime import inference_session, linear_model, session_options
-
-    # Not spinning: the session's threads take turns with torch's and TVM's on the same cores.
-    session = inference_session(linear_model(weight, weight_scale, bias, activation_bits=8),
-                                session_options(threads=torch.get_num_threads(), spinning=False))
-
-    def linear(x: torch.Tensor, out: torch.Tensor) -> None:
-        binding = session.io_binding()  # one per call: calls may come from several threads
-        binding.bind_cpu_input("x", np.ascontiguousarray(x.numpy()))
-        binding.bind_output("y", "cpu", 0, np.float32, tuple(out.shape), out.data_ptr())
-        session.run_with_iobinding(binding)
-
-    return linear
