@@ -24,6 +24,7 @@ from leangraph.ir.verify import model_name
 from leangraph.passes import EXACT, PassManager, Report, Tolerance, resolve
 from leangraph.passes.manager import CountsInstrument, DiffInstrument, VerifyInstrument
 from leangraph.runtime import CompiledModel, to_numpy
+from leangraph.runtime.artifact import VERSION as ARTIFACT_VERSION
 
 
 def _resolve_backend(backend: str) -> tuple[str, str]:
@@ -188,14 +189,15 @@ def _quantize(graph, captured_graph, chain, kernels_of, input_sets, tolerance, e
 
 def cache_key(graph, pipeline, backend: str, tolerance: Tolerance, input_sets, budget=()) -> str:
     """sha256 of everything a compiled model depends on: the captured graph (weights included), the
-    passes, the backend, the budget, the verification inputs, and the leangraph version."""
+    passes, the backend, the budget, the verification inputs, the leangraph version and the artifact
+    format's (an entry in an older format misses instead of failing to load)."""
     import leangraph  # the version; a module-level import would be circular
 
     digest = hashlib.sha256()
     digest.update(ir.to_proto(graph).SerializeToString(deterministic=True))
     names = [getattr(item, "name", str(item)) + ":" + ",".join(p.name for p in getattr(item, "passes", ()))
              for item in pipeline]
-    digest.update(repr((names, backend, tolerance, budget, leangraph.__version__)).encode())
+    digest.update(repr((names, backend, tolerance, budget, leangraph.__version__, ARTIFACT_VERSION)).encode())
     for inputs in input_sets:
         for array in inputs:
             digest.update(repr((array.dtype.str, array.shape)).encode())

@@ -96,15 +96,14 @@ def time_kernels(weight: np.ndarray, rows: int = KERNEL_ROWS) -> dict[str, float
     x = rng.standard_normal((rows, k)).astype(np.float32)
     seconds = {}
     xt, wt = torch.from_numpy(x), torch.from_numpy(weight)
-    out = torch.empty(rows, n)
     _, fp32_gemm = fp32_linear()
-    seconds[BACKEND_KERNELS["tvm"]["fp32"]] = _time_calls(lambda: fp32_gemm(xt, wt, None, out))
+    seconds[BACKEND_KERNELS["tvm"]["fp32"]] = _time_calls(lambda: fp32_gemm(xt, wt, None))
     quantized, scale = quantize_weight(weight, INT8_BITS[FBGEMM][1])
     packed = fbgemm_prepack(quantized, scale)
     reduce_range = INT8_BITS[FBGEMM].activation_bits == 7
     seconds[FBGEMM] = _time_calls(lambda: torch.ops.quantized.linear_dynamic(xt, packed, reduce_range))
     weight_bf16 = wt.to(torch.bfloat16)
-    seconds[TORCH_BF16] = _time_calls(lambda: out.copy_(torch.mm(xt.to(torch.bfloat16), weight_bf16)))
+    seconds[TORCH_BF16] = _time_calls(lambda: torch.mm(xt.to(torch.bfloat16), weight_bf16).float())
     seconds[TVM_INT8] = math.inf
     if int8_gemm.applies(k, n):
         tvm_linear = int8_gemm.linear(*quantize_weight(weight, INT8_BITS[TVM_INT8][1]), None, rows)

@@ -33,7 +33,9 @@ from leangraph.errors import ArtifactError
 from leangraph.ir import clone_model
 
 FORMAT = "leangraph-artifact"
-VERSION = 1
+VERSION = 2
+"""Bumped when what an artifact holds changes meaning. 2: the TVM libraries call library kernels that
+return their results (version 1's called them with a destination tensor)."""
 MANIFEST = "manifest.json"
 GRAPH = "graph.onnx"
 WEIGHTS = "graph.safetensors"

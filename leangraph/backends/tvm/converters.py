@@ -60,6 +60,13 @@ def library_kernel(op_type: str, domain: str = DOMAIN):
     return register
 
 
+def library_call(name: str, args: list, out: relax.TensorType) -> relax.Call:
+    """A call of the library kernel ``name`` (library.py), which returns its result: the libraries
+    allocate their outputs anyway, and destination-passing cost one more copy per call (MiniLM int8
+    on TVM, STS-B dev: 1.07x, 9 rounds)."""
+    return relax.call_pure_packed(name, *args, ty_args=out)
+
+
 def register_library_kernels(model: ir.Model) -> None:
     """Register every packed function the converted ``model`` calls."""
     for node in model.graph:
@@ -112,8 +119,8 @@ def _matmul_bias_act(ctx, node, inputs):
     if weight is not None and len(weight.shape) == 2 and (bias_value is None or len(bias_value.shape or ()) == 1):
         out_dims = [*_dims(ctx.bb, a)[:-1], int(weight.shape[1])]
         args = [a, b] + ([bias] if bias is not None else [])
-        return [relax.call_dps_packed(library.function_name(activation, bias is not None), relax.Tuple(args),
-                                      relax.TensorType(out_dims, "float32"))]
+        return [library_call(library.function_name(activation, bias is not None), args,
+                             relax.TensorType(out_dims, "float32"))]
     y = relax.op.matmul(a, b)
     if bias is not None:
         y = relax.op.add(y, bias)
@@ -133,8 +140,7 @@ def _layer_norm_kernel(node: ir.Node) -> str:
 @converts("LayerNorm", DOMAIN)
 def _layer_norm(ctx, node, inputs):
     args = [x for x in inputs if x is not None]
-    return [relax.call_dps_packed(_layer_norm_kernel(node), relax.Tuple(args),
-                                  relax.TensorType(_dims(ctx.bb, inputs[0]), "float32"))]
+    return [library_call(_layer_norm_kernel(node), args, relax.TensorType(_dims(ctx.bb, inputs[0]), "float32"))]
 
 
 @converts("LayerNormalization")
@@ -228,7 +234,7 @@ def _multi_head_attention(ctx, node, inputs):
     if mask is not None:
         mask = _cast_to_broadcast(ctx, mask, [batch, int(attributes_of(node)["num_heads"]), length, _dims(ctx.bb, k)[1]])
     out = relax.TensorType([batch, length, _dims(ctx.bb, v)[-1]], "float32")
-    return [relax.call_dps_packed(name, relax.Tuple([q, k, v] + ([mask] if mask is not None else [])), out)]
+    return [library_call(name, [q, k, v] + ([mask] if mask is not None else []), out)]
 
 
 @library_kernel("Bf16Linear")
@@ -246,7 +252,7 @@ def _bf16_linear(ctx, node, inputs):
     out_dims = [*_dims(ctx.bb, inputs[0])[:-1], int(node.inputs[1].const_value.shape[1])]
     operands = [inputs[0]] + [x for x in inputs[2:3] if x is not None]
     out = relax.TensorType(out_dims, "float32")
-    return [relax.call_dps_packed(_bf16_linear_kernel(node), relax.Tuple(operands), out)]
+    return [library_call(_bf16_linear_kernel(node), operands, out)]
 
 
 def _quant_linear_constants(node: ir.Node) -> list[np.ndarray | None]:
@@ -291,7 +297,7 @@ def _dynamic_quant_linear(ctx, node, inputs):
         return [_tir_int8_linear(ctx, node, inputs[0])]
     name = _dynamic_quant_linear_kernel(node)
     out_dims = [*_dims(ctx.bb, inputs[0])[:-1], int(node.inputs[1].const_value.shape[1])]
-    return [relax.call_dps_packed(name, relax.Tuple([inputs[0]]), relax.TensorType(out_dims, "float32"))]
+    return [library_call(name, [inputs[0]], relax.TensorType(out_dims, "float32"))]
 
 
 def _tir_int8_linear(ctx, node, a):
@@ -348,7 +354,7 @@ def _packed_multi_head_attention(ctx, node, inputs):
     q, k, v, mask = inputs
     out = relax.TensorType([_dims(ctx.bb, q)[0], _dims(ctx.bb, v)[-1]], "float32")
     if not _uses_tir_attention(node):
-        return [relax.call_dps_packed(_packed_multi_head_attention_kernel(node), relax.Tuple([q, k, v, mask]), out)]
+        return [library_call(_packed_multi_head_attention_kernel(node), [q, k, v, mask], out)]
     attrs = attributes_of(node)
     heads, scale, causal = int(attrs["num_heads"]), float(attrs["scale"]), bool(attrs["causal"])
     head_size, value_size = (int(x.shape[-1]) // heads for x in (node.inputs[0], node.inputs[2]))

@@ -1,8 +1,10 @@
-"""Library kernels the TVM backend calls through packed functions (destination-passing style).
+"""Library kernels the TVM backend calls through packed functions.
 
 Relax without schedules runs GEMMs as plain loops; on this CPU the library GEMM (torch's, the same
-speed ONNX Runtime's MLAS reaches) is what linear layers need. The functions receive TVM tensors and
-write into the output tensor through zero-copy DLPack views.
+speed ONNX Runtime's MLAS reaches) is what linear layers need. The functions receive TVM tensors
+through zero-copy DLPack views and return their result the same way: the kernels allocate their
+outputs anyway (oneDNN's linear, fbgemm, torch's layer_norm), and writing into a destination
+tensor cost one more copy per call (converters.library_call).
 """
 
 from __future__ import annotations
@@ -29,21 +31,25 @@ def function_name(activation: str, with_bias: bool) -> str:
     return f"leangraph.linear.{activation}{'' if with_bias else '.nobias'}"
 
 
-def _mkl_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> None:
+def _mkl_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     if bias is None:
-        torch.mm(x, weight, out=out)
-    else:  # the bias added inside the GEMM's output pass
-        torch.addmm(bias, x, weight, out=out)
+        return torch.mm(x, weight)
+    return torch.addmm(bias, x, weight)  # the bias added inside the GEMM's output pass
 
 
-def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> None:
+def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     # oneDNN's linear (the kernel torch's inductor calls on CPU) reads the [K, N] weight as the
-    # transposed view it expects; it returns a new tensor.
-    out.copy_(torch.ops.mkldnn._linear_pointwise(x, weight.t(), bias, "none", [], ""))
+    # transposed view it expects.
+    return torch.ops.mkldnn._linear_pointwise(x, weight.t(), bias, "none", [], "")
+
+
+def to_tvm(result: torch.Tensor, *shape: int) -> tvm.runtime.Tensor:
+    """A kernel's result as the TVM tensor a packed function returns (zero-copy), viewed as ``shape``."""
+    return tvm.runtime.from_dlpack(result.contiguous().view(*shape) if shape else result.contiguous())
 
 
 def fp32_linear():
-    """(library name, linear(x [rows, K], weight [K, N], bias [N] or None, out [rows, N])): the fp32
+    """(library name, linear(x [rows, K], weight [K, N], bias [N] or None) -> [rows, N]): the fp32
     GEMM the TVM backend's linear layers call. oneDNN's linear (the kernel torch's inductor calls on
     CPU) where torch has oneDNN, else MKL's GEMM (torch.mm). MKL runs AMD CPUs' slow path: AMD EPYC
     with AVX-512, 2 threads, 512 x 384 x 1152: 2.14 ms vs oneDNN's 0.92 ms (ONNX Runtime's MLAS
@@ -57,26 +63,14 @@ def _register() -> None:
     _, gemm = fp32_linear()
     for activation, apply in ACTIVATIONS.items():
 
-        def linear_bias(a, w, bias, out, apply=apply):
-            result = torch.from_dlpack(out)
-            weight = torch.from_dlpack(w)
-            gemm(torch.from_dlpack(a).reshape(-1, weight.shape[0]), weight, torch.from_dlpack(bias),
-                 result.view(-1, weight.shape[1]))
+        def linear(a, w, bias=None, apply=apply):
+            x, weight = torch.from_dlpack(a), torch.from_dlpack(w)
+            result = gemm(x.reshape(-1, weight.shape[0]), weight, None if bias is None else torch.from_dlpack(bias))
             apply(result)
+            return to_tvm(result, *x.shape[:-1], weight.shape[1])
 
-        def linear(a, w, out, apply=apply):
-            result = torch.from_dlpack(out)
-            weight = torch.from_dlpack(w)
-            gemm(torch.from_dlpack(a).reshape(-1, weight.shape[0]), weight, None, result.view(-1, weight.shape[1]))
-            apply(result)
-
-        tvm.register_global_func(function_name(activation, True), linear_bias, override=True)
+        tvm.register_global_func(function_name(activation, True), linear, override=True)
         tvm.register_global_func(function_name(activation, False), linear, override=True)
-
-    def batched_matmul(a, b, out):
-        torch.matmul(torch.from_dlpack(a), torch.from_dlpack(b), out=torch.from_dlpack(out))
-
-    tvm.register_global_func("leangraph.matmul", batched_matmul, override=True)
 
     for activation, apply in ACTIVATIONS.items():
         def in_place(x, apply=apply):
@@ -96,18 +90,17 @@ _register()
 
 def _torch_kernel(op_type: str, name: str, attrs: dict) -> str:
     """Register ``name`` as a packed function running the torch backend's kernel of
-    ``leangraph::op_type`` with these attributes (destination-passing: the last argument is the
-    output). Registered on first use: Relax here cannot pass scalars to packed functions."""
+    ``leangraph::op_type`` with these attributes. Registered on first use: Relax here cannot pass
+    scalars to packed functions."""
     from leangraph.backends.torch.ops import OPS
 
     if tvm.get_global_func(name, allow_missing=True) is not None:
         return name
     kernel = OPS[("leangraph", op_type)]
 
-    def run(*args):
-        *inputs, out = args
+    def run(*inputs):
         (result,) = kernel([torch.from_dlpack(x) for x in inputs], attrs)
-        torch.from_dlpack(out).copy_(result)
+        return to_tvm(result)
 
     tvm.register_global_func(name, run, override=True)
     return name
@@ -171,12 +164,11 @@ def quant_linear_function(weight: np.ndarray, weight_scale: np.ndarray, bias: np
     packed = fbgemm_prepack(weight, weight_scale, bias)
     reduce_range = activation_bits == 7
 
-    def run(a, out):
+    def run(a):
         x = torch.from_dlpack(a)
-        result = torch.from_dlpack(out)
-        result.view(-1, result.shape[-1]).copy_(
-            torch.ops.quantized.linear_dynamic(x.reshape(-1, x.shape[-1]), packed, reduce_range))
+        result = torch.ops.quantized.linear_dynamic(x.reshape(-1, x.shape[-1]), packed, reduce_range)
         apply(result)
+        return to_tvm(result, *x.shape[:-1], result.shape[-1])
 
     tvm.register_global_func(name, run, override=True)
     return name
@@ -184,8 +176,8 @@ def quant_linear_function(weight: np.ndarray, weight_scale: np.ndarray, bias: np
 
 def bf16_linear_function(weight: np.ndarray, activation: str, with_bias: bool) -> str:
     """The name of a packed function running leangraph::Bf16Linear with this constant bfloat16
-    weight, called as (a, [bias,] out): torch's bfloat16 GEMM (oneDNN: fast with AVX-512 BF16 or
-    AMX), its bfloat16 output widened into the float32 output, bias and activation applied there."""
+    weight, called as (a[, bias]): torch's bfloat16 GEMM (oneDNN: fast with AVX-512 BF16 or AMX),
+    its bfloat16 output widened to float32, bias and activation applied there."""
     digest = hashlib.sha256(np.ascontiguousarray(weight).view(np.uint16).tobytes()).hexdigest()[:24]
     name = f"leangraph.bf16_linear.{digest}.{activation}.b{int(with_bias)}"
     if tvm.get_global_func(name, allow_missing=True) is not None:
@@ -194,13 +186,13 @@ def bf16_linear_function(weight: np.ndarray, activation: str, with_bias: bool) -
     # A copy: a weight loaded from an artifact is a read-only view of its file, which torch warns about.
     weight_bf16 = torch.from_numpy(np.array(weight, order="C").view(np.int16)).view(torch.bfloat16)
 
-    def run(a, *rest):
+    def run(a, bias=None):
         x = torch.from_dlpack(a)
-        result = torch.from_dlpack(rest[-1]).view(-1, weight_bf16.shape[1])
-        result.copy_(torch.mm(x.reshape(-1, x.shape[-1]).to(torch.bfloat16), weight_bf16))
+        result = torch.mm(x.reshape(-1, x.shape[-1]).to(torch.bfloat16), weight_bf16).float()
         if with_bias:
-            result.add_(torch.from_dlpack(rest[0]))
+            result.add_(torch.from_dlpack(bias))
         apply(result)
+        return to_tvm(result, *x.shape[:-1], weight_bf16.shape[1])
 
     tvm.register_global_func(name, run, override=True)
     return name
