@@ -89,7 +89,7 @@ def time_kernels(weight: np.ndarray, rows: int = KERNEL_ROWS) -> dict[str, float
 
     from leangraph.backends.onnxruntime import inference_session, linear_model, session_options
     from leangraph.backends.tvm import int8_gemm
-    from leangraph.backends.tvm.library import fbgemm_prepack, fp32_linear
+    from leangraph.backends.tvm.library import fbgemm_linear, fp32_linear
 
     k, n = weight.shape
     rng = np.random.default_rng(0)
@@ -98,10 +98,9 @@ def time_kernels(weight: np.ndarray, rows: int = KERNEL_ROWS) -> dict[str, float
     xt, wt = torch.from_numpy(x), torch.from_numpy(weight)
     _, fp32_gemm = fp32_linear()
     seconds[BACKEND_KERNELS["tvm"]["fp32"]] = _time_calls(lambda: fp32_gemm(xt, wt, None))
-    quantized, scale = quantize_weight(weight, INT8_BITS[FBGEMM][1])
-    packed = fbgemm_prepack(quantized, scale)
-    reduce_range = INT8_BITS[FBGEMM].activation_bits == 7
-    seconds[FBGEMM] = _time_calls(lambda: torch.ops.quantized.linear_dynamic(xt, packed, reduce_range))
+    fbgemm = fbgemm_linear(*quantize_weight(weight, INT8_BITS[FBGEMM].weight_bits), None,
+                           INT8_BITS[FBGEMM].activation_bits)
+    seconds[FBGEMM] = _time_calls(lambda: fbgemm(xt))
     weight_bf16 = wt.to(torch.bfloat16)
     seconds[TORCH_BF16] = _time_calls(lambda: torch.mm(xt.to(torch.bfloat16), weight_bf16).float())
     seconds[TVM_INT8] = math.inf

@@ -266,9 +266,9 @@ def _quant_linear_constants(node: ir.Node) -> list[np.ndarray | None]:
 
 def _uses_tir_int8_gemm(node: ir.Node) -> bool:
     """7-bit activations with weights within 7 bits, at a shape it tiles: our TIR kernel
-    (int8_gemm.py). fbgemm's layers have 8-bit weights (each column's peak is +-127), ONNX Runtime's
-    8-bit activations (run on fbgemm here), so the bits the quantization pass chose tell the kernels
-    apart."""
+    (int8_gemm.py). fbgemm's layers have 8-bit weights (each column's peak is +-127), and 8-bit
+    activations with VNNI; ONNX Runtime's have 8-bit activations (run on fbgemm here). So the bits
+    the quantization pass chose tell the kernels apart."""
     from leangraph.backends.tvm import int8_gemm
 
     weight = node.inputs[1].const_value

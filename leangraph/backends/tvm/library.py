@@ -136,7 +136,7 @@ def packed_attention_function(heads: int, scale: float, causal: int) -> str:
     return _torch_kernel("PackedMultiHeadAttention", name, {"num_heads": heads, "scale": scale, "causal": causal})
 
 
-def fbgemm_prepack(weight: np.ndarray, weight_scale: np.ndarray, bias: np.ndarray | None = None):
+def _fbgemm_prepack(weight: np.ndarray, weight_scale: np.ndarray, bias: np.ndarray | None = None):
     """fbgemm's packed form of an int8 [K, N] weight quantized per output channel (+ fp32 bias)."""
     with warnings.catch_warnings():  # torch deprecates quantized tensors, but they are fbgemm's only way in
         warnings.simplefilter("ignore", UserWarning)
@@ -146,14 +146,23 @@ def fbgemm_prepack(weight: np.ndarray, weight_scale: np.ndarray, bias: np.ndarra
     return torch.ops.quantized.linear_prepack(quantized, None if bias is None else torch.from_numpy(bias.copy()))
 
 
+def fbgemm_linear(weight: np.ndarray, weight_scale: np.ndarray, bias: np.ndarray | None, activation_bits: int):
+    """linear(x [rows, K]) -> [rows, N] on fbgemm (torch's x86 int8 GEMM: u8 activations quantized
+    per call, s8 weights per channel, prepacked once here), with ``reduce_range`` for 7-bit
+    activations. 8-bit activations are exact with AVX-512 VNNI, or with weights within 7 bits (see
+    leangraph::DynamicQuantLinear). The TVM backend's int8 layers and the kernel table's timing both
+    call it."""
+    if activation_bits not in (7, 8):
+        raise ValueError(f"activation_bits must be 7 or 8, not {activation_bits}")
+    packed = _fbgemm_prepack(weight, weight_scale, bias)
+    reduce_range = activation_bits == 7
+    return lambda x: torch.ops.quantized.linear_dynamic(x, packed, reduce_range)
+
+
 def quant_linear_function(weight: np.ndarray, weight_scale: np.ndarray, bias: np.ndarray | None, activation: str,
                           activation_bits: int) -> str:
     """The name of a packed function running leangraph::DynamicQuantLinear with these constant
-    weights: fbgemm (torch's x86 int8 GEMM: u8 activations quantized per call, s8 weights per
-    channel, prepacked once here), with ``reduce_range`` for 7-bit activations. 8-bit activations
-    are exact with AVX-512 VNNI, or with weights within 7 bits (see leangraph::DynamicQuantLinear)."""
-    if activation_bits not in (7, 8):
-        raise ValueError(f"activation_bits must be 7 or 8, not {activation_bits}")
+    weights on fbgemm (fbgemm_linear)."""
     digest = hashlib.sha256()
     for array in (weight, weight_scale, bias if bias is not None else np.zeros(0)):
         digest.update(np.ascontiguousarray(array).tobytes())
@@ -161,12 +170,11 @@ def quant_linear_function(weight: np.ndarray, weight_scale: np.ndarray, bias: np
     if tvm.get_global_func(name, allow_missing=True) is not None:
         return name
     apply = ACTIVATIONS[activation]
-    packed = fbgemm_prepack(weight, weight_scale, bias)
-    reduce_range = activation_bits == 7
+    linear = fbgemm_linear(weight, weight_scale, bias, activation_bits)
 
     def run(a):
         x = torch.from_dlpack(a)
-        result = torch.ops.quantized.linear_dynamic(x.reshape(-1, x.shape[-1]), packed, reduce_range)
+        result = linear(x.reshape(-1, x.shape[-1]))
         apply(result)
         return to_tvm(result, *x.shape[:-1], result.shape[-1])
 
