@@ -69,6 +69,11 @@ def library_call(name: str, args: list, out: relax.TensorType) -> relax.Call:
 
 def register_library_kernels(model: ir.Model) -> None:
     """Register every packed function the converted ``model`` calls."""
+    # The fixed set (the fp32 linear layers, the in-place activations after the TIR int8 GEMM) is
+    # registered when library.py is imported; a library loaded in a fresh process whose pieces hold
+    # only linear layers would otherwise call functions nobody registered.
+    from leangraph.backends.tvm import library  # noqa: F401
+
     for node in model.graph:
         kernel = LIBRARY_KERNELS.get((node.domain, node.op_type))
         if kernel is not None:
