@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,42 +16,104 @@ from leangraph.backends.partition import compile_partitioned
 from leangraph.backends.reference import ReferenceExecutable
 from leangraph.artifacts import load
 from leangraph.cost_model.backend_choice import choose_backends
-from leangraph.errors import ArtifactError, OptionError
+from leangraph.compile_cache import cache_key, fingerprint, resolve_cache_dir
+from leangraph.errors import ArtifactError, InputMismatchError, LeanGraphError, OptionError
 from leangraph.frontend import capture
 from leangraph.ir import clone_model, node_count
 from leangraph.ir.verify import model_name
 from leangraph.passes import EXACT, PassManager, Report, Tolerance, resolve
 from leangraph.passes.manager import CountsInstrument, DiffInstrument, VerifyInstrument
 from leangraph.runtime import CompiledModel, to_numpy
-from leangraph.runtime.artifact import VERSION as ARTIFACT_VERSION
 
 
-def _resolve_backend(backend: str) -> tuple[str, str]:
-    """(backend to use, why) for the requested name."""
-    if backend == "auto":
-        return "auto", ""
-    if backend not in AVAILABLE:
+def _resolve_backend(backend: Any) -> str:
+    """The backend to use for the requested name."""
+    if not isinstance(backend, str) or (backend != "auto" and backend not in AVAILABLE):
         raise OptionError(
-            f"backend '{backend}' is not available (available: auto, {', '.join(AVAILABLE)})",
+            f"backend {backend!r} is not available (available: auto, {', '.join(AVAILABLE)})",
             hint="pass one of the available backends",
         )
-    return backend, ""
+    return backend
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
 def _check_options(tolerance, evaluate, max_drop) -> None:
     if evaluate is not None and not callable(evaluate):
         raise OptionError(f"evaluate must be a callable(candidate) -> float, got {type(evaluate).__name__}",
                           hint="pass a function scoring a compiled model on your task, higher is better")
-    if not isinstance(max_drop, (int, float)) or max_drop < 0:
+    if not _is_number(max_drop) or math.isnan(max_drop) or max_drop < 0:
         raise OptionError(f"max_drop must be a number >= 0, got {max_drop!r}", hint="e.g. max_drop=0.2")
     if max_drop and evaluate is None:
         raise OptionError("max_drop is the allowed drop of evaluate(); it needs evaluate",
                           hint="pass evaluate=callable(candidate) -> float as well")
     if tolerance is not None and not isinstance(tolerance, Tolerance):
         raise OptionError(
-            f"tolerance must be a leangraph.Tolerance, got {type(tolerance).__name__}",
+            f"tolerance must be a leangraph.Tolerance, got {type(tolerance).__name__} {tolerance!r}",
             hint="pass leangraph.Tolerance(rtol=..., atol=...)",
         )
+
+
+def _is_input_tuple(inputs: Any) -> bool:
+    return isinstance(inputs, (tuple, list))
+
+
+def _input_sets(graph: ir.Model, example_inputs, calibration) -> list[list[np.ndarray]]:
+    """The inputs the passes are verified on, as numpy, each set checked against the graph's
+    inputs (count, dtype, rank, static dims) so a wrong one is refused here and not deep inside a
+    backend. Calibration is read once (it may be a generator); the cache key depends on it too."""
+    name = model_name(graph)
+    if example_inputs is not None and not _is_input_tuple(example_inputs):
+        raise OptionError(f"example_inputs of model '{name}' must be a tuple of inputs, got "
+                          f"{type(example_inputs).__name__}", hint="wrap a single input in a tuple: (x,)")
+    if calibration is not None:
+        if isinstance(calibration, (str, bytes, np.ndarray)) or not isinstance(calibration, Iterable):
+            raise OptionError(f"calibration for model '{name}' must be an iterable of input tuples, got "
+                              f"{type(calibration).__name__}", hint="e.g. calibration=[(x1,), (x2,)]")
+        sets = list(calibration)
+        if not sets:
+            raise OptionError(f"calibration for model '{name}' is empty",
+                              hint="give at least one input tuple, or leave calibration out")
+        labelled = [(f"calibration set {i}", inputs) for i, inputs in enumerate(sets)]
+    else:
+        labelled = [("example_inputs", example_inputs)] if example_inputs is not None else []
+    checker = CompiledModel(graph, None, backend="", report=None)  # its input check, nothing compiled
+    input_sets = []
+    for label, inputs in labelled:
+        if not _is_input_tuple(inputs):
+            raise OptionError(f"{label} of model '{name}' must be a tuple of inputs, got {type(inputs).__name__}",
+                              hint="each calibration item is one call's inputs: calibration=[(x1,), (x2,)]")
+        try:
+            arrays = [to_numpy(x) for x in inputs]
+            checker._check(arrays)  # noqa: SLF001
+        except InputMismatchError as exc:
+            raise InputMismatchError(f"{label}: {exc.message}", hint=exc.hint) from None
+        input_sets.append(arrays)
+    return input_sets
+
+
+def _checked_evaluate(evaluate: Callable[[Any], float]) -> Callable[[Any], float]:
+    """``evaluate`` whose every score is a finite number: a NaN would compare as within any budget
+    and enable every lossy rewrite, a string or None would fail deep inside the search."""
+    name = getattr(evaluate, "__qualname__", type(evaluate).__name__)
+
+    def score(candidate) -> float:
+        try:
+            value = evaluate(candidate)
+        except LeanGraphError:
+            raise
+        except Exception as exc:
+            raise OptionError(f"evaluate ({name}) raised {type(exc).__name__}: {exc}",
+                              hint="fix evaluate(); it is called with a compiled candidate and returns a score, "
+                                   "higher is better") from exc
+        if not _is_number(value) or not math.isfinite(value):
+            raise OptionError(f"evaluate ({name}) returned {value!r}; it must return a finite number",
+                              hint="return the candidate's score on your task as a float, higher is better")
+        return float(value)
+
+    return score
 
 
 def optimize(
@@ -76,21 +137,25 @@ def optimize(
     """
     _check_options(tolerance, evaluate, max_drop)
     pipeline = resolve(passes)
-    backend_name, why = _resolve_backend(backend)
+    backend_name = _resolve_backend(backend)
+    cache_root = resolve_cache_dir(cache_dir) if cache_dir is not None else None
+    if evaluate is not None:
+        evaluate, user_evaluate = _checked_evaluate(evaluate), evaluate
 
     start = time.perf_counter()
     graph = capture(model, example_inputs, dynamic_shapes)
     captured = time.perf_counter()
-    # The inputs the passes are verified on, as numpy, read once (calibration may be a generator);
-    # the cache key depends on them too.
-    input_sets = [[to_numpy(x) for x in inputs] for inputs in calibration] if calibration is not None else []
-    if not input_sets and example_inputs is not None:
-        input_sets = [[to_numpy(x) for x in example_inputs]]
-    cache_entry = None
-    if cache_dir is not None:
-        budget = (getattr(evaluate, "__qualname__", repr(evaluate)), max_drop) if evaluate is not None else ()
-        cache_entry = Path(cache_dir) / cache_key(graph, pipeline, backend_name, tolerance or EXACT, input_sets, budget)
-        if (cache_entry / "manifest.json").is_file():
+    input_sets = _input_sets(graph, example_inputs, calibration)
+    cache_entry, cache_notes = None, []
+    if cache_root is not None:
+        budget, unstable = _budget_key(user_evaluate, max_drop) if evaluate is not None else ((), "")
+        if unstable:
+            cache_notes.append(f"cache not used: evaluate() reads {unstable}, which leangraph cannot fingerprint, "
+                               "so a cached result could belong to another budget; make evaluate read plain data "
+                               "(numbers, strings, arrays) and code only to cache budgeted results")
+        else:
+            cache_entry = cache_root / cache_key(graph, pipeline, backend_name, tolerance or EXACT, input_sets, budget)
+        if cache_entry is not None and (cache_entry / "manifest.json").is_file():
             try:
                 cached = load(cache_entry)
             except ArtifactError as exc:  # a damaged entry is rebuilt, and the report says so
@@ -99,7 +164,7 @@ def optimize(
             else:
                 cached.report.capture_seconds = captured - start
                 cached.report.cache_hit = True
-                cached.report.notes.insert(0, f"cache hit: {cache_entry.name[:16]}... in {cache_dir} (passes and "
+                cached.report.notes.insert(0, f"cache hit: {cache_entry.name[:16]}... in {cache_root} (passes and "
                                               "compilation skipped)")
                 return cached
     report = Report(
@@ -109,12 +174,12 @@ def optimize(
         backend=backend_name,
         capture_seconds=captured - start,
     )
-    if why:
-        report.notes.append(why)
+    report.notes += cache_notes
     captured_graph = clone_model(graph) if _lossy_allowed(tolerance, evaluate, max_drop) else None
     if pipeline:
         instruments = _instruments(graph, input_sets, tolerance or EXACT, report)
         graph, report.records = PassManager(pipeline, instruments=instruments).run(graph)
+        _say_if_everything_reverted(report, tolerance or EXACT)
     else:
         report.notes.append("no passes were run")
     chain = chain_for(backend_name)
@@ -136,8 +201,28 @@ def optimize(
     compiled = CompiledModel(graph, executable, backend=backend_name, report=report)
     if cache_entry is not None:
         compiled.save(cache_entry)
-        report.notes.append(f"cache miss: compiled and stored as {cache_entry.name[:16]}... in {cache_dir}")
+        report.notes.append(f"cache miss: compiled and stored as {cache_entry.name[:16]}... in {cache_root}")
     return compiled
+
+
+def _budget_key(evaluate, max_drop) -> tuple[tuple, str]:
+    """(what of the budget enters the cache key, "") or ((), what has no stable fingerprint)."""
+    digest, unstable = fingerprint(evaluate)
+    return ((digest, float(max_drop)), "") if digest is not None else ((), unstable)
+
+
+def _say_if_everything_reverted(report: Report, tolerance: Tolerance) -> None:
+    """A budget under which no rewrite survives is almost always a mistake (a tolerance tighter
+    than fp32 round-off, inputs that hit a bug); the compiled model is then the captured graph, and
+    the user is told so on stderr as well as in the report."""
+    reverted = [record.name for record in report.records if record.reverted]
+    kept = [record for record in report.records if record.changed and not record.reverted]
+    if reverted and not kept:
+        message = (f"every pass that changed model '{report.model_name}' was reverted by verification "
+                   f"({', '.join(dict.fromkeys(reverted))}) under {tolerance}: the model is compiled as captured")
+        report.notes.append(message)
+        warnings.warn(f"leangraph: {message}. The report says why each failed; loosen the tolerance if it is "
+                      "tighter than float32 round-off (the default is Tolerance())", stacklevel=3)
 
 
 def _lossy_allowed(tolerance, evaluate, max_drop) -> bool:
@@ -185,24 +270,6 @@ def _quantize(graph, captured_graph, chain, kernels_of, input_sets, tolerance, e
     report.records.append(record)
     report.quantization = [choice.row() for choice in choices]
     return quantized
-
-
-def cache_key(graph, pipeline, backend: str, tolerance: Tolerance, input_sets, budget=()) -> str:
-    """sha256 of everything a compiled model depends on: the captured graph (weights included), the
-    passes, the backend, the budget, the verification inputs, the leangraph version and the artifact
-    format's (an entry in an older format misses instead of failing to load)."""
-    import leangraph  # the version; a module-level import would be circular
-
-    digest = hashlib.sha256()
-    digest.update(ir.to_proto(graph).SerializeToString(deterministic=True))
-    names = [getattr(item, "name", str(item)) + ":" + ",".join(p.name for p in getattr(item, "passes", ()))
-             for item in pipeline]
-    digest.update(repr((names, backend, tolerance, budget, leangraph.__version__, ARTIFACT_VERSION)).encode())
-    for inputs in input_sets:
-        for array in inputs:
-            digest.update(repr((array.dtype.str, array.shape)).encode())
-            digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
 
 
 def _instruments(graph, input_sets, tolerance: Tolerance, report: Report):

@@ -9,7 +9,7 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from leangraph.errors import CaptureError
+from leangraph.errors import CaptureError, OptionError
 from leangraph.ir import clone_model
 from leangraph.frontend.from_onnx import load_onnx
 
@@ -24,6 +24,11 @@ def capture(
     For torch modules ``example_inputs`` are the positional arguments of ``forward`` and
     ``dynamic_shapes`` names the dims that may vary. ONNX models keep the symbolic dims of the file.
     """
+    if isinstance(model, (onnx.ModelProto, str, os.PathLike, bytes, ir.Model)) and dynamic_shapes is not None:
+        raise OptionError(
+            "dynamic_shapes applies to torch modules; an ONNX model keeps the dims its file declares",
+            hint="leave dynamic_shapes out, or re-export the ONNX model with symbolic dims where sizes vary",
+        )
     if isinstance(model, (onnx.ModelProto, str, os.PathLike, bytes)):
         return load_onnx(model)
     if isinstance(model, ir.Model):

@@ -78,6 +78,43 @@ def _summarize(exc: BaseException) -> str:
     return text[:1200] + (" ..." if len(text) > 1200 else "")
 
 
+def _check_dynamic_shapes(module: torch.nn.Module, args: tuple, dynamic_shapes: Any) -> None:
+    """dynamic_shapes names forward()'s arguments and, per argument, axes it has. torch.export's own
+    errors for a wrong one are long and name its internals; a misspelt name would otherwise be
+    ignored or fail far from the cause."""
+    if dynamic_shapes is None:
+        return
+    name = type(module).__name__
+    usage = 'e.g. dynamic_shapes={"input_ids": {0: "batch", 1: "seq"}}'
+    if not isinstance(dynamic_shapes, Mapping):
+        raise CaptureError(f"dynamic_shapes for '{name}' must map forward() argument names to {{axis: dim name}}, "
+                           f"got {type(dynamic_shapes).__name__}", hint=usage)
+    import inspect
+
+    try:
+        parameters = list(inspect.signature(module.forward).parameters)
+    except (TypeError, ValueError):
+        return  # no signature to check against: torch.export checks it
+    if any(inspect.signature(module.forward).parameters[p].kind == inspect.Parameter.VAR_POSITIONAL
+           for p in parameters):
+        return
+    for argument, axes in dynamic_shapes.items():
+        if argument not in parameters:
+            raise CaptureError(f"dynamic_shapes names '{argument}', which is not an argument of {name}.forward() "
+                               f"({', '.join(parameters)})", hint=usage)
+        position = parameters.index(argument)
+        if axes is None:
+            continue
+        if not isinstance(axes, Mapping):
+            continue  # torch.export's other spellings (a tuple per axis); it checks them
+        example = args[position] if position < len(args) else None
+        rank = example.dim() if isinstance(example, torch.Tensor) else None
+        for axis in axes:
+            if not isinstance(axis, int) or isinstance(axis, bool) or (rank is not None and not -rank <= axis < rank):
+                raise CaptureError(f"dynamic_shapes['{argument}'] names axis {axis!r}, but the example "
+                                   f"'{argument}' has rank {rank}", hint=usage)
+
+
 def capture_torch(
     module: torch.nn.Module,
     example_inputs: Sequence[Any],
@@ -94,6 +131,7 @@ def capture_torch(
             hint="wrap a single input in a tuple: (x,)",
         )
     args = to_torch_args(example_inputs)
+    _check_dynamic_shapes(module, args, dynamic_shapes)
     try:
         with _quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(

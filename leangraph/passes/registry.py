@@ -54,6 +54,9 @@ def default_pipeline() -> list[PipelineItem]:
 def get_pass(name_or_pass: str | Pass) -> Pass:
     if isinstance(name_or_pass, Pass):
         return name_or_pass
+    if not isinstance(name_or_pass, str):
+        raise OptionError(f"a pipeline item must be a pass name or a Pass, got {name_or_pass!r}",
+                          hint=f"name registered passes ({', '.join(sorted(PASSES))})")
     try:
         return PASSES[name_or_pass]
     except KeyError:
@@ -64,11 +67,19 @@ def get_pass(name_or_pass: str | Pass) -> Pass:
 
 
 def resolve(passes) -> list[PipelineItem]:
-    """A pipeline from 'default', 'none', or a list of pass names / Pass objects."""
+    """A pipeline from 'default', 'none', a comma-separated string of names, or a list of pass
+    names / Pass objects / FixedPoint groups. An empty name (``"cse,,dce"``, ``",,"``) is refused:
+    it is a typo, and running fewer passes than asked would hide it."""
+    usage = "pass 'default', 'none', 'cse,dce', or a list of pass names"
     if isinstance(passes, str):
         if passes == "default":
             return default_pipeline()
         if passes == "none":
             return []
-        return [get_pass(name.strip()) for name in passes.split(",") if name.strip()]
-    return [item if isinstance(item, FixedPoint) else get_pass(item) for item in passes]
+        names = [name.strip() for name in passes.split(",")]
+        if not all(names):
+            raise OptionError(f"passes={passes!r} has an empty pass name", hint=usage)
+        return [get_pass(name) for name in names]
+    if isinstance(passes, (list, tuple)):
+        return [item if isinstance(item, FixedPoint) else get_pass(item) for item in passes]
+    raise OptionError(f"passes must be a string or a list of passes, got {passes!r}", hint=usage)

@@ -6,8 +6,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+import math
+
 import numpy as np
 import onnx_ir as ir
+
+from leangraph.errors import OptionError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,10 +23,26 @@ class Tolerance:
     atol: float = 1e-5
     min_cosine: float | None = None
 
+    def __post_init__(self) -> None:
+        # A NaN bound compares False everywhere, so it would pass every candidate; a negative one
+        # fails every candidate, so it would revert every pass without saying the budget is impossible.
+        for name in ("rtol", "atol"):
+            value = getattr(self, name)
+            if not _is_real(value) or not math.isfinite(value) or value < 0:
+                raise OptionError(f"Tolerance({name}={value!r}): {name} must be a finite number >= 0",
+                                  hint="e.g. Tolerance(rtol=1e-3, atol=1e-4); 0 allows no error")
+        if self.min_cosine is not None and (not _is_real(self.min_cosine) or not -1.0 <= self.min_cosine <= 1.0):
+            raise OptionError(f"Tolerance(min_cosine={self.min_cosine!r}): a cosine similarity lies in [-1, 1]",
+                              hint="e.g. Tolerance(rtol=1e-2, atol=1e-3, min_cosine=0.999), or leave it None")
+
     @property
     def is_exact(self) -> bool:
         """Whether this budget allows no more than fp32 round-off (no lossy passes)."""
         return self.rtol <= EXACT.rtol and self.atol <= EXACT.atol and self.min_cosine in (None, 1.0)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
 EXACT = Tolerance()

@@ -62,8 +62,14 @@ def test_example_inputs_must_be_a_tuple():
 
 
 def test_dynamic_shapes_naming_unknown_argument():
-    with pytest.raises(CaptureError, match="torch.onnx could not export 'Net'"):
+    with pytest.raises(CaptureError, match=r"names 'y', which is not an argument of Net.forward\(\) \(x\)"):
         capture(Net(), (torch.randn(2, 5, 8),), {"y": {0: "batch"}})
+
+
+def test_dynamic_shapes_axis_past_the_rank():
+    with pytest.raises(CaptureError, match=r"names axis 3, but the example 'x' has rank 3"):
+        capture(Net(), (torch.randn(2, 5, 8),), {"x": {3: "batch"}})
+    capture(Net(), (torch.randn(2, 5, 8),), {"x": {-3: "batch"}})  # negative axes count from the end
 
 
 def test_untraceable_module():
