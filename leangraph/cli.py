@@ -29,61 +29,124 @@ def _load_factory(spec: str):
     if "" not in sys.path and os.getcwd() not in sys.path:
         # As `python -m` does: the console script alone would not find the user's own modules.
         sys.path.insert(0, os.getcwd())
+    usage = "MODEL is an .onnx file or package.module:attribute naming a factory"
+    if not module_name or not attribute:
+        raise OptionError(f"MODEL '{spec}' is neither an existing file nor package.module:attribute", hint=usage)
     try:
         factory = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as exc:
-        raise OptionError(f"cannot load model factory '{spec}': {exc}",
-                          hint="MODEL is an .onnx file or package.module:attribute naming a factory") from None
-    result = factory() if callable(factory) else factory
+        raise OptionError(f"cannot load model factory '{spec}': {exc}", hint=usage) from None
+    try:
+        result = factory() if callable(factory) else factory
+    except LeanGraphError:
+        raise
+    except Exception as exc:  # the user's own code: its message, and -v for its traceback
+        raise OptionError(f"model factory '{spec}' raised {type(exc).__name__}: {exc}",
+                          hint="fix the factory; run it in Python to see where it fails (or pass -v)") from exc
     if not isinstance(result, tuple) or len(result) not in (2, 3):
         raise OptionError(f"factory '{spec}' must return (module, example_inputs) or (module, example_inputs, dynamic_shapes)",
                           hint="wrap your model: return model, (example_tensor,)")
     return result if len(result) == 3 else (*result, None)
 
 
+MAX_EXAMPLE_BYTES = 1 << 31
+"""--example-shapes builds its inputs in memory: a typo such as 100000000000x3 is refused, not an
+out-of-memory crash."""
+
+
+def _parse_shapes(shapes: list[str]) -> dict[str, list[int]]:
+    """NAME=2x16 specs -> {name: dims}; every spec well-formed, every name once, dims >= 0."""
+    usage = "write NAME=DIMS per input, e.g. --example-shapes input_ids=2x16 attention_mask=2x16"
+    if not shapes:
+        raise OptionError("--example-shapes is given without any shape", hint=usage)
+    dims: dict[str, list[int]] = {}
+    for spec in shapes:
+        name, _, text = spec.partition("=")
+        try:
+            parsed = [int(d) for d in text.lower().split("x")] if text else None
+        except ValueError:
+            parsed = None
+        if not name or parsed is None:
+            raise OptionError(f"--example-shapes '{spec}' is not NAME=DIMS like input_ids=2x16", hint=usage)
+        if any(d < 0 for d in parsed):
+            raise OptionError(f"--example-shapes '{spec}' has a negative dim", hint="dims are sizes: 0 or more")
+        if name in dims:
+            raise OptionError(f"--example-shapes gives input '{name}' twice ({name}={'x'.join(map(str, dims[name]))} "
+                              f"and {spec})", hint="give each input one shape")
+        dims[name] = parsed
+    return dims
+
+
 def _example_from_shapes(graph, shapes: list[str]):
     """Inputs for an ONNX model from NAME=2x16 specs: float inputs random normal, others ones."""
     import numpy as np
 
-    dims = {}
-    for spec in shapes:
-        name, _, text = spec.partition("=")
-        try:
-            dims[name] = [int(d) for d in text.lower().split("x")]
-        except ValueError:
-            raise OptionError(f"--example-shapes '{spec}' is not NAME=DIMS like input_ids=2x16", hint="fix the flag") from None
+    dims = _parse_shapes(shapes)
+    names = [v.name for v in graph.graph.inputs]
+    unknown = sorted(set(dims) - set(names))
+    if unknown:
+        raise OptionError(f"--example-shapes names {', '.join(unknown)}, which the model does not take "
+                          f"(its inputs: {', '.join(names)})", hint="name the model's inputs")
     rng = np.random.default_rng(0)
     inputs = []
     for value in graph.graph.inputs:
         if value.name not in dims:
             raise OptionError(f"--example-shapes gives no shape for input '{value.name}'",
-                              hint=f"pass {value.name}=DIMS for every input ({', '.join(v.name for v in graph.graph.inputs)})")
+                              hint=f"pass {value.name}=DIMS for every input ({', '.join(names)})")
         dtype = np.dtype(value.dtype.numpy())
         shape = dims[value.name]
+        size = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if size > MAX_EXAMPLE_BYTES:
+            raise OptionError(f"--example-shapes {value.name}={'x'.join(map(str, shape))} would take {size / 2**30:.3g} "
+                              f"GiB of {dtype}", hint="example shapes only verify the passes: small ones do, e.g. 2x16")
         inputs.append(rng.standard_normal(shape).astype(dtype) if dtype.kind == "f" else np.ones(shape, dtype))
     return inputs
+
+
+def _writable_target(path: str, flag: str, *, folder: bool) -> None:
+    """Refuse an output path before the work that fills it: a folder where a file goes (or the
+    other way round), or a parent that is not a folder."""
+    target = Path(path).expanduser()
+    if folder and target.exists() and not target.is_dir():
+        raise OptionError(f"{flag} '{path}' is a file; it must be a folder", hint=f"pass a new folder to {flag}")
+    if not folder and target.is_dir():
+        raise OptionError(f"{flag} '{path}' is a folder; it must be a file path", hint=f"pass a file name to {flag}")
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OptionError(f"{flag} '{path}' lies under '{parent}', which is a file", hint=f"pass a path under a folder to {flag}")
+    if not os.access(parent, os.W_OK):
+        raise OptionError(f"{flag} '{path}': '{parent}' is not writable", hint=f"pass a path you can write to {flag}")
 
 
 def _model_and_inputs(args):
     """(model, example inputs, dynamic shapes) for MODEL; an .onnx file with --example-shapes is
     loaded once here and handed on as IR."""
     if args.model.endswith(".onnx") or Path(args.model).exists():
-        if not args.example_shapes:
+        if args.example_shapes is None:
             return args.model, None, None
         from leangraph.frontend import load_onnx
 
         graph = load_onnx(args.model)
         return graph, _example_from_shapes(graph, args.example_shapes), None
+    if args.example_shapes is not None:
+        raise OptionError("--example-shapes is for .onnx models; a factory returns its own example inputs",
+                          hint="leave --example-shapes out")
     return _load_factory(args.model)
 
 
 def _read_npz(path: str) -> dict:
     import numpy as np
 
+    if not Path(path).is_file():
+        raise OptionError(f"inputs file '{path}' does not exist or is not a file", hint="pass an .npz file")
     try:
         with np.load(path, allow_pickle=False) as data:
+            if not hasattr(data, "files"):
+                raise ValueError("it holds one array, not an .npz archive")
             return {key: data[key] for key in data.files}
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - zipfile, numpy and the OS each raise their own
         raise OptionError(f"cannot read inputs from '{path}': {exc}",
                           hint="pass an .npz written by numpy.savez with one array per model input") from None
 
@@ -100,12 +163,17 @@ def _inputs_from_npz(path: str, cm) -> list:
                       hint="name the arrays after the inputs (np.savez(f, input_ids=..., ...)) or save them positionally")
 
 
+def _passes(args) -> str:
+    return "default" if args.passes is None else args.passes
+
+
 def _inspect(args) -> int:
     import leangraph
 
+    if args.html:
+        _writable_target(args.html, "--html", folder=False)
     model, example, dynamic = _model_and_inputs(args)
-    cm = leangraph.optimize(model, example, dynamic_shapes=dynamic, backend="reference",
-                            passes=args.passes or "default")
+    cm = leangraph.optimize(model, example, dynamic_shapes=dynamic, backend="reference", passes=_passes(args))
     print(cm.report)
     if args.diff:
         for record in cm.report.records:
@@ -120,9 +188,9 @@ def _inspect(args) -> int:
 def _compile(args) -> int:
     import leangraph
 
+    _writable_target(args.output, "-o/--output", folder=True)
     model, example, dynamic = _model_and_inputs(args)
-    cm = leangraph.optimize(model, example, dynamic_shapes=dynamic, backend=args.backend,
-                            passes=args.passes or "default")
+    cm = leangraph.optimize(model, example, dynamic_shapes=dynamic, backend=args.backend, passes=_passes(args))
     cm.save(args.output)
     reverted = [r.name for r in cm.report.records if r.reverted]
     summary = {
@@ -150,6 +218,8 @@ def _run(args) -> int:
 
     import leangraph
 
+    if args.output:
+        _writable_target(args.output, "--output", folder=False)
     cm = leangraph.load(args.artifact)
     outputs = cm(*_inputs_from_npz(args.inputs, cm))
     from torch.utils import _pytree as pytree
@@ -157,7 +227,11 @@ def _run(args) -> int:
     leaves = [np.asarray(x) for x in pytree.tree_leaves(outputs)]
     named = dict(zip(cm.output_names, leaves))
     if args.output:
-        np.savez(args.output, **named)
+        try:
+            np.savez(args.output, **named)
+        except OSError as exc:
+            raise OptionError(f"cannot write --output '{args.output}': {exc.strerror or exc}",
+                              hint="pass a file path you can write to") from None
     if args.json:
         print(json.dumps({name: {"shape": list(a.shape), "dtype": str(a.dtype)} for name, a in named.items()},
                          sort_keys=True))
@@ -179,6 +253,8 @@ def _bench(args) -> int:
 
     from leangraph.runtime import to_numpy
 
+    if args.rounds < 1:
+        raise OptionError(f"--rounds {args.rounds}: bench needs at least one round", hint="e.g. --rounds 20")
     if Path(args.model, "manifest.json").is_file():
         candidate = leangraph.load(args.model)
         model, example, captured = None, None, candidate.graph
@@ -233,14 +309,14 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--passes", help="comma-separated pass names (default: the default pipeline)")
     inspect.add_argument("--html", help="write a self-contained HTML report here")
     inspect.add_argument("--diff", action="store_true", help="print the IR diff of every pass that changed the model")
-    inspect.add_argument("--example-shapes", nargs="*", default=[], metavar="NAME=DIMS",
+    inspect.add_argument("--example-shapes", nargs="*", metavar="NAME=DIMS",
                          help="for .onnx models: input shapes to verify the passes on, e.g. input_ids=2x16")
     inspect.set_defaults(run=_inspect)
 
     compile_ = commands.add_parser("compile", help="optimize and compile MODEL into an artifact directory")
     compile_.add_argument("model", help=".onnx file, or package.module:attribute factory returning (module, example_inputs)")
     compile_.add_argument("-o", "--output", required=True, help="artifact directory to write")
-    compile_.add_argument("--example-shapes", nargs="*", default=[], metavar="NAME=DIMS",
+    compile_.add_argument("--example-shapes", nargs="*", metavar="NAME=DIMS",
                           help="for .onnx models: input shapes to verify the passes on, e.g. input_ids=2x16")
     compile_.add_argument("--backend", default="auto", help=f"auto (the default), {', '.join(AVAILABLE)}")
     compile_.add_argument("--passes", help="comma-separated pass names (default: the default pipeline)")
@@ -259,12 +335,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--baseline", choices=["onnxruntime", "torch", "eager"], default="onnxruntime",
                        help="onnxruntime: the unoptimized graph on ONNX Runtime; torch/eager: the module itself")
     bench.add_argument("--inputs", help=".npz with one array per input, by name")
-    bench.add_argument("--example-shapes", nargs="*", default=[], metavar="NAME=DIMS", help="for .onnx models")
+    bench.add_argument("--example-shapes", nargs="*", metavar="NAME=DIMS", help="for .onnx models")
     bench.add_argument("--backend", default="auto", help="backend to compile MODEL for (not for artifacts)")
     bench.add_argument("--rounds", type=int, default=20)
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(run=_bench)
     return parser
+
+
+INTERNAL_ERROR = 70
+"""Exit status of an unexpected exception (EX_SOFTWARE): not a user error, which exits with its
+LeanGraphError's code."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,6 +358,15 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"leangraph: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:
+        print("leangraph: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug of leangraph's, not the user's: say so, in one paragraph
+        if verbose:
+            traceback.print_exc()
+        print(f"leangraph: internal error: {type(exc).__name__}: {exc}\n  What to do: this is a leangraph bug; "
+              "rerun with -v for the traceback and report it", file=sys.stderr)
+        return INTERNAL_ERROR
 
 
 if __name__ == "__main__":

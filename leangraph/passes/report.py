@@ -86,7 +86,13 @@ class Report:
     def to_html(self, path) -> None:
         """Write one self-contained HTML file: the table, and for every pass that changed the
         model its rules, module paths, pictures of the changed region and the IR diff."""
+        from leangraph.errors import OptionError
         from leangraph.passes.html_report import render
 
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(render(self))
+        page = render(self)
+        try:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(page)
+        except OSError as exc:
+            raise OptionError(f"cannot write the HTML report of '{self.model_name}' to '{path}': "
+                              f"{exc.strerror or exc}", hint="pass a file path you can write to") from None
