@@ -158,3 +158,26 @@ def test_capture_and_folding_keep_the_terminal_quiet(caplog):
     ids, mask = torch.randint(0, 50, (2, 5)), torch.ones(2, 5, dtype=torch.int64)
     leangraph.optimize(Encoder(), (ids, mask), backend="reference")
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_a_budget_that_reverts_every_pass_says_so_on_stderr_and_in_the_report():
+    import onnx_ir as ir
+
+    from leangraph.passes.base import graph_pass
+
+    @graph_pass("perturb_weights")
+    def perturb(model: ir.Model) -> bool:  # a wrong rewrite: verification must revert it
+        for value in model.graph.initializers.values():
+            value.const_value = ir.tensor(value.const_value.numpy() + 1.0, name=value.name)
+        return True
+
+    x = np.linspace(-2, 2, 6, dtype=np.float32).reshape(2, 3)
+    with pytest.warns(UserWarning, match="every pass that changed model 'add_relu' was reverted"):
+        cm = leangraph.optimize(add_relu_model(), (x,), passes=[perturb], backend="onnxruntime")
+    assert "every pass that changed model 'add_relu' was reverted by verification (perturb_weights)" in str(cm.report)
+    np.testing.assert_array_equal(cm(x), np.maximum(x + np.arange(3, dtype=np.float32) - 1, 0))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a pipeline whose passes are kept says nothing
+        leangraph.optimize(add_relu_model(), (x,), passes="cse,dce", backend="onnxruntime")
