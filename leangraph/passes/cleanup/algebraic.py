@@ -22,8 +22,84 @@ import onnx_ir as ir
 import onnxscript.rewriter.rules.common as library
 from onnxscript.rewriter import pattern
 
-from leangraph.passes.base import RulePass
+from leangraph.passes.base import Pass, PassResult, RulePass
+from leangraph.passes.cleanup.constant_folding import defaults_hidden
+from leangraph.passes.fusion._checks import constant, fits_into
 from leangraph.passes.shape_exprs import Dim, elements, same_dim
+
+
+def _is_identity_element(array: np.ndarray, op_type: str) -> bool:
+    """Whether every element of ``array`` leaves any x unchanged, bit for bit, under ``op_type``."""
+    if array.size == 0 or array.dtype.kind not in "biuf":
+        return False
+    if op_type in ("Mul", "Div"):
+        return bool(np.all(array == 1))
+    if not np.all(array == 0):
+        return False
+    if array.dtype.kind != "f":
+        return True
+    # x + (-0.0) == x and x - (+0.0) == x for every x, -0.0 included; x + 0.0 and x - (-0.0) give
+    # +0.0 for x = -0.0.
+    negative = np.signbit(array)
+    return bool(np.all(negative) if op_type == "Add" else not np.any(negative))
+
+
+class IdentityConstant(pattern.RewriteRuleClassBase):
+    """``x op c`` (or ``c op x`` for Add and Mul) -> x, where c is op's identity element exactly."""
+
+    def __init__(self, name: str, op_type: str, constant_first: bool = False):
+        super().__init__(name)
+        self._op_type, self._constant_first = op_type, constant_first
+
+    def pattern(self, op, x, c):
+        build = getattr(op, self._op_type)
+        return build(c, x) if self._constant_first else build(x, c)
+
+    def check(self, context, x, c):
+        result = pattern.MatchResult()
+        array = constant(c)
+        if array is None:
+            return result.fail("the other operand is not a constant (a graph input is not one, whatever its default)")
+        if c.dtype != x.dtype or x.dtype is None:
+            return result.fail("operand types differ or are unknown")
+        if not _is_identity_element(array, self._op_type):
+            return result.fail(f"the constant is not exactly {'1' if self._op_type in ('Mul', 'Div') else 'a neutral 0'} "
+                               "in every element")
+        if not fits_into(c, x):
+            return result.fail("the constant broadcasts x to a bigger shape")
+        return result
+
+    def rewrite(self, op, x, c):
+        return op.Identity(x)
+
+
+_NARROW_FLOATS = frozenset({ir.DataType.FLOAT16, ir.DataType.BFLOAT16})
+_EXACT_IN_FLOAT32 = frozenset({
+    ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.BOOL, ir.DataType.INT8,
+    ir.DataType.UINT8, ir.DataType.INT16, ir.DataType.UINT16, ir.DataType.INT4, ir.DataType.UINT4,
+    ir.DataType.FLOAT8E4M3FN, ir.DataType.FLOAT8E4M3FNUZ, ir.DataType.FLOAT8E5M2, ir.DataType.FLOAT8E5M2FNUZ,
+})
+"""Types whose every value float32 holds exactly: casting them to float32 first changes nothing."""
+
+
+class CastChain(pattern.RewriteRuleClassBase):
+    """``Cast(Cast(x, to=float32), to=float16 | bfloat16)`` -> ``Cast(x, to=...)``, when x's type
+    converts to float32 exactly (onnxscript's cast_cast also takes float64 and int32/int64 x, whose
+    two roundings can differ from the one: float64 -> float32 -> float16 is double rounding)."""
+
+    def pattern(self, op, x, to, to_ignored):
+        return op.Cast(op.Cast(x, to=to_ignored), to=to)
+
+    def check(self, context, x, to, to_ignored):
+        result = pattern.MatchResult()
+        if to_ignored.as_int() != ir.DataType.FLOAT or to.as_int() not in _NARROW_FLOATS:
+            return result.fail("not float32 then float16/bfloat16")
+        if x.dtype not in _EXACT_IN_FLOAT32:
+            return result.fail(f"{x.dtype} does not convert to float32 exactly: two roundings")
+        return result
+
+    def rewrite(self, op, x, to, to_ignored):
+        return op.Cast(x, to=to.as_int())
 
 
 class ReshapeCopyDims(pattern.RewriteRuleClassBase):
@@ -123,14 +199,14 @@ def _named(name: str, rules) -> list[pattern.RewriteRule]:
 
 
 RULES = [
-    *_named("mul_by_one", library.mul_by_1_rule.commute()),
-    *_named("add_zero", library.add_0_rule.commute()),
-    *_named("sub_zero", library.sub_0_rule),
-    *_named("div_by_one", library.div_by_1_rule),
+    *_named("mul_by_one", [IdentityConstant.rule(None, "Mul"), IdentityConstant.rule(None, "Mul", True)]),
+    *_named("add_zero", [IdentityConstant.rule(None, "Add"), IdentityConstant.rule(None, "Add", True)]),
+    *_named("sub_zero", IdentityConstant.rule(None, "Sub")),
+    *_named("div_by_one", IdentityConstant.rule(None, "Div")),
     *_named("dropout_zero", library.dropout_zero_rule),
     *_named("dropout_inference", library.dropout_inference_rule),
     *_named("cast_identity", library.no_op_cast_rule),
-    *_named("cast_cast", library.cast_cast_rule),
+    *_named("cast_cast", CastChain.rule()),
     *_named("transpose_identity", library.no_op_transpose_rule),
     *_named("transpose_transpose", library.transpose_transpose_rule),
     *_named("reshape_reshape", library.reshape_reshape_rule),
@@ -145,4 +221,13 @@ RULES = [
     TransposeLastTwoChain.rule(name="transpose_last_two_chain"),
 ]
 
-ALGEBRAIC = RulePass("algebraic", RULES, __doc__).as_pass()
+_RULES = RulePass("algebraic", RULES, __doc__)
+
+
+def _algebraic(model: ir.Model) -> PassResult:
+    # The library rules read const_value of any value: graph inputs' defaults are set aside.
+    with defaults_hidden(model):
+        return _RULES(model)
+
+
+ALGEBRAIC = Pass("algebraic", _algebraic, __doc__)

@@ -3,6 +3,10 @@ static dims) and replaces them by initializers, including shape computations tha
 shapes make static (onnxscript's folder), and lifts Constant nodes into initializers. Exact: the
 folded values are what the nodes computed.
 
+A graph input with an initializer (an overridable default, ONNX IR version >= 4) is not a constant:
+onnxscript's folder skips nodes reading one, but its shape inference and its rewrites of Reshape,
+Expand, Gather and Dropout read any value's initializer, so the defaults are set aside while it runs.
+
 Shape folding trusts the symbolic dims recorded in the graph; they come from torch.export or ONNX
 shape inference, and verification runs the result on real inputs.
 """
@@ -45,10 +49,25 @@ def _quiet_folder():
         _FOLDER_LOG.removeFilter(quiet)
 
 
+@contextlib.contextmanager
+def defaults_hidden(model: ir.Model):
+    """While inside: the graph inputs that have an initializer (their default, which a caller may
+    override) carry no const_value, so that code reading const_value takes them for what they are,
+    runtime values."""
+    hidden = {value: value.const_value for value in model.graph.inputs if value.const_value is not None}
+    for value in hidden:
+        value.const_value = None
+    try:
+        yield
+    finally:
+        for value, tensor in hidden.items():
+            value.const_value = tensor
+
+
 @graph_pass("constant_folding")
 def constant_folding(model: ir.Model) -> bool:
     """Fold constant subgraphs and static shape arithmetic into initializers."""
-    with _quiet_folder():
+    with _quiet_folder(), defaults_hidden(model):
         result = onnxscript.optimizer.fold_constants(model)
     if result.modified:
         onnxscript.optimizer.remove_unused_nodes(model)

@@ -31,7 +31,7 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 from leangraph.passes.base import RulePass
-from leangraph.passes.fusion._checks import rank, scalar
+from leangraph.passes.fusion._checks import fits_into, rank, scalar
 
 D = "leangraph"
 
@@ -44,13 +44,13 @@ class AttentionFusion(pattern.RewriteRuleClassBase):
     def pattern(self, op, q, k_source, v, mask, s1, s2, zero):
         kt = op.Transpose(k_source, _allow_other_attributes=True, _outputs=["kt"])
         if self._scale_style == "split":
-            scores = op.MatMul(op.Mul(q, s1), op.Mul(kt, s2))
+            scores = op.MatMul(op.Mul(q, s1), op.Mul(kt, s2), _outputs=["qk"])
         elif self._scale_style == "mul":
-            scores = op.Mul(op.MatMul(q, kt), s1)
+            scores = op.Mul(op.MatMul(q, kt, _outputs=["qk"]), s1)
         elif self._scale_style == "div":
-            scores = op.Div(op.MatMul(q, kt), s1)
+            scores = op.Div(op.MatMul(q, kt, _outputs=["qk"]), s1)
         else:
-            scores = op.MatMul(q, kt)
+            scores = op.MatMul(q, kt, _outputs=["qk"])
         if self._masked:
             scores = op.Add(scores, mask)
         probs = op.Softmax(scores, _allow_other_attributes=True, _outputs=["probs"])
@@ -58,20 +58,31 @@ class AttentionFusion(pattern.RewriteRuleClassBase):
             probs = op.Where(op.IsNaN(probs), zero, probs)
         return op.MatMul(probs, v)
 
-    def check(self, context, q, k_source, v, mask=None, s1=None, s2=None, zero=None, kt=None, probs=None):
+    def check(self, context, q, k_source, v, mask=None, s1=None, s2=None, zero=None, kt=None, probs=None,
+              qk=None):
         result = pattern.MatchResult()
         k_rank = rank(k_source)
         perm = list(kt.producer().attributes.get_ints("perm", []))
         if k_rank is None or k_rank < 2 or len(perm) != k_rank:
             return result.fail("rank of the key is unknown")
+        if rank(q) != k_rank or rank(v) != k_rank:
+            return result.fail("query, key and value have different ranks (the op broadcasts batch dims only)")
         self._key_perm = [*perm[:-2], perm[-1], perm[-2]]
+        # The softmax must run over the scores' last axis (the keys): the scores' rank, which a
+        # mask can raise above the key's, decides which axis that is.
+        scores_rank = rank(probs)
         axis = probs.producer().attributes.get_int("axis", -1)
-        if axis not in (-1, k_rank - 1):
-            return result.fail("softmax is not over the last axis")
-        if self._nan_guard and scalar(zero) != 0.0:
-            return result.fail("NaN guard does not substitute 0")
+        if scores_rank is None or axis not in (-1, scores_rank - 1):
+            return result.fail("softmax is not over the last axis of the scores")
+        if scores_rank != k_rank or _grows(qk, probs):
+            return result.fail("the mask broadcasts the scores to a bigger shape")
+        if self._nan_guard and (scalar(zero) != 0.0 or not fits_into(zero, probs)):
+            return result.fail("NaN guard does not substitute a scalar 0")
         if not self._nan_guard and self._masked:
             return result.fail("masked attention without NaN guard is not fused (see module doc)")
+        scales = [s for s in (s1, s2) if s is not None]
+        if not all(fits_into(s, probs) for s in scales):
+            return result.fail("a scale constant adds dims")
         if self._scale_style == "split":
             a, b = scalar(s1), scalar(s2)
             scale = None if a is None or b is None else a * b
@@ -86,7 +97,8 @@ class AttentionFusion(pattern.RewriteRuleClassBase):
         self._scale = scale
         return result
 
-    def rewrite(self, op, q, k_source, v, mask=None, s1=None, s2=None, zero=None, kt=None, probs=None):
+    def rewrite(self, op, q, k_source, v, mask=None, s1=None, s2=None, zero=None, kt=None, probs=None,
+              qk=None):
         identity = self._key_perm == list(range(len(self._key_perm)))
         k = k_source if identity else op.Transpose(k_source, perm=self._key_perm)
         if not identity:
@@ -94,6 +106,13 @@ class AttentionFusion(pattern.RewriteRuleClassBase):
             k.shape = ir.Shape([k_source.shape[i] for i in self._key_perm])
         inputs = [q, k, v] + ([mask] if self._masked else [])
         return op.Attention(*inputs, _domain=D, scale=self._scale, causal=0)
+
+
+def _grows(before: ir.Value, after: ir.Value) -> bool:
+    """Whether ``after`` has a static dim that differs from ``before``'s (a broadcast grew it)."""
+    if before.shape is None or after.shape is None:
+        return False
+    return any(isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(before.shape, after.shape))
 
 
 def _split_heads(op, x, shape, name):

@@ -3,6 +3,11 @@
 - ``MatMul(x, W) + b`` with constant W (2-D) and b -> ``MatMulBiasAct(x, W, b)``.
 - ``Gemm(x, W, b)`` (alpha = beta = 1, no transA) with constant W -> ``MatMulBiasAct`` (W transposed
   once at compile time when transB = 1).
+
+Every bias is a row the product broadcasts over: shape [N] or [1, N], or a scalar ([] or [1]), which
+is broadcast to [N] (exact: the same number added to every column); a Gemm bias of shape [M, 1] or
+[M, N] varies by row and is left alone, as is any bias that would add dims to the product. A graph
+input is never a constant weight or bias, even with an initializer (then only its default).
 - ``Reshape(Gemm(Reshape(x, [-1, K]), W, b), [..., N])`` (how the exporter writes GPT-2's Conv1D
   and addmm on 3-D inputs) -> ``MatMulBiasAct(x, W, b)`` when the outer reshape restores x's
   leading dims.
@@ -23,14 +28,19 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 from leangraph.passes.base import RulePass
-from leangraph.passes.fusion._checks import rank, single_use
+from leangraph.passes.fusion._checks import as_row, rank, row_vector, single_use
 from leangraph.passes.shape_exprs import elements, same_dim
 
 D = "leangraph"
 
 
 def _const_matrix(value: ir.Value) -> bool:
-    return value.const_value is not None and len(value.const_value.shape) == 2
+    return value.const_value is not None and not value.is_graph_input() and len(value.const_value.shape) == 2
+
+
+def _bias_row(b: ir.Value | None, w: ir.Value, trans_b: int, product_rank: int | None):
+    """The bias as a [N] row (see the module doc), else None."""
+    return row_vector(b, int(w.const_value.shape[0 if trans_b else 1]), product_rank)
 
 
 class MatMulAdd(pattern.RewriteRuleClassBase):
@@ -39,15 +49,17 @@ class MatMulAdd(pattern.RewriteRuleClassBase):
 
     def check(self, context, x, w, b):
         result = pattern.MatchResult()
-        if not _const_matrix(w) or b.const_value is None:
-            return result.fail("weight must be a constant matrix and bias a constant")
-        n = w.const_value.shape[1]
-        if list(b.const_value.shape) not in ([n], [1, n]) or rank(x) is None or rank(x) < 2:
-            return result.fail("bias must be a row vector of the output width")
+        if not _const_matrix(w):
+            return result.fail("weight must be a constant matrix")
+        if rank(x) is None or rank(x) < 2:
+            return result.fail("x must have rank >= 2")
+        self._bias = _bias_row(b, w, 0, rank(x))
+        if self._bias is None:
+            return result.fail("bias must be a constant row of the output width (or a scalar)")
         return result
 
     def rewrite(self, op, x, w, b):
-        return op.MatMulBiasAct(x, w, b, _domain=D, activation="none")
+        return op.MatMulBiasAct(x, w, as_row(op, b, self._bias), _domain=D, activation="none")
 
 
 def _plain_gemm(attrs) -> bool:
@@ -77,13 +89,16 @@ class GemmLinear(pattern.RewriteRuleClassBase):
         attrs = y.producer().attributes
         if not _plain_gemm(attrs):
             return result.fail("alpha/beta must be 1 and A not transposed")
-        if not _const_matrix(w) or (b is not None and b.const_value is None):
-            return result.fail("weight and bias must be constants")
+        if not _const_matrix(w):
+            return result.fail("weight must be a constant")
         self._trans_b = attrs.get_int("transB", 0)
+        self._bias = None if b is None else _bias_row(b, w, self._trans_b, 2)
+        if b is not None and self._bias is None:
+            return result.fail("bias must be a constant row of the output width (or a scalar), not varying by row")
         return result
 
     def rewrite(self, op, x, w, b=None, y=None):
-        inputs = [x, _gemm_weight(op, w, self._trans_b)] + ([b] if b is not None else [])
+        inputs = [x, _gemm_weight(op, w, self._trans_b)] + ([as_row(op, b, self._bias)] if b is not None else [])
         return op.MatMulBiasAct(*inputs, _domain=D, activation="none")
 
 
@@ -105,9 +120,13 @@ class ReshapedGemm(pattern.RewriteRuleClassBase):
         attrs = y.producer().attributes
         if not _plain_gemm(attrs):
             return result.fail("alpha/beta must be 1 and A not transposed")
-        if not _const_matrix(w) or (b is not None and b.const_value is None) or not single_use(y):
-            return result.fail("weight and bias must be constants, the Gemm read once")
+        if not _const_matrix(w) or not single_use(y):
+            return result.fail("weight must be a constant, the Gemm read once")
         self._trans_b = attrs.get_int("transB", 0)
+        # a row bias only: one varying by the flattened rows would not survive restoring x's dims
+        self._bias = None if b is None else _bias_row(b, w, self._trans_b, 2)
+        if b is not None and self._bias is None:
+            return result.fail("bias must be a constant row of the output width (or a scalar), not varying by row")
         k = w.const_value.shape[1 if self._trans_b else 0]
         n = w.const_value.shape[0 if self._trans_b else 1]
         flat, out = elements(flat_shape), elements(out_shape)
@@ -119,7 +138,7 @@ class ReshapedGemm(pattern.RewriteRuleClassBase):
         return result
 
     def rewrite(self, op, x, flat_shape, w, b=None, out_shape=None, y=None):
-        inputs = [x, _gemm_weight(op, w, self._trans_b)] + ([b] if b is not None else [])
+        inputs = [x, _gemm_weight(op, w, self._trans_b)] + ([as_row(op, b, self._bias)] if b is not None else [])
         return op.MatMulBiasAct(*inputs, _domain=D, activation="none")
 
 
@@ -146,6 +165,8 @@ class ReshapedLinear(pattern.RewriteRuleClassBase):
             return result.fail("the reshapes do not flatten x's trailing dims into K and restore N")
         if int(np.prod(merged)) != k or not all(same_dim(e, x, i) for i, e in enumerate(out[:-1])):
             return result.fail("the outer reshape does not restore x's leading dims")
+        if b is not None and (not isinstance(n, int) or row_vector(b, n, 2) is None):
+            return result.fail("bias must be a constant row of the output width, not varying by row")
         self._kept = kept
         self._activation = y.producer().attributes.get_string("activation", "none")
         return result

@@ -1,49 +1,65 @@
 """RMS norm -> leangraph::RMSNorm.
 
 Rewrites ``scale * (x * 1/sqrt(mean(x^2) + eps))`` over the last axis, as Llama, Qwen and T5
-compute it (with Reciprocal(Sqrt) or Div), in either multiplication order. Exact up to round-off.
+compute it (with Reciprocal(Sqrt) or Div), in either multiplication order, or without the scale
+(a scale of ones, which the algebraic pass removes as a multiplication by 1), float32: the square is
+``Pow(x, 2)`` with exactly 2, ``eps`` a one-element constant captured as the op's epsilon (adding
+no dims), ``scale`` a constant of shape [D] (D the static last dim) or a scalar, broadcast to [D].
+Exact up to round-off.
 """
 
 from __future__ import annotations
 
+import numpy as np
+import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 from leangraph.passes.base import RulePass
-from leangraph.passes.fusion._checks import is_float32, is_scalar, scalar
+from leangraph.passes.fusion._checks import (as_row, constant, fits_into, is_exactly, is_float32, last_dim, rank,
+                                             row_vector, scalar)
 
 D = "leangraph"
 
 
 class RMSNormFusion(pattern.RewriteRuleClassBase):
-    def __init__(self, name: str, scale_first: bool, reciprocal: bool):
+    def __init__(self, name: str, scale: str, reciprocal: bool):
         super().__init__(name)
-        self._scale_first, self._reciprocal = scale_first, reciprocal
+        self._scale_at, self._reciprocal = scale, reciprocal  # scale: "first", "last" or "none"
 
     def pattern(self, op, x, two, axes, eps, scale):
         rms = op.Sqrt(op.Add(op.ReduceMean(op.Pow(x, two), axes, keepdims=1, _allow_other_attributes=True), eps))
         normalized = op.Mul(x, op.Reciprocal(rms)) if self._reciprocal else op.Div(x, rms)
-        return op.Mul(scale, normalized) if self._scale_first else op.Mul(normalized, scale)
+        if self._scale_at == "none":
+            return normalized
+        return op.Mul(scale, normalized) if self._scale_at == "first" else op.Mul(normalized, scale)
 
-    def check(self, context, x, two, axes, eps, scale):
+    def check(self, context, x, two, axes, eps, scale=None):
         result = pattern.MatchResult()
-        if not is_float32(x) or not is_scalar(two, 2.0):
-            return result.fail("needs float32 x and a square")
-        if axes.const_value is None or axes.const_value.numpy().reshape(-1).tolist() != [-1]:
+        if not is_float32(x) or not is_exactly(two, 2.0):
+            return result.fail("needs float32 x and a square (Pow with exactly 2)")
+        if (array := constant(axes)) is None or array.reshape(-1).tolist() != [-1]:
             return result.fail("normalizes over other axes than the last")
-        if scalar(eps) is None or scale.const_value is None:
-            return result.fail("epsilon and scale must be constants")
+        if scalar(eps) is None or not fits_into(eps, x):
+            return result.fail("epsilon must be a one-element constant that adds no dims")
+        if scale is None:  # the scale is 1
+            self._scale = None if last_dim(x) is None else np.ones(last_dim(x), np.float32)
+        else:
+            self._scale = row_vector(scale, last_dim(x), rank(x))
+        if self._scale is None:
+            return result.fail("scale must be a constant of shape [D] or a scalar (D: x's static last dim)")
         self._eps = scalar(eps)
         return result
 
-    def rewrite(self, op, x, two, axes, eps, scale):
+    def rewrite(self, op, x, two, axes, eps, scale=None):
+        scale = op.Constant(value=ir.tensor(self._scale)) if scale is None else as_row(op, scale, self._scale)
         return op.RMSNorm(x, scale, _domain=D, axis=-1, epsilon=self._eps)
 
 
 FUSE_RMS_NORM = RulePass(
     "fuse_rms_norm",
     [
-        RMSNormFusion.rule(f"rms_norm_{'scale_first' if s else 'scale_last'}_{'reciprocal' if r else 'div'}", s, r)
-        for s in (True, False)
+        RMSNormFusion.rule(f"rms_norm_{'no_scale' if s == 'none' else f'scale_{s}'}_{'reciprocal' if r else 'div'}", s, r)
+        for s in ("first", "last", "none")
         for r in (True, False)
     ],
     __doc__,

@@ -1,7 +1,9 @@
 """Sibling linear layers -> one wider linear layer and a Split.
 
 Linear layers (leangraph::MatMulBiasAct with a constant [K, N] weight) that read the same value,
-with the same activation and all with or all without a constant bias, become one MatMulBiasAct
+with the same activation and all with or all without a constant bias of that layer's width (shape
+[N], or [1, N]; a scalar bias of shape [] or [1] is broadcast to [N] first, which is exact: the
+layer adds the same number to every column), become one MatMulBiasAct
 whose weight (and bias) are theirs concatenated along N, followed by ``Split`` on the last axis
 into the original outputs. In a transformer these are the query, key and value projections: one
 GEMM of width 3N instead of three of width N (bigger GEMMs run closer to peak), and for int8 the
@@ -19,23 +21,30 @@ import onnx_ir as ir
 
 from leangraph.ir.registry import DOMAIN
 from leangraph.passes.base import PassResult, graph_pass
+from leangraph.passes.fusion._checks import rank, row_vector
 
 MODULE_PATH = "leangraph.module_path"
 
 
 def _linear_key(node: ir.Node):
     """What siblings must share (their input, activation, whether they have a bias), or None when
-    ``node`` is not a linear layer with constant weights."""
+    ``node`` is not a linear layer with constant weights and a constant [N] bias (or none)."""
     if node.domain != DOMAIN or node.op_type != "MatMulBiasAct" or node.inputs[0] is None:
         return None
     weight = node.inputs[1]
-    if weight is None or weight.const_value is None or len(weight.const_value.shape) != 2:
-        return None
+    if weight is None or weight.const_value is None or weight.is_graph_input() or len(weight.const_value.shape) != 2:
+        return None  # a graph input is no constant, even with an initializer (its default)
     bias = node.inputs[2] if len(node.inputs) > 2 else None
-    if bias is not None and (bias.const_value is None or len(bias.const_value.shape) != 1):
-        return None
+    if bias is not None and _bias_row(node) is None:
+        return None  # a bias varying by row, or one that adds dims: it cannot be split by column
     activation = node.attributes["activation"].value if "activation" in node.attributes else "none"
     return (node.inputs[0], activation, bias is not None, weight.const_value.dtype, weight.const_value.shape[0])
+
+
+def _bias_row(node: ir.Node) -> np.ndarray | None:
+    """The node's bias as a [N] array (N its weight's width), else None."""
+    # x @ W has x's rank (MatMul of a 1-D x gives a 1-D product)
+    return row_vector(node.inputs[2], int(node.inputs[1].const_value.shape[1]), rank(node.inputs[0]))
 
 
 def _constant(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
@@ -54,7 +63,7 @@ def _fuse(graph: ir.Graph, siblings: list[ir.Node]) -> None:
                         np.concatenate([node.inputs[1].const_value.numpy() for node in siblings], axis=1))]
     if len(first.inputs) > 2 and first.inputs[2] is not None:
         inputs.append(_constant(graph, f"{name}_siblings_bias",
-                                np.concatenate([node.inputs[2].const_value.numpy() for node in siblings])))
+                                np.concatenate([_bias_row(node) for node in siblings])))
     fused = ir.node("MatMulBiasAct", inputs, {"activation": first.attributes["activation"].value}, domain=DOMAIN,
                     name=f"{name}_siblings")
     wide = fused.outputs[0]
