@@ -39,3 +39,29 @@ def test_layers_that_differ_are_left_apart():
     }""", WEIGHTS)
     model, record = run_pass("fuse_sibling_linears", model, X)
     assert not record.changed and ops(model).count("MatMulBiasAct") == 3
+
+
+def test_broadcast_biases_are_joined_as_rows():
+    # a bias of shape [1] or [] adds one number to every column: joined as [N] of it, not as one
+    # element of the wide bias
+    weights = {**WEIGHTS, "b1": np.array([0.5], np.float32), "b0": np.array(-2.0, np.float32)}
+    model = model_from_text(HEADER + """g (float[2,5,8] x) => (float[2,5,6] q, float[2,5,8] k, float[2,5,8] v) {
+        q = leangraph.MatMulBiasAct<activation="none">(x, wq, b1)
+        k = leangraph.MatMulBiasAct<activation="none">(x, wk, bk)
+        v = leangraph.MatMulBiasAct<activation="none">(x, wv, b0)
+    }""", weights)
+    model, record = run_pass("fuse_sibling_linears", model, X)
+    (wide,) = [n for n in model.graph if n.op_type == "MatMulBiasAct"]
+    bias = wide.inputs[2].const_value.numpy()
+    assert record.verified and bias.shape == (22,)
+    np.testing.assert_array_equal(bias, np.concatenate([np.full(6, 0.5), weights["bk"], np.full(8, -2.0)]))
+
+
+def test_bias_varying_by_row_is_not_joined():
+    weights = {**WEIGHTS, "rows": rng.standard_normal((5, 6)).astype(np.float32)}
+    model = model_from_text(HEADER + """g (float[2,5,8] x) => (float[2,5,6] q, float[2,5,8] k) {
+        q = leangraph.MatMulBiasAct<activation="none">(x, wq, rows)
+        k = leangraph.MatMulBiasAct<activation="none">(x, wk, bk)
+    }""", weights)
+    _, record = run_pass("fuse_sibling_linears", model, X)
+    assert not record.changed
