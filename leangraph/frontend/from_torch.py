@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import json
 import logging
 import re
 import warnings
@@ -26,6 +27,11 @@ from leangraph.ir import TARGET_OPSET, verify_model
 
 MODULE_PATH = "leangraph.module_path"
 OUT_SPEC = "leangraph.out_spec"
+DIM_LIMITS = "leangraph.dim_limits"
+"""Metadata: {dim name: {"max": n, "why": text}} for symbolic dims the model cannot exceed (a
+learned position table); the compiled model refuses longer inputs with a message naming the limit
+instead of failing inside a Gather or Expand."""
+_POSITION_TABLES = ("position_embeddings", "wpe", "embed_positions")
 _NAME_SCOPES = "pkg.torch.onnx.name_scopes"
 
 
@@ -86,33 +92,63 @@ def _check_dynamic_shapes(module: torch.nn.Module, args: tuple, dynamic_shapes: 
         return
     name = type(module).__name__
     usage = 'e.g. dynamic_shapes={"input_ids": {0: "batch", 1: "seq"}}'
-    if not isinstance(dynamic_shapes, Mapping):
+    if not isinstance(dynamic_shapes, (Mapping, tuple, list)):
         raise CaptureError(f"dynamic_shapes for '{name}' must map forward() argument names to {{axis: dim name}}, "
                            f"got {type(dynamic_shapes).__name__}", hint=usage)
     import inspect
 
     try:
-        parameters = list(inspect.signature(module.forward).parameters)
+        parameters = inspect.signature(module.forward).parameters
     except (TypeError, ValueError):
         return  # no signature to check against: torch.export checks it
-    if any(inspect.signature(module.forward).parameters[p].kind == inspect.Parameter.VAR_POSITIONAL
-           for p in parameters):
-        return
-    for argument, axes in dynamic_shapes.items():
-        if argument not in parameters:
-            raise CaptureError(f"dynamic_shapes names '{argument}', which is not an argument of {name}.forward() "
-                               f"({', '.join(parameters)})", hint=usage)
-        position = parameters.index(argument)
-        if axes is None:
-            continue
+    if any(p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD) for p in parameters.values()):
+        return  # forward(*args): torch.export's own rules
+    names = list(parameters)
+    if isinstance(dynamic_shapes, (tuple, list)):  # torch.export's positional form: one entry per argument
+        if len(dynamic_shapes) != len(args):
+            raise CaptureError(f"dynamic_shapes for '{name}' has {len(dynamic_shapes)} entries for {len(args)} "
+                               "example inputs", hint="give one entry per forward() argument, None for a static one")
+        named = {f"'{names[p]}'" if p < len(names) else f"argument {p}": (p, axes)
+                 for p, axes in enumerate(dynamic_shapes)}
+    else:
+        for argument in dynamic_shapes:
+            if argument not in names:
+                raise CaptureError(f"dynamic_shapes names '{argument}', which is not an argument of {name}.forward() "
+                                   f"({', '.join(names)})", hint=usage)
+        named = {f"'{argument}'": (names.index(argument), axes) for argument, axes in dynamic_shapes.items()}
+    for label, (position, axes) in named.items():
         if not isinstance(axes, Mapping):
-            continue  # torch.export's other spellings (a tuple per axis); it checks them
+            continue  # None (static), or torch.export's other spellings (a tuple per axis): it checks them
         example = args[position] if position < len(args) else None
         rank = example.dim() if isinstance(example, torch.Tensor) else None
         for axis in axes:
             if not isinstance(axis, int) or isinstance(axis, bool) or (rank is not None and not -rank <= axis < rank):
-                raise CaptureError(f"dynamic_shapes['{argument}'] names axis {axis!r}, but the example "
-                                   f"'{argument}' has rank {rank}", hint=usage)
+                raise CaptureError(f"dynamic_shapes[{label}] names axis {axis!r}, but the example {label} has rank "
+                                   f"{rank}", hint=usage)
+
+
+def _position_limits(module: torch.nn.Module, model: ir.Model) -> dict[str, dict]:
+    """The sequence dims bounded by a learned absolute position table (BERT, RoBERTa, DistilBERT,
+    GPT-2, OPT, BART): its rows less the ids it reserves (RoBERTa's start after padding_idx, OPT and
+    BART's after an offset of 2). Rotary and relative positions have no table and no limit."""
+    tables = []
+    for name, sub in module.named_modules():
+        if isinstance(sub, torch.nn.Embedding) and name.rsplit(".", 1)[-1] in _POSITION_TABLES:
+            reserved = getattr(sub, "offset", None)
+            if not isinstance(reserved, int):
+                reserved = sub.padding_idx + 1 if sub.padding_idx is not None else 0
+            tables.append((sub.num_embeddings - reserved, name))
+    if not tables:
+        return {}
+    limit, table = min(tables)
+    limits = {}
+    for value in model.graph.inputs:
+        if value.shape is None or len(value.shape) != 2 or value.dtype not in (ir.DataType.INT64, ir.DataType.INT32):
+            continue
+        dim = value.shape[1]
+        if not isinstance(dim, int) and dim.value:
+            limits[dim.value] = {"max": limit, "why": f"the position table '{table}' holds {limit} positions"}
+    return limits
 
 
 def capture_torch(
@@ -162,5 +198,8 @@ def capture_torch(
     except Exception:  # an output type torch cannot serialize: it still works in this process
         pass
     model.metadata_props["leangraph.source"] = f"torch:{type(module).__module__}.{name}"
+    limits = _position_limits(module, model)
+    if limits:
+        model.metadata_props[DIM_LIMITS] = json.dumps(limits, sort_keys=True)
     verify_model(model)
     return model
