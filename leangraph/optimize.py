@@ -94,6 +94,16 @@ def _input_sets(graph: ir.Model, example_inputs, calibration) -> list[list[np.nd
     return input_sets
 
 
+def _as_score(value: Any) -> float | None:
+    """A number, or a 0-d numpy array or torch tensor, as a float; None for anything else."""
+    if value is None or isinstance(value, (bool, np.bool_, str, bytes)):
+        return None
+    try:
+        return float(value) if np.ndim(value) == 0 else None
+    except (TypeError, ValueError):
+        return None
+
+
 def _checked_evaluate(evaluate: Callable[[Any], float]) -> Callable[[Any], float]:
     """``evaluate`` whose every score is a finite number: a NaN would compare as within any budget
     and enable every lossy rewrite, a string or None would fail deep inside the search."""
@@ -108,10 +118,11 @@ def _checked_evaluate(evaluate: Callable[[Any], float]) -> Callable[[Any], float
             raise OptionError(f"evaluate ({name}) raised {type(exc).__name__}: {exc}",
                               hint="fix evaluate(); it is called with a compiled candidate and returns a score, "
                                    "higher is better") from exc
-        if not _is_number(value) or not math.isfinite(value):
+        score = _as_score(value)
+        if score is None or not math.isfinite(score):
             raise OptionError(f"evaluate ({name}) returned {value!r}; it must return a finite number",
                               hint="return the candidate's score on your task as a float, higher is better")
-        return float(value)
+        return score
 
     return score
 

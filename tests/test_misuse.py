@@ -111,6 +111,9 @@ API_MISUSES = {
     "backend=5": lambda t: leangraph.optimize(add_relu_model(), (X,), backend=5),
     "backend='nope'": lambda t: leangraph.optimize(add_relu_model(), (X,), backend="nope"),
     "tolerance='tight'": lambda t: leangraph.optimize(add_relu_model(), (X,), tolerance="tight"),
+    "tolerance as a dict": lambda t: leangraph.optimize(add_relu_model(), (X,), tolerance={"atol": 1e-3}),
+    "torch module with too many inputs": lambda t: leangraph.optimize(TinyMLP(), (torch.ones(2, 3), torch.ones(2, 3))),
+    "capture a missing file": lambda t: leangraph.capture(str(t / "missing.onnx")),
     "tolerance=0.1": lambda t: leangraph.optimize(add_relu_model(), (X,), tolerance=0.1),
     "Tolerance(atol=nan)": lambda t: leangraph.Tolerance(atol=nan),
     "Tolerance(rtol=nan)": lambda t: leangraph.Tolerance(rtol=nan),
@@ -123,6 +126,11 @@ API_MISUSES = {
     "Tolerance(atol=True)": lambda t: leangraph.Tolerance(atol=True),
     "max_drop=nan": lambda t: leangraph.optimize(add_relu_model(), (X,), evaluate=lambda cm: 1.0, max_drop=nan),
     "max_drop='0.1'": lambda t: leangraph.optimize(add_relu_model(), (X,), evaluate=lambda cm: 1.0, max_drop="0.1"),
+    "max_drop=True": lambda t: leangraph.optimize(add_relu_model(), (X,), evaluate=lambda cm: 1.0, max_drop=True),
+    "evaluate returns an array": lambda t: leangraph.optimize(TinyMLP(), (torch.ones(2, 3),),
+                                                              evaluate=lambda cm: np.ones(2), max_drop=0.1),
+    "evaluate returns True": lambda t: leangraph.optimize(TinyMLP(), (torch.ones(2, 3),),
+                                                          evaluate=lambda cm: True, max_drop=0.1),
     "max_drop=-1": lambda t: leangraph.optimize(add_relu_model(), (X,), evaluate=lambda cm: 1.0, max_drop=-1),
     "max_drop without evaluate": lambda t: leangraph.optimize(add_relu_model(), (X,), max_drop=0.1),
     "evaluate=5": lambda t: leangraph.optimize(add_relu_model(), (X,), evaluate=5, max_drop=0.1),
@@ -286,3 +294,12 @@ def test_cli_misuse_is_one_paragraph_and_a_nonzero_exit(case, files):
     assert lines and (lines[0].startswith("leangraph: error:") or lines[0].startswith("usage:")), \
         f"{case}:\n{result.stderr}"
     assert not any("internal error" in line for line in lines), f"{case} is not a user error:\n{result.stderr}"
+
+
+def test_scores_that_are_numbers_in_any_spelling_are_taken():
+    import sys
+
+    as_score = sys.modules["leangraph.optimize"]._as_score
+    assert as_score(0.5) == as_score(np.float32(0.5)) == as_score(torch.tensor(0.5)) == as_score(np.array(0.5)) == 0.5
+    assert as_score(3) == 3.0
+    assert all(as_score(bad) is None for bad in (None, True, "0.5", b"1", np.ones(2), torch.ones(2), [0.5]))
