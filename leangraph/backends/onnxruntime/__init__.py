@@ -2,10 +2,15 @@
 
 `leangraph` ops are lowered to standard ONNX first (their decompositions), so ONNX Runtime runs any
 graph the reference can. Later it serves as the fallback for pieces other backends cannot run.
+
+Sessions run ONNX Runtime's graph optimizations, except those that are slower on CPU or not exact on
+the graphs leangraph hands over (DISABLED_FUSIONS, PAD_AXES_BREAK), and fall back to none where the
+optimized session fails (OrtExecutable).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,7 +28,9 @@ def session_options(threads: int | None = None, spinning: bool = True) -> ort.Se
     otherwise keep spinning after a run returns and take the cores from the next piece's kernels
     (measured: torch GEMMs in the TVM piece after an ORT prelude ran 2.5x slower)."""
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    # Fatal only: every error also comes back as the exception we turn into a leangraph error (or
+    # recover from, OrtExecutable), and ONNX Runtime's own copy on stderr would only repeat it.
+    options.log_severity_level = 4
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
@@ -32,11 +39,39 @@ def session_options(threads: int | None = None, spinning: bool = True) -> ort.Se
     return options
 
 
-DISABLED_FUSIONS = ("SkipLayerNormFusion",)
-"""ONNX Runtime graph fusions left off in our sessions. SkipLayerNormalization (residual Add +
-LayerNormalization in one kernel) is slower on CPU than the two ops it replaces (ONNX Runtime 1.31,
-[1, 412, 384]: 575 vs 130 us on 2 threads, 1040 vs 180 us on 1); MiniLM with padded outputs,
-960 STS-B sentences: 3.29 vs 3.48 s."""
+DISABLED_FUSIONS = ("SkipLayerNormFusion", "LayerNormFusionL1", "LayerNormFusionL2")
+"""ONNX Runtime graph fusions left off in our sessions.
+
+SkipLayerNormalization (residual Add + LayerNormalization in one kernel) is slower on CPU than the
+two ops it replaces (ONNX Runtime 1.31, [1, 412, 384]: 575 vs 130 us on 2 threads, 1040 vs 180 us
+on 1); MiniLM with padded outputs, 960 STS-B sentences: 3.29 vs 3.48 s.
+
+LayerNormFusion (both levels: a decomposed layer norm -> LayerNormalization) fuses what is no layer
+norm: ``mean - x`` as if it were ``x - mean`` (every output negated: max error 5.2 on a [2, 5, 8]
+test), ``Pow(x - mean, 2.001)`` as a square, and through Casts into graphs ONNX Runtime then
+refuses to load (LayerNormalization bound to double and float; a node reading a value the fusion
+removed). leangraph's fuse_layer_norm has already turned every real layer norm into
+leangraph::LayerNorm, lowered to LayerNormalization itself, so nothing is lost (MiniLM, see
+test_onnxruntime.py: the same ops and speed with it off)."""
+
+PAD_AXES_BREAK = ("TransposeOptimizer", "TransposeOptimizer_CPUExecutionProvider")
+"""ONNX Runtime's transpose optimizers (the level-1 one and the CPU provider's layout one) push a
+Transpose through a Pad that has an ``axes`` input (opset 18) as if its pads covered every axis: the
+session then fails at run time ("Gather: indices element out of data bounds"), whether the axes are
+negative or not. Left off in sessions of graphs that hold such a Pad, only: elsewhere they cancel
+and merge Transposes."""
+
+
+def disabled_optimizers(model: ir.Model) -> list[str]:
+    """The ONNX Runtime optimizers to leave off for ``model``: DISABLED_FUSIONS, and PAD_AXES_BREAK
+    when a Pad (in any subgraph) has axes."""
+    disabled = list(DISABLED_FUSIONS)
+    pads_with_axes = any(node.op_type == "Pad" and node.domain in ("", "ai.onnx") and len(node.inputs) > 3
+                         and node.inputs[3] is not None for node in ir.traversal.RecursiveGraphIterator(model.graph))
+    if pads_with_axes:
+        disabled += PAD_AXES_BREAK
+    return disabled
+
 
 CONTRIB_DOMAIN = "com.microsoft"
 
@@ -57,36 +92,83 @@ def lower_for_onnxruntime(model: ir.Model) -> ir.Model:
     return lowered
 
 
-def inference_session(model: bytes, options: ort.SessionOptions) -> ort.InferenceSession:
-    """A CPU session over a serialized ONNX model, without DISABLED_FUSIONS."""
+def inference_session(model: bytes, options: ort.SessionOptions,
+                      disabled: Sequence[str] = DISABLED_FUSIONS) -> ort.InferenceSession:
+    """A CPU session over a serialized ONNX model, without the ``disabled`` optimizers."""
     return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=list(DISABLED_FUSIONS))
+                                disabled_optimizers=list(disabled))
+
+
+def _unoptimized(options: ort.SessionOptions) -> ort.SessionOptions:
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return options
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc).strip()[:2000]
 
 
 class OrtExecutable:
-    """An InferenceSession over the lowered model. ONNX Runtime's run() is thread-safe."""
+    """An InferenceSession over the lowered model. ONNX Runtime's run() is thread-safe.
+
+    ONNX Runtime's graph optimizations have broken valid graphs, at load (an invalid rewritten
+    graph) and at run time (an out-of-bounds index in a rewritten node), in ways not all known ahead:
+    a session that fails either way is opened again without them, and that one is used from then on
+    when it works (``unoptimized`` says why). Only a failure of the unoptimized session is an error."""
 
     def __init__(self, model: ir.Model, threads: int | None = None, spinning: bool = True) -> None:
         self.name = model_name(model)
-        lowered = lower_for_onnxruntime(clone_model(model))
-        self.input_names = [v.name for v in lowered.graph.inputs]
-        self.output_names = [v.name for v in lowered.graph.outputs]
+        self._lowered = lower_for_onnxruntime(clone_model(model))
+        self.input_names = [v.name for v in self._lowered.graph.inputs]
+        self.output_names = [v.name for v in self._lowered.graph.outputs]
+        self._options = (threads, spinning)
+        self._fallback: ort.InferenceSession | None = None
+        self._lock = threading.Lock()
+        self.unoptimized: str | None = None
+        """Why the session runs without ONNX Runtime's graph optimizations, or None."""
         try:
-            self.session = inference_session(ir.to_proto(lowered).SerializeToString(), session_options(threads, spinning))
+            self.session = inference_session(self._serialized(), session_options(threads, spinning),
+                                             disabled_optimizers(self._lowered))
         except Exception as exc:
-            raise ExecutionError(
-                f"ONNX Runtime cannot load model '{self.name}': {str(exc).strip()[:2000]}",
-                hint="use backend='reference', or report the op ONNX Runtime rejects",
-            ) from exc
+            self.session = self._unoptimized_session()
+            self.unoptimized = f"loading with them failed: {_reason(exc)}"
+
+    def _serialized(self) -> bytes:
+        return ir.to_proto(self._lowered).SerializeToString()
+
+    def _unoptimized_session(self) -> ort.InferenceSession:
+        with self._lock:
+            if self._fallback is None:
+                try:
+                    self._fallback = inference_session(self._serialized(), _unoptimized(session_options(*self._options)),
+                                                       ())
+                except Exception as exc:
+                    raise ExecutionError(
+                        f"ONNX Runtime cannot load model '{self.name}': {_reason(exc)}",
+                        hint="use backend='reference', or report the op ONNX Runtime rejects",
+                    ) from exc
+            return self._fallback
 
     def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        feeds = dict(zip(self.input_names, inputs))
         try:
-            return self.session.run(self.output_names, dict(zip(self.input_names, inputs)))
+            return self.session.run(self.output_names, feeds)
         except Exception as exc:
-            raise ExecutionError(
-                f"ONNX Runtime failed running model '{self.name}': {str(exc).strip()[:2000]}",
-                hint="compare with backend='reference' to see whether the graph or the runtime is at fault",
-            ) from exc
+            failure = exc
+        if self.unoptimized is None:
+            # The graph as ONNX Runtime rewrote it may be what fails: run the graph as it is. When
+            # that fails too, the inputs (or the graph) are at fault, and the optimized session stays.
+            try:
+                outputs = self._unoptimized_session().run(self.output_names, feeds)
+            except Exception:
+                pass
+            else:
+                self.session, self.unoptimized = self._fallback, f"running with them failed: {_reason(failure)}"
+                return outputs
+        raise ExecutionError(
+            f"ONNX Runtime failed running model '{self.name}': {_reason(failure)}",
+            hint="compare with backend='reference' to see whether the graph or the runtime is at fault",
+        ) from failure
 
 
 class OnnxRuntimeBackend:
@@ -134,4 +216,5 @@ def linear_model(weight: np.ndarray, scale: np.ndarray | None = None, bias: np.n
     return ir.to_proto(lower_for_onnxruntime(ir.Model(graph, ir_version=10))).SerializeToString()
 
 
-__all__ = ["linear_model", "OnnxRuntimeBackend", "OrtExecutable", "session_options"]
+__all__ = ["disabled_optimizers", "inference_session", "linear_model", "OnnxRuntimeBackend", "OrtExecutable",
+           "session_options"]
