@@ -101,9 +101,12 @@ def load_onnx(source: Source, *, target_opset: int = TARGET_OPSET) -> ir.Model:
     """
     proto, label = _read(source)
     model = ir.from_proto(proto)
-    # Models older than IR version 4 list every initializer as a graph input too; an inference
-    # compiler treats them as the constants they are.
-    ir.passes.common.RemoveInitializersFromInputsPass()(model)
+    if (model.ir_version or 0) < 4:
+        # Before IR version 4 every initializer had to be listed as a graph input too: there they
+        # are the constants they are. From version 4 on, an initializer that is also an input is
+        # that input's default, which the caller may override: it stays an input (with its
+        # default), and no pass takes it for a constant (passes/fusion/_checks.py: constant).
+        ir.passes.common.RemoveInitializersFromInputsPass()(model)
     model.ir_version = max(model.ir_version or 0, MIN_IR_VERSION)
     if not model.graph.name or model.graph.name == "<ModelProto>":
         model.graph.name = Path(label).stem if label[0] != "<" else "model"
