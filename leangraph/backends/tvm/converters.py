@@ -93,11 +93,18 @@ def _scalar(value: float, dtype: str = "float32"):
     return relax.const(np.asarray(value, dtype=dtype))
 
 
+def _relu(x, dtype: str = "float32"):
+    """max(x, 0) that keeps NaN, as ONNX's reference, ONNX Runtime and torch do: Relax's relu lowers
+    to LLVM's maxnum, which returns 0 for NaN (a masked softmax row of NaNs came out as zeros)."""
+    zero = _scalar(0.0, dtype)
+    return relax.op.where(relax.op.less(x, zero), zero, x)
+
+
 def _activation(name: str, x):
     if name == "none":
         return x
     if name == "relu":
-        return relax.op.nn.relu(x)
+        return _relu(x)
     if name == "gelu":
         return relax.op.nn.gelu(x)
     if name == "gelu_tanh":
@@ -390,7 +397,7 @@ def _multi_head_attention_relax(ctx, node, inputs):
 
 
 _BINARY = {"Add": relax.op.add, "Sub": relax.op.subtract, "Mul": relax.op.multiply, "Div": relax.op.divide}
-_UNARY = {"Relu": relax.op.nn.relu, "Tanh": relax.op.tanh, "Sigmoid": relax.op.sigmoid, "Erf": relax.op.erf,
+_UNARY = {"Tanh": relax.op.tanh, "Sigmoid": relax.op.sigmoid, "Erf": relax.op.erf,
           "Neg": relax.op.negative, "Sqrt": relax.op.sqrt, "Exp": relax.op.exp}
 
 def _broadcast_operands(ctx: Context, node: ir.Node, inputs: list) -> list:
@@ -419,6 +426,11 @@ for _name, _fn in _BINARY.items():
     converts(_name)(lambda ctx, node, inputs, fn=_fn: [fn(*_broadcast_operands(ctx, node, inputs))])
 for _name, _fn in _UNARY.items():
     converts(_name)(lambda ctx, node, inputs, fn=_fn: [fn(inputs[0])])
+
+
+@converts("Relu")
+def _relu_node(ctx, node, inputs):
+    return [_relu(inputs[0], dtype_of(node.inputs[0]))]
 
 
 @converts("MatMul")
