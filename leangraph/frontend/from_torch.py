@@ -36,7 +36,8 @@ _NAME_SCOPES = "pkg.torch.onnx.name_scopes"
 
 
 def to_torch_args(example_inputs: Sequence[Any]) -> tuple[Any, ...]:
-    return tuple(torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x for x in example_inputs)
+    # np.asarray(order="C"), not np.ascontiguousarray, which turns a 0-d array into a 1-d one
+    return tuple(torch.from_numpy(np.asarray(x, order="C")) if isinstance(x, np.ndarray) else x for x in example_inputs)
 
 
 @contextlib.contextmanager

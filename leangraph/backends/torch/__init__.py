@@ -36,7 +36,7 @@ class TorchExecutable:
         import torch
 
         values = dict(self.constants)
-        values.update((name, torch.from_numpy(np.ascontiguousarray(x))) for name, x in zip(self.input_names, inputs))
+        values.update((name, torch.from_numpy(np.asarray(x, order="C"))) for name, x in zip(self.input_names, inputs))
         with torch.inference_mode():
             for run, reads, writes, attrs, node in self.steps:
                 try:

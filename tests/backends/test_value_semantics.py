@@ -1,0 +1,36 @@
+"""The backends compute what ONNX says where compilers like to differ: NaN, inf, 0-d values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper, numpy_helper
+
+import leangraph
+from tests.helpers import make_model, tensor
+
+
+def test_relu_keeps_nan_as_onnx_runtime_does():
+    # Relax's relu lowered to LLVM's maxnum, which gives 0 for NaN: a fully masked softmax column
+    # (NaN in ONNX) came out of a Relu as zeros on TVM and as NaN everywhere else.
+    model = make_model([helper.make_node("Relu", ["x"], ["y"], name="relu")], [tensor("x", shape=(2, 3))],
+                       [tensor("y", shape=(2, 3))])
+    x = np.array([[np.nan, -1.0, 2.0], [-np.inf, np.inf, 0.0]], np.float32)
+    expected = leangraph.optimize(model, (x,), backend="onnxruntime", passes="none")(x)
+    got = leangraph.optimize(model, (x,), backend="tvm", passes="none")(x)
+    np.testing.assert_array_equal(got, expected)
+    assert np.isnan(got[0, 0])
+
+
+@pytest.mark.parametrize("backend", ["tvm", "torch", "onnxruntime", "reference"])
+def test_scalar_values_stay_scalars_between_pieces(backend):
+    # np.ascontiguousarray turns a 0-d array into a 1-d one: a scalar Constant computed by one piece
+    # and read by a TVM piece failed "expect Tensor with ndim 0 but get 1".
+    scalar = helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(np.array(2.0, np.float32)))
+    model = make_model([scalar, helper.make_node("Mul", ["x", "k"], ["y"], name="mul"),
+                        helper.make_node("Mul", ["s", "k"], ["t"], name="scalar_mul")],
+                       [tensor("x", shape=(2, 3)), tensor("s", shape=())], [tensor("y", shape=(2, 3)), tensor("t", shape=())])
+    x, s = np.ones((2, 3), np.float32), np.array(3.0, np.float32)
+    y, t = leangraph.optimize(model, (x, s), backend=backend, passes="none")(x, s)
+    np.testing.assert_array_equal(y, 2 * x)
+    assert t.shape == () and t == 6.0
