@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -12,48 +13,57 @@ from leangraph.errors import OptionError
 from leangraph.ir import node_count, verify_model
 from leangraph.passes import Report
 from leangraph.runtime import CompiledModel
-from leangraph.runtime.artifact import read_artifact
+from leangraph.runtime.artifact import Artifact, open_artifact
 
 
 def load(directory: str | os.PathLike, *, backend: str | None = None) -> CompiledModel:
     """Load the artifact that ``cm.save(directory)`` or ``leangraph compile -o directory`` wrote.
 
     Every file is checked against the manifest's hashes first; ``backend`` overrides the backend
-    the artifact was compiled for."""
+    the artifact was compiled for. What loading an artifact from someone else may do is in
+    docs/security.md (a TVM artifact's libraries are native code, run when loaded)."""
+    if not isinstance(directory, (str, os.PathLike)):
+        raise OptionError(f"load() takes the path of an artifact folder, got {type(directory).__name__}",
+                          hint="pass the directory written by cm.save() or `leangraph compile -o`")
+    if backend is not None and not isinstance(backend, str):
+        raise OptionError(f"backend must be a name, got {backend!r}", hint="pass e.g. backend='onnxruntime'")
     start = time.perf_counter()
-    model, manifest = read_artifact(directory)
+    artifact = open_artifact(directory)
+    model, manifest = artifact.model, artifact.manifest
     verify_model(model)
     chosen = backend or manifest["backend"]
-    if not isinstance(chosen, str):
-        raise OptionError(f"backend must be a name, got {chosen!r}", hint="pass e.g. backend='onnxruntime'")
     chain = chain_for(chosen)
-    libraries, notes = _usable_libraries(Path(directory), manifest, chain)
-    # The backend and its fallback, each node where a measurement (backend="auto") put it.
-    executable = compile_partitioned(model, chain, libraries)[0]
+    # The libraries are loaded from a private copy of the bytes whose hashes were checked, not from
+    # the artifact's folder, where a file could be swapped between the check and the load.
+    with tempfile.TemporaryDirectory(prefix="leangraph-libraries-", ignore_cleanup_errors=True) as private:
+        libraries, notes = _usable_libraries(artifact, Path(private), chain)
+        # The backend and its fallback, each node where a measurement (backend="auto") put it.
+        executable = compile_partitioned(model, chain, libraries)[0]
     nodes = node_count(model)
     report = Report(model_name=manifest.get("name", model.graph.name), nodes_before=nodes, nodes_after=nodes,
                     backend=chosen, compile_seconds=time.perf_counter() - start)
     report.notes.append(f"loaded from artifact {os.fspath(directory)} (content hash {manifest['content_hash'][:16]}...)")
     report.notes.extend(notes)
-    quantization = manifest.get("quantization", [])  # the per-layer precision rows of a lossy compile
-    if isinstance(quantization, list):
-        report.quantization = [line for line in quantization if isinstance(line, str)]
+    report.quantization = list(manifest.get("quantization", []))  # the per-layer precision rows of a lossy compile
     return CompiledModel(model, executable, backend=chosen, report=report)
 
 
-def _usable_libraries(directory: Path, manifest: dict, chain) -> tuple[dict[str, Path], list[str]]:
-    """The artifact's compiled libraries this machine can load (piece key -> file), and notes on the rest."""
+def _usable_libraries(artifact: Artifact, private: Path, chain) -> tuple[dict[str, Path], list[str]]:
+    """The artifact's compiled libraries this machine can load (piece key -> a private copy of the
+    file), and notes on the rest."""
     by_name = {backend.name: backend for backend in chain}
     usable, notes = {}, []
-    for file, info in sorted(manifest.get("libraries", {}).items()):
-        backend = by_name.get(info.get("backend"))
+    for file, info in sorted(artifact.manifest["libraries"].items()):
+        backend = by_name.get(info["backend"])
         if backend is None or not hasattr(backend, "load_library"):
             continue  # loaded on another backend: the piece is compiled for that one
-        if backend.library_target() != info.get("target"):
-            notes.append(f"library {file} was built for {info.get('target')}, not this machine "
+        if backend.library_target() != info["target"]:
+            notes.append(f"library {file} was built for {info['target']}, not this machine "
                          f"({backend.library_target()}): compiled again")
             continue
-        usable[info.get("piece")] = directory / file
+        copy = private / file
+        copy.write_bytes(artifact.libraries[file])
+        usable[info["piece"]] = copy
     if usable:
         notes.append(f"{len(usable)} compiled {'library' if len(usable) == 1 else 'libraries'} loaded, not rebuilt")
     return usable, notes

@@ -1,22 +1,28 @@
 """CompiledModel: calls a compiled graph with the signature of the original model.
 
-Inputs are checked against the graph's inputs (count, dtype, rank, static dims, and symbolic dims
-that must agree across inputs) before anything runs; torch tensors in give torch tensors out, numpy
-in gives numpy out; outputs come back in the structure the module returned.
+Inputs (positional, or by the graph's input names) are checked against the graph's inputs (count,
+dtype, rank, static dims, and symbolic dims that must agree across inputs) before anything runs;
+what is not an array (a string, None, a ragged list, a meta tensor) is an InputMismatchError naming
+the input. Torch tensors in give torch tensors out, numpy in gives numpy out; outputs come back in
+the structure the module returned, rebuilt from types this process registered with torch's pytree,
+never by importing what a model file names (docs/security.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
 from leangraph.backends.base import Executable
-from leangraph.errors import InputMismatchError
+from leangraph.errors import InputMismatchError, OptionError
 from leangraph.ir import clone_model, lower_to_onnx
 from leangraph.ir.verify import model_name
 
@@ -41,45 +47,188 @@ class InputSpec:
         return f"{self.name}: {self.dtype}[{dims}]"
 
 
-def _load_out_spec(graph: ir.Model):
-    """The output structure saved in the graph's metadata (a torch pytree spec as JSON), if any.
+MAX_OUT_SPEC_CHARS = 1 << 20
+"""The output structure is a few hundred characters for real models; more is not one leangraph wrote."""
+MAX_OUT_SPEC_DEPTH = 64
 
-    Its container types (e.g. transformers' ModelOutput classes) must be importable; when one is
-    not, outputs come back as a tuple and a warning says why."""
-    text = graph.metadata_props.get(OUT_SPEC)
-    if not text:
-        return None
-    import importlib
+
+class _Unusable(Exception):
+    """Why the output structure in a model's metadata cannot be rebuilt (outputs become a tuple)."""
+
+
+def _short(text: str, limit: int = 120) -> str:
+    """A name from a model file, cut for a message (the file may hold anything)."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _spec_from_text(text: str):
+    """A torch pytree spec from its JSON (``treespec_dumps``), built only from container types this
+    process has registered with torch's pytree: torch's and leangraph's, and those of modules the
+    user imported (transformers registers its ModelOutput classes when they are defined). Nothing the
+    text names is imported: a model file can name any module, and importing one runs its code.
+
+    ``pytree.treespec_loads`` is not used: it imports the modules named by enum keys in a context and
+    by a defaultdict's default factory."""
+    import collections
     import json
-    import warnings
 
     from torch.utils import _pytree as pytree
 
-    def types(node):
-        if isinstance(node, dict):
-            if node.get("type"):
-                yield node["type"]
-            for child in node.get("children_spec", []):
-                yield from types(child)
+    if len(text) > MAX_OUT_SPEC_CHARS:
+        raise _Unusable(f"its description is {len(text)} characters long")
+    try:
+        protocol, root = json.loads(text)
+    except (ValueError, TypeError, RecursionError):
+        raise _Unusable("its description is not the JSON of a torch pytree spec") from None
+    if protocol != 1:
+        raise _Unusable(f"its description has serialization protocol {_short(repr(protocol))}, not 1")
+    unknown: set[str] = set()
+
+    def build(node, depth: int):
+        if depth > MAX_OUT_SPEC_DEPTH:
+            raise _Unusable(f"it is nested deeper than {MAX_OUT_SPEC_DEPTH} levels")
+        if (not isinstance(node, dict) or set(node) != {"type", "context", "children_spec"}
+                or not isinstance(node["children_spec"], list)):
+            raise _Unusable("its description is not the JSON of a torch pytree spec")
+        name, context, children = node["type"], node["context"], node["children_spec"]
+        if name is None and context is None and not children:
+            return pytree.treespec_leaf()
+        if not isinstance(name, str):
+            raise _Unusable("its description is not the JSON of a torch pytree spec")
+        built = [build(child, depth + 1) for child in children]
+        typ = pytree.SERIALIZED_TYPE_TO_PYTHON_TYPE.get(name) if name != pytree.NO_SERIALIZED_TYPE_NAME_FOUND else None
+        if typ is None:
+            unknown.add(name)
+            return None
+        definition = pytree.SUPPORTED_SERIALIZED_TYPES[typ]
+        if typ is collections.defaultdict:
+            raise _Unusable("it holds a defaultdict, whose reader in torch imports the module of its default factory")
+        try:
+            if definition.from_dumpable_context is None:
+                if not isinstance(context, str):
+                    raise ValueError("the context is not a JSON string")
+                value = json.loads(context)  # plain JSON: no object hook, so no enum module imported
+            else:  # a reader registered in this process (namedtuple's looks its type up in the registry)
+                value = definition.from_dumpable_context(context)
+        except (ValueError, TypeError, RecursionError, NotImplementedError, AssertionError) as exc:
+            raise _Unusable(f"the context of its {_short(name)} cannot be read ({_short(str(exc))})") from None
+        return pytree.TreeSpec(typ, value, built)
+
+    spec = build(root, 0)
+    if unknown:
+        names = ", ".join(_short(name) for name in sorted(unknown)[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise _Unusable(f"its container types ({names}) are not registered in this process; leangraph imports "
+                        "nothing a model file names: import the module defining them first (for transformers' "
+                        "outputs, transformers and the model's class) to get the structure back")
+    return spec
+
+
+def _load_out_spec(graph: ir.Model, num_outputs: int):
+    """The output structure saved in the graph's metadata (a torch pytree spec as JSON), if any and
+    if it can be rebuilt from types registered in this process; else None and a warning saying why
+    (the outputs are still right, only their container is lost)."""
+    text = graph.metadata_props.get(OUT_SPEC)
+    if not text:
+        return None
+    import warnings
 
     try:
-        for type_name in set(types(json.loads(text)[1])):
-            if type_name not in pytree.SERIALIZED_TYPE_TO_PYTHON_TYPE:
-                importlib.import_module(type_name.rsplit(".", 1)[0])
-        return pytree.treespec_loads(text)
-    except Exception as exc:  # the outputs are still right, only their container is lost
-        warnings.warn(f"model '{model_name(graph)}': cannot rebuild its output structure ({exc}); "
-                      "outputs are returned as a tuple", stacklevel=3)
+        spec = _spec_from_text(text)
+        if spec.num_leaves != num_outputs:
+            raise _Unusable(f"it has {spec.num_leaves} leaves for the graph's {num_outputs} outputs")
+    except _Unusable as exc:
+        warnings.warn(f"model '{model_name(graph)}': its outputs are returned as a tuple: the output structure "
+                      f"in its metadata cannot be rebuilt ({exc})", stacklevel=3)
         return None
+    return spec
+
+
+def _torch():
+    """torch, if something in this process imported it (a torch input implies it was)."""
+    return sys.modules.get("torch")
 
 
 def _is_torch(x: Any) -> bool:
-    return type(x).__module__.startswith("torch") and hasattr(x, "detach")
+    torch = _torch()
+    return torch is not None and isinstance(x, torch.Tensor)
 
 
-def to_numpy(x: Any) -> np.ndarray:
-    """A model input as numpy: torch tensors detached and moved to the CPU, anything else as an array."""
-    return x.detach().cpu().numpy() if _is_torch(x) else np.asarray(x)
+_NUMPY_LACKS = ("bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu")
+"""torch dtypes numpy has no type of its own for; ml_dtypes has them (onnx-ir reads them so too)."""
+
+
+def _torch_to_numpy(x: Any, what: str) -> np.ndarray:
+    torch = _torch()
+    if x.device.type == "meta":
+        raise InputMismatchError(f"{what} is a tensor on torch's meta device: it has a shape but no data",
+                                 hint="pass a tensor holding data (on the CPU or a GPU)")
+    if x.layout != torch.strided:
+        raise InputMismatchError(f"{what} is a {x.layout} tensor; compiled models take dense tensors",
+                                 hint="pass tensor.to_dense()")
+    if x.is_quantized:
+        raise InputMismatchError(f"{what} is a quantized tensor ({x.dtype})", hint="pass tensor.dequantize()")
+    try:
+        tensor = x.detach().cpu().resolve_conj().resolve_neg()
+        name = str(tensor.dtype).removeprefix("torch.")
+        if name in _NUMPY_LACKS:
+            import ml_dtypes
+
+            bits = {1: torch.uint8, 2: torch.int16}[tensor.element_size()]
+            return tensor.contiguous().view(bits).numpy().view(getattr(ml_dtypes, name))
+        return tensor.numpy()
+    except (TypeError, RuntimeError, KeyError, AttributeError) as exc:
+        raise InputMismatchError(f"{what} is a torch tensor ({type(x).__name__}, {x.dtype}) that cannot be read as "
+                                 f"an array: {str(exc).strip()[:300]}",
+                                 hint="pass a plain tensor on the CPU, e.g. tensor.to(torch.float32)") from None
+
+
+def to_numpy(x: Any, what: str = "an input", dtype: np.dtype | None = None) -> np.ndarray:
+    """A model input as numpy: torch tensors detached and moved to the CPU, anything else as an
+    array; an InputMismatchError naming ``what`` for what is not an array (a string, None, a ragged
+    list, a meta tensor, a dtype numpy cannot hold). ``dtype``: the input's, when known; text is
+    refused unless it is a string input."""
+    if _is_torch(x):
+        return _torch_to_numpy(x, what)
+    textual = dtype is not None and np.dtype(dtype).kind == "O"  # an ONNX string input
+    if x is None or (isinstance(x, (str, bytes)) and not textual) or isinstance(x, (dict, set)):
+        raise InputMismatchError(f"{what} must be an array (a numpy array or torch tensor); got "
+                                 f"{type(x).__name__} {_short(repr(x), 60)}",
+                                 hint="pass the model's inputs as numpy arrays or torch tensors")
+    if isinstance(x, np.ndarray):
+        array = x
+    else:
+        try:
+            array = np.asarray(x)
+        except (ValueError, TypeError) as exc:  # ragged nested lists, objects numpy cannot convert
+            raise InputMismatchError(f"{what} cannot be read as an array ({type(x).__name__}): {str(exc)[:300]}",
+                                     hint="pass a numpy array or torch tensor; nested lists must be rectangular") from None
+    # An ndarray with no dtype to compare against is left to the caller's dtype check. (ml_dtypes'
+    # bfloat16 and float8 are of kind "V" too, but not structured.)
+    text = array.dtype.kind in "OUS" or array.dtype.names is not None
+    if text and not textual and (dtype is not None or array is not x):
+        raise InputMismatchError(f"{what} is not numeric: {type(x).__name__} read as an array of {array.dtype}",
+                                 hint="pass the model's inputs as numeric numpy arrays or torch tensors")
+    return array
+
+
+def _to_torch(array: np.ndarray):
+    torch = _torch()
+    name = array.dtype.name
+    if name in _NUMPY_LACKS:  # ml_dtypes arrays: torch.from_numpy does not know them
+        bits = {1: np.uint8, 2: np.int16}[array.dtype.itemsize]
+        return torch.from_numpy(np.ascontiguousarray(array).view(bits)).view(getattr(torch, name))
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+_NOT_LOADED = object()  # the output structure, before the first call reads it
+_MISSING = object()  # an input given neither positionally nor by name
+
+
+def _output_path(path: Any, what: str, example: str) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise OptionError(f"the path for {what} must be a str or os.PathLike, got {type(path).__name__} "
+                          f"{_short(repr(path), 60)}", hint=example)
+    return Path(os.fspath(path))
 
 
 class CompiledModel:
@@ -93,7 +242,9 @@ class CompiledModel:
         self.name = model_name(graph)
         self.inputs = [InputSpec.of(v) for v in graph.graph.inputs]
         self.output_names = [v.name for v in graph.graph.outputs]
-        self._out_spec = graph.meta.get(OUT_SPEC) or _load_out_spec(graph)
+        # The structure captured in this process, else the one in the metadata, read at the first
+        # call (so its warning, if any, points there, and optimize()'s input checker reads nothing).
+        self._out_spec = graph.meta.get(OUT_SPEC) or _NOT_LOADED
 
     @property
     def graph(self) -> ir.Model:
@@ -102,13 +253,28 @@ class CompiledModel:
 
     def to_onnx(self, path: str | os.PathLike) -> None:
         """Write the optimized graph as a standard ONNX file (leangraph ops lowered to ONNX)."""
-        ir.save(lower_to_onnx(clone_model(self._graph)), os.fspath(path))
+        target = _output_path(path, f"the ONNX file of model '{self.name}'", "e.g. cm.to_onnx('model.onnx')")
+        if target.is_dir():
+            raise OptionError(f"cannot write the ONNX file of model '{self.name}' to '{target}': it is a folder",
+                              hint=f"pass a file path, e.g. '{target / 'model.onnx'}'")
+        lowered = lower_to_onnx(clone_model(self._graph))
+        # Written next to the target and renamed over it: a failure leaves no half-written file.
+        staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            ir.save(lowered, os.fspath(staging))
+            os.replace(staging, target)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                staging.unlink(missing_ok=True)
+            raise OptionError(f"cannot write the ONNX file of model '{self.name}' to '{target}': "
+                              f"{exc.strerror or exc}", hint="pass a path in a folder you can write to") from None
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write this compiled model as an artifact (manifest JSON + ONNX graph + safetensors);
         ``leangraph.load(directory)`` gives it back."""
         from leangraph.runtime.artifact import save_artifact
 
+        directory = _output_path(directory, f"the artifact of model '{self.name}'", "e.g. cm.save('model_artifact')")
         signature = {
             "name": self.name,
             "inputs": [{"name": s.name, "dtype": str(s.dtype), "shape": list(s.shape) if s.shape else None}
@@ -177,25 +343,69 @@ class CompiledModel:
                         )
                     bound.setdefault(dim, (size, f"input '{spec.name}' axis {axis}"))
 
+    def _what(self, index: int) -> str:
+        if index < len(self.inputs):
+            return f"input '{self.inputs[index].name}' of model '{self.name}'"
+        return f"input #{index} of model '{self.name}'"
+
+    def _arrays(self, inputs: Sequence[Any], named: dict[str, Any]) -> list[np.ndarray]:
+        """The inputs in graph order as numpy, keyword arguments placed by the graph's input names."""
+        if named:
+            names = [spec.name for spec in self.inputs]
+            unknown = [key for key in named if key not in names]
+            if unknown:
+                raise InputMismatchError(
+                    f"model '{self.name}' has no input named {', '.join(repr(k) for k in unknown)}; its inputs are "
+                    f"{self._signature()}", hint=f"pass the inputs by these names or positionally: {', '.join(names)}")
+            twice = [key for key in named if names.index(key) < len(inputs)]
+            if twice:
+                raise InputMismatchError(
+                    f"input {', '.join(repr(k) for k in twice)} of model '{self.name}' was given both positionally "
+                    "and by name", hint="pass each input once")
+            placed = list(inputs) + [named.get(name, _MISSING) for name in names[len(inputs):]]
+            missing = [name for name, value in zip(names, placed) if value is _MISSING]
+            if missing:
+                raise InputMismatchError(
+                    f"model '{self.name}' takes {len(names)} inputs ({self._signature()}); "
+                    f"{', '.join(repr(m) for m in missing)} not given",
+                    hint="pass every input, positionally or by name")
+            inputs = placed
+        if len(inputs) != len(self.inputs):
+            raise InputMismatchError(
+                f"model '{self.name}' takes {len(self.inputs)} inputs ({self._signature()}); got {len(inputs)}",
+                hint="pass the inputs positionally, in the order of the example inputs, or by name",
+            )
+        return [to_numpy(x, self._what(i), self.inputs[i].dtype) for i, x in enumerate(inputs)]
+
     def run_flat(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The graph's outputs, flat and as numpy, for numpy inputs in graph order (checked)."""
-        arrays = [np.asarray(a) for a in arrays]
+        arrays = self._arrays(list(arrays), {})
         self._check(arrays)
         return list(self._executable(arrays))
 
-    def __call__(self, *inputs: Any) -> Any:
-        as_torch = any(_is_torch(x) for x in inputs)
-        arrays = [to_numpy(x) for x in inputs]
+    def __call__(self, *inputs: Any, **named: Any) -> Any:
+        """The outputs for ``inputs`` (positional in the order of the example inputs, or by the graph's
+        input names), in the structure the module returned: torch tensors in give torch tensors out."""
+        as_torch = any(_is_torch(x) for x in (*inputs, *named.values()))
+        arrays = self._arrays(inputs, named)
         self._check(arrays)
-        outputs = self._executable(arrays)
+        outputs = list(self._executable(arrays))
         if as_torch:
-            import torch
-
-            outputs = [torch.from_numpy(np.ascontiguousarray(o)) for o in outputs]
+            outputs = [_to_torch(o) for o in outputs]
+        if self._out_spec is _NOT_LOADED:
+            self._out_spec = _load_out_spec(self._graph, len(self.output_names))
         if self._out_spec is not None:
             from torch.utils import _pytree as pytree
 
-            return pytree.tree_unflatten(list(outputs), self._out_spec)
+            try:
+                return pytree.tree_unflatten(outputs, self._out_spec)
+            except Exception as exc:  # a registered container refusing the context the file gave it
+                import warnings
+
+                warnings.warn(f"model '{self.name}': its outputs are returned as a tuple: the output structure "
+                              f"in its metadata does not fit them ({type(exc).__name__}: {_short(str(exc))})",
+                              stacklevel=2)
+                self._out_spec = None
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     def __repr__(self) -> str:

@@ -136,3 +136,42 @@ def assert_eight_threads_match_serial_calls(cm, entry):
         results = list(pool.map(work, range(len(inputs))))
     for i, expected in enumerate(serial):
         assert np.array_equal(results[i].numpy(), expected.numpy()), i
+
+
+FRESH = """
+import json, sys, warnings
+import numpy as np
+if sys.argv[3] == "imported":
+    import transformers.modeling_outputs  # the user's import: it registers the ModelOutput classes
+import leangraph
+
+inputs = np.load(sys.argv[2])
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    out = leangraph.load(sys.argv[1])(*[inputs[f"arr_{i}"] for i in range(len(inputs.files))])
+print(json.dumps({"type": type(out).__name__, "warnings": [str(w.message) for w in caught],
+                  "transformers": "transformers" in sys.modules}))
+"""
+
+
+@pytest.mark.parametrize("imported", [False, True])
+def test_a_fresh_process_rebuilds_model_outputs_only_when_their_module_is_imported(saved, tmp_path, imported):
+    # The manifest's graph names transformers' output class; loading imports nothing it names. A
+    # process that imported transformers gets the class back, one that did not a tuple and a warning.
+    import subprocess
+    import sys
+
+    entry, model, cm, directory = saved
+    inputs = entry.inputs(*entry.shapes[0])
+    np.savez(tmp_path / "in.npz", *[x.numpy() for x in inputs])
+    done = subprocess.run([sys.executable, "-c", FRESH, str(directory), str(tmp_path / "in.npz"),
+                           "imported" if imported else "not"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    expected = type(model(*inputs)).__name__
+    if imported:
+        assert result["type"] == expected and not result["warnings"], result
+    else:
+        assert result["type"] == "tuple" and not result["transformers"], result
+        assert any(f"transformers.modeling_outputs.{expected}" in w and "not registered" in w
+                   for w in result["warnings"]), result["warnings"]

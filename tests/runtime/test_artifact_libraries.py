@@ -145,3 +145,28 @@ def test_library_that_cannot_be_loaded_is_a_clear_error(saved, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match=f"cannot load the TVM library .*{name}"):
         leangraph.load(copy)
+
+
+def test_a_loaded_model_saves_its_libraries_again(saved, tmp_path):
+    # A library loaded back cannot export itself (TVM: "Module[library] does not support
+    # SaveToBytes"): the bytes it was loaded from are written, and load again without a rebuild.
+    entry, cm, directory = saved
+    leangraph.load(directory).save(tmp_path / "again")
+    for name in ["manifest.json", "graph.onnx", "graph.safetensors"] + libraries(directory):
+        assert (directory / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
+    again = leangraph.load(tmp_path / "again")
+    assert "loaded, not rebuilt" in str(again.report)
+    inputs = entry.inputs(*entry.shapes[0])
+    torch.testing.assert_close(again(*inputs).last_hidden_state, cm(*inputs).last_hidden_state, rtol=0, atol=0)
+
+
+def test_a_linked_library_is_refused(saved, tmp_path):
+    # Native code is loaded only from the artifact's own regular files, never through a link.
+    _, _, directory = saved
+    copy = tmp_path / "copy"
+    shutil.copytree(directory, copy)
+    name = libraries(copy)[0]
+    shutil.move(copy / name, tmp_path / name)
+    (copy / name).symlink_to(tmp_path / name)
+    with pytest.raises(ArtifactError, match=f"{name} is a symbolic link"):
+        leangraph.load(copy)

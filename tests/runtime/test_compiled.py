@@ -84,3 +84,117 @@ def test_onnx_model_single_output_and_to_onnx(tmp_path):
     np.testing.assert_allclose(y, np.maximum(x + [-1, 0, 1], 0))
     cm.to_onnx(tmp_path / "out.onnx")
     onnx.checker.check_model(onnx.load(tmp_path / "out.onnx"))
+
+
+# Misuse at call time: each is a leangraph error naming the input and saying what to do, not a
+# numpy or torch traceback.
+
+
+def test_keyword_inputs_are_placed_by_the_graph_input_names(compiled):
+    _, cm = compiled
+    x, ids = torch.randn(2, 3, 4), torch.arange(6).reshape(2, 3)
+    expected = cm(x, ids)
+    for out in (cm(x=x, ids=ids), cm(ids=ids, x=x), cm(x, ids=ids)):
+        torch.testing.assert_close(out["hidden"], expected["hidden"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda cm, x, ids: cm(input_ids=ids), r"model 'TwoInputs' has no input named 'input_ids'; its inputs are x: "),
+    (lambda cm, x, ids: cm(x, x=x), r"input 'x' of model 'TwoInputs' was given both positionally and by name"),
+    (lambda cm, x, ids: cm(x=x), r"model 'TwoInputs' takes 2 inputs .*'ids' not given"),
+])
+def test_wrong_keyword_inputs(compiled, call, message):
+    _, cm = compiled
+    with pytest.raises(InputMismatchError, match=message) as info:
+        call(cm, torch.randn(2, 3, 4), torch.arange(6).reshape(2, 3))
+    assert info.value.hint
+
+
+@pytest.mark.parametrize(("x", "message"), [
+    (torch.ones(2, 3, 4, device="meta"), r"input 'x' of model 'TwoInputs' is a tensor on torch's meta device"),
+    (torch.ones(2, 3, 4, dtype=torch.bfloat16), r"input 'x' of model 'TwoInputs' must be float32; got bfloat16"),
+    (torch.ones(2, 3, 4, dtype=torch.float8_e4m3fn), r"input 'x' .* must be float32; got float8_e4m3fn"),
+    (torch.ones(2, 3, 4, dtype=torch.complex32), r"input 'x' of model 'TwoInputs' is a torch tensor .*complex32"),
+    (torch.ones(2, 3, 4).to_sparse(), r"input 'x' of model 'TwoInputs' is a torch.sparse_coo tensor"),
+    ("hello", r"input 'x' of model 'TwoInputs' must be an array .*; got str 'hello'"),
+    (None, r"input 'x' of model 'TwoInputs' must be an array .*; got NoneType"),
+    ([[1.0, 2.0], [3.0]], r"input 'x' of model 'TwoInputs' cannot be read as an array \(list\)"),
+    ([object()], r"input 'x' of model 'TwoInputs' is not numeric"),
+    (np.array(["a", "b"]), r"input 'x' of model 'TwoInputs' is not numeric"),
+])
+def test_inputs_that_are_not_arrays_of_the_right_kind(compiled, x, message):
+    _, cm = compiled
+    with pytest.raises(InputMismatchError, match=message) as info:
+        cm(x, torch.zeros(2, 3, dtype=torch.int64))
+    assert info.value.hint
+    with pytest.raises(InputMismatchError, match=message):
+        cm.run_flat([x, np.zeros((2, 3), np.int64)])
+
+
+def test_bfloat16_tensors_reach_a_bfloat16_input(tmp_path):
+    # numpy has no bfloat16: such tensors are read as ml_dtypes' bfloat16, which the graph's input is.
+    import ml_dtypes
+    from onnx import TensorProto, helper
+
+    from tests.helpers import make_model, tensor
+
+    model = make_model([helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT, name="cast")],
+                       [tensor("x", TensorProto.BFLOAT16, ("batch", 3))], [tensor("y", shape=("batch", 3))])
+    cm = leangraph.optimize(model, backend="reference", passes="none")
+    x = torch.tensor([[1.5, -2.0, 3.25]], dtype=torch.bfloat16)
+    torch.testing.assert_close(cm(x), x.float())
+    np.testing.assert_array_equal(cm.run_flat([x.float().numpy().astype(ml_dtypes.bfloat16)])[0], x.float().numpy())
+
+
+@pytest.fixture
+def relu_model():
+    return leangraph.optimize(add_relu_model(), backend="onnxruntime", passes="none")
+
+
+def test_to_onnx_onto_a_folder_or_an_unwritable_path(relu_model, tmp_path):
+    from leangraph.errors import OptionError
+
+    with pytest.raises(OptionError, match=rf"cannot write the ONNX file of model 'add_relu' to '{tmp_path}': it is a folder"):
+        relu_model.to_onnx(tmp_path)
+    (tmp_path / "a_file").write_text("keep")
+    with pytest.raises(OptionError, match=r"cannot write the ONNX file of model 'add_relu' to '.*a_file/m.onnx'"):
+        relu_model.to_onnx(tmp_path / "a_file" / "m.onnx")
+    with pytest.raises(OptionError, match=r"cannot write the ONNX file .*'/proc/leangraph-test/m.onnx'"):
+        relu_model.to_onnx("/proc/leangraph-test/m.onnx")
+    with pytest.raises(OptionError, match=r"must be a str or os.PathLike, got int"):
+        relu_model.to_onnx(5)
+    assert (tmp_path / "a_file").read_text() == "keep" and sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_to_onnx_replaces_a_file_whole(relu_model, tmp_path):
+    target = tmp_path / "m.onnx"
+    target.write_text("an older file")
+    relu_model.to_onnx(target)
+    onnx.checker.check_model(onnx.load(target))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no staging file left behind
+
+
+def test_save_onto_a_file_under_a_file_or_an_unwritable_place(relu_model, tmp_path):
+    from leangraph.errors import ArtifactError, OptionError
+
+    (tmp_path / "a_file").write_text("keep")
+    with pytest.raises(ArtifactError, match=r"cannot save the artifact of model 'add_relu' to '.*a_file': it is a file"):
+        relu_model.save(tmp_path / "a_file")
+    with pytest.raises(ArtifactError, match=r"cannot create the folder '.*a_file/sub' for the artifact of model 'add_relu'"):
+        relu_model.save(tmp_path / "a_file" / "sub")
+    with pytest.raises(ArtifactError, match=r"cannot create the folder '/proc/leangraph-test'"):
+        relu_model.save("/proc/leangraph-test")
+    with pytest.raises(OptionError, match=r"must be a str or os.PathLike, got NoneType"):
+        relu_model.save(None)
+    assert (tmp_path / "a_file").read_text() == "keep"
+
+
+def test_load_of_a_file_or_a_non_path(relu_model, tmp_path):
+    from leangraph.errors import ArtifactError, OptionError
+
+    relu_model.to_onnx(tmp_path / "m.onnx")
+    with pytest.raises(ArtifactError, match=r"'.*m.onnx' is a file, not an artifact directory") as info:
+        leangraph.load(tmp_path / "m.onnx")
+    assert "leangraph.optimize(path)" in info.value.hint
+    with pytest.raises(OptionError, match=r"load\(\) takes the path of an artifact folder, got int"):
+        leangraph.load(5)

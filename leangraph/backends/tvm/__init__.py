@@ -3,7 +3,7 @@ them for ``llvm``, run by the Relax VM.
 
 Linear layers (leangraph::MatMulBiasAct with constant weights, int8 DynamicQuantLinear), layer norms and
 attention call library kernels (torch's GEMM, fbgemm, layer_norm, the torch backend's attention) through
-destination-passing packed functions over zero-copy DLPack views (library.py), except where TIR
+packed functions over zero-copy DLPack views, which return their results (library.py), except where TIR
 kernels of our own apply: the int8 GEMM micro-kernel (int8_gemm.py) and per-sequence attention over
 packed tokens (packed_attention.py); the rest is
 legalized to TIR, fused, and its elementwise loops vectorized (schedule.py). What the converter
@@ -11,8 +11,10 @@ table does not cover (shape arithmetic, gathers, mask building) falls back to ON
 the partitioner.
 
 A compiled piece exports itself as a shared library (``export_library``) that artifacts keep;
-``TVMBackend.load_library`` loads it back after registering the packed functions its nodes call,
-so a saved model is not compiled again. Each thread calling a piece gets its own VM.
+``TVMBackend.load_library`` loads it back after registering the packed functions its nodes call
+(those library.py registers on import, and those made from a node's attributes and weights), so a
+saved model is not compiled again, in any process. A library is native code: loading one runs it
+(docs/security.md). Each thread calling a piece gets its own VM.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
@@ -114,11 +117,15 @@ class TVMExecutable:
         self.name = model_name(model)
         self.input_names = [v.name for v in model.graph.inputs]
         self.output_names = [v.name for v in model.graph.outputs]
+        # A library loaded back cannot export itself again (TVM: "Module[library] does not support
+        # SaveToBytes"): saving a loaded model writes the bytes it was loaded from.
+        self._library_bytes = None
         if library is None:
             executable = _build(model)
         else:
             register_library_kernels(model)
             try:
+                self._library_bytes = Path(library).read_bytes()
                 with _without_scope_log():
                     executable = tvm.runtime.load_module(os.fspath(library))
             except Exception as exc:
@@ -141,12 +148,15 @@ class TVMExecutable:
 
     def export_library(self, path: str | os.PathLike) -> None:
         """Write the compiled piece as a shared library (TVMBackend.load_library reads it back)."""
+        if self._library_bytes is not None:
+            Path(path).write_bytes(self._library_bytes)
+            return
         with _without_scope_log():
             self._executable.export_library(os.fspath(path))
 
     def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         try:
-            outputs = self._vm["main"](*[self._tensor(np.ascontiguousarray(x)) for x in inputs])
+            outputs = self._vm["main"](*[self._tensor(np.asarray(x, order="C")) for x in inputs])  # keeps 0-d
         except Exception as exc:
             raise ExecutionError(f"TVM failed running model '{self.name}': {str(exc).strip()[:2000]}",
                                  hint="compare with backend='reference'") from exc
@@ -230,7 +240,8 @@ def _build(model: ir.Model):
     params = [relax.Var(v.name, relax.TensorType(relax_shape(v), dtype_of(v))) for v in model.graph.inputs]
     env = {v.name: p for v, p in zip(model.graph.inputs, params)}
     for name, value in model.graph.initializers.items():
-        env[name] = relax.const(value.const_value.numpy())
+        if not value.is_graph_input():  # an input's initializer is its default: the caller's value wins
+            env[name] = relax.const(value.const_value.numpy())
     ctx = Context(bb, relax_shape)
     with bb.function("main", params):
         with bb.dataflow():
@@ -261,8 +272,11 @@ class TVMBackend:
     name = "tvm"
 
     def supports(self, node: ir.Node) -> bool:
-        from leangraph.backends.tvm.converters import CONVERTERS, split_sizes
+        from leangraph.backends.tvm.converters import CONVERTERS, ELEMENTWISE, split_sizes
 
+        if node.op_type not in ELEMENTWISE and any(v is not None and v.is_graph_input() and v.const_value is not None
+                                                   for v in node.inputs):
+            return False  # its converter would bake the default of an input the caller may override
         if node.op_type == "Split" and split_sizes(node) is None:
             return False
         if node.op_type == "LayerNormalization" and any(v.uses() or v.is_graph_output() for v in node.outputs[1:]):
