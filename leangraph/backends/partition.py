@@ -127,8 +127,10 @@ def partition(model: ir.Model, assignment: dict[ir.Node, str]) -> list[Partition
             for value in node.inputs:
                 if value is None or value.name in produced or value.name in inputs:
                     continue
-                if value.is_initializer() or (value.const_value is not None and value.producer() is None
-                                              and not value.is_graph_input()):
+                if value.is_graph_input():  # an initializer that is also an input is a default: pass it on
+                    inputs.append(value.name)
+                    continue
+                if value.is_initializer() or (value.const_value is not None and value.producer() is None):
                     continue
                 inputs.append(value.name)
         later = {v.name for _, other in groups[position + 1 :] for node in other for v in node.inputs if v is not None}

@@ -433,6 +433,11 @@ def _relu_node(ctx, node, inputs):
     return [_relu(inputs[0], dtype_of(node.inputs[0]))]
 
 
+ELEMENTWISE = frozenset(_BINARY) | frozenset(_UNARY) | {"Relu"}
+"""ONNX ops whose converters read no input's constant value: they may take a graph input that has a
+default (an initializer that is also an input), whose value the caller may override."""
+
+
 @converts("MatMul")
 def _matmul(ctx, node, inputs):
     a, b = inputs
