@@ -36,7 +36,7 @@ Element = int | Dim
 
 
 def const_ints(value: ir.Value | None) -> list[int] | None:
-    if value is None or value.const_value is None:
+    if value is None or value.const_value is None or value.is_graph_input():  # an input's default is no constant
         return None
     array = value.const_value.numpy()
     if array.dtype.kind not in "iu":

@@ -24,10 +24,13 @@ from leangraph.ir.registry import DOMAIN
 
 
 def candidate_layers(model: ir.Model) -> list[ir.Node]:
-    """Linear layers with constant float32 matrix weights (and constant bias, if any)."""
+    """Linear layers with constant float32 matrix weights (and constant bias, if any). A graph input
+    with a default is not constant: the caller may pass another value."""
     layers = []
     for node in model.graph:
         if node.domain != DOMAIN or node.op_type != "MatMulBiasAct":
+            continue
+        if any(value is not None and value.is_graph_input() for value in node.inputs[1:]):
             continue
         weight = node.inputs[1].const_value
         bias = node.inputs[2] if len(node.inputs) > 2 else None
