@@ -129,7 +129,8 @@ class TVMExecutable:
                 with _without_scope_log():
                     executable = tvm.runtime.load_module(os.fspath(library))
             except Exception as exc:
-                raise ArtifactError(f"cannot load the TVM library {os.fspath(library)} of model '{self.name}': "
+                # Named by its file: artifacts load a private copy, whose folder says nothing to the user.
+                raise ArtifactError(f"cannot load the TVM library {Path(library).name} of model '{self.name}': "
                                     f"{str(exc).strip()[:500]}", hint="recompile the model") from None
         # The VM does not own the executable: keep it alive as long as the VMs (else a segfault).
         self._executable = executable
