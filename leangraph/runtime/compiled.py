@@ -231,6 +231,31 @@ def _output_path(path: Any, what: str, example: str) -> Path:
     return Path(os.fspath(path))
 
 
+DIM_LIMITS = "leangraph.dim_limits"
+
+
+def _dim_limits(graph: ir.Model) -> dict[str, tuple[int, str]]:
+    """{dim name: (largest size, why)} from the metadata capture wrote (frontend/from_torch.py:
+    a learned position table bounds the sequence dim). Malformed entries are ignored: they only
+    sharpen an error message, and the file is not trusted to say more."""
+    import json
+
+    text = graph.metadata_props.get(DIM_LIMITS)
+    if not text or len(text) > 65536:
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {}
+    limits = {}
+    if isinstance(data, dict):
+        for dim, entry in data.items():
+            if (isinstance(entry, dict) and isinstance(entry.get("max"), int) and not isinstance(entry["max"], bool)
+                    and isinstance(entry.get("why"), str)):
+                limits[str(dim)] = (entry["max"], _short(entry["why"]))
+    return limits
+
+
 class CompiledModel:
     """An optimized model ready to call: ``cm(*inputs)`` as ``model(*inputs)``."""
 
@@ -245,6 +270,7 @@ class CompiledModel:
         # The structure captured in this process, else the one in the metadata, read at the first
         # call (so its warning, if any, points there, and optimize()'s input checker reads nothing).
         self._out_spec = graph.meta.get(OUT_SPEC) or _NOT_LOADED
+        self._dim_limits = _dim_limits(graph)
 
     @property
     def graph(self) -> ir.Model:
@@ -342,6 +368,14 @@ class CompiledModel:
                             hint=f"inputs sharing the dim '{dim}' must agree on its size",
                         )
                     bound.setdefault(dim, (size, f"input '{spec.name}' axis {axis}"))
+                    limit = self._dim_limits.get(dim)
+                    if limit is not None and size > limit[0]:
+                        raise InputMismatchError(
+                            f"input '{spec.name}' of model '{self.name}' has {size} on axis {axis} (dim '{dim}'); the "
+                            f"model takes at most {limit[0]}: {limit[1]}",
+                            hint=f"split or truncate the input to at most {limit[0]} (e.g. a tokenizer's "
+                                 f"max_length={limit[0]}, truncation=True)",
+                        )
 
     def _what(self, index: int) -> str:
         if index < len(self.inputs):

@@ -198,3 +198,22 @@ def test_load_of_a_file_or_a_non_path(relu_model, tmp_path):
     assert "leangraph.optimize(path)" in info.value.hint
     with pytest.raises(OptionError, match=r"load\(\) takes the path of an artifact folder, got int"):
         leangraph.load(5)
+
+
+@pytest.mark.parametrize("name", ["bert", "roberta", "gpt2"])
+def test_inputs_past_the_position_table_name_the_limit(name, tmp_path):
+    # Before: "invalid expand shape" (BERT) or an out-of-bounds Gather from inside ONNX Runtime.
+    from tests.zoo import ZOO
+
+    entry = ZOO[name]
+    model = entry.build()
+    cm = leangraph.optimize(model, tuple(entry.inputs(*entry.shapes[0])), dynamic_shapes=entry.dynamic_shapes,
+                            backend="onnxruntime")
+    table = next(m for n, m in model.named_modules() if n.endswith(("position_embeddings", "wpe")))
+    longest = table.num_embeddings - (table.padding_idx + 1 if table.padding_idx is not None else 0)
+    cm(*entry.inputs(1, longest))  # the limit itself runs
+    cm.save(tmp_path / "artifact")
+    for compiled in (cm, leangraph.load(tmp_path / "artifact")):
+        with pytest.raises(InputMismatchError, match=rf"has {longest + 1} on axis 1 .* at most {longest}: the "
+                                                     "position table"):
+            compiled(*entry.inputs(1, longest + 1))
