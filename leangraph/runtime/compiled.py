@@ -115,12 +115,40 @@ def _spec_from_text(text: str):
         return pytree.TreeSpec(typ, value, built)
 
     spec = build(root, 0)
+    if unknown and _import_trusted_output_modules(unknown):
+        unknown.clear()
+        spec = build(root, 0)
     if unknown:
         names = ", ".join(_short(name) for name in sorted(unknown)[:5]) + (", ..." if len(unknown) > 5 else "")
         raise _Unusable(f"its container types ({names}) are not registered in this process; leangraph imports "
                         "nothing a model file names: import the module defining them first (for transformers' "
                         "outputs, transformers and the model's class) to get the structure back")
     return spec
+
+
+TRUSTED_OUTPUT_MODULES = ("transformers.modeling_outputs",)
+"""Modules leangraph itself may import to rebuild an output structure: installed libraries whose
+output containers (transformers' ModelOutput classes) most captured models return. The list is
+leangraph's, not the file's: a file naming any other module gets a tuple and a warning."""
+
+
+def _import_trusted_output_modules(names: set[str]) -> bool:
+    """Import the trusted modules that define some of ``names`` (and are installed); whether any was."""
+    import importlib
+    import importlib.util
+
+    wanted = [module for module in TRUSTED_OUTPUT_MODULES
+              if module not in sys.modules and any(name.rsplit(".", 1)[0] == module for name in names)]
+    imported = False
+    for module in wanted:
+        try:
+            if importlib.util.find_spec(module.split(".")[0]) is None:
+                continue
+            importlib.import_module(module)  # a name from the list above, never from the file
+            imported = True
+        except Exception:  # noqa: BLE001 - a broken installation: the outputs come back as a tuple
+            continue
+    return imported
 
 
 def _load_out_spec(graph: ir.Model, num_outputs: int):

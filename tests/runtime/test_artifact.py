@@ -155,9 +155,10 @@ print(json.dumps({"type": type(out).__name__, "warnings": [str(w.message) for w 
 
 
 @pytest.mark.parametrize("imported", [False, True])
-def test_a_fresh_process_rebuilds_model_outputs_only_when_their_module_is_imported(saved, tmp_path, imported):
-    # The manifest's graph names transformers' output class; loading imports nothing it names. A
-    # process that imported transformers gets the class back, one that did not a tuple and a warning.
+def test_a_fresh_process_rebuilds_transformers_outputs(saved, tmp_path, imported):
+    # The manifest's graph names transformers' output class; loading imports nothing the file names,
+    # but transformers.modeling_outputs is on leangraph's own list of modules it may import
+    # (compiled.TRUSTED_OUTPUT_MODULES): with or without the user's import, the class comes back.
     import subprocess
     import sys
 
@@ -169,9 +170,17 @@ def test_a_fresh_process_rebuilds_model_outputs_only_when_their_module_is_import
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     expected = type(model(*inputs)).__name__
-    if imported:
-        assert result["type"] == expected and not result["warnings"], result
-    else:
-        assert result["type"] == "tuple" and not result["transformers"], result
-        assert any(f"transformers.modeling_outputs.{expected}" in w and "not registered" in w
-                   for w in result["warnings"]), result["warnings"]
+    assert result["type"] == expected and not result["warnings"], result
+
+
+def test_only_the_trusted_list_is_imported(monkeypatch):
+    # A name that only looks like a trusted module's is not imported.
+    import sys
+
+    from leangraph.runtime import compiled
+
+    monkeypatch.setattr(compiled, "TRUSTED_OUTPUT_MODULES", ("colorsys",))
+    monkeypatch.delitem(sys.modules, "colorsys", raising=False)
+    assert not compiled._import_trusted_output_modules({"colorsysx.Type", "colorsys_evil.Type", "os.Type"})
+    assert "colorsys" not in sys.modules
+    assert compiled._import_trusted_output_modules({"colorsys.Type"}) and "colorsys" in sys.modules
