@@ -190,6 +190,12 @@ API_MISUSES = {
     "save over a folder that is not an artifact": lambda t: (_a_file(t), _compiled(t).save(t))[1],
     "to_onnx onto a folder": lambda t: _compiled(t).to_onnx(t),
     "to_onnx under a file": lambda t: _compiled(t).to_onnx(_a_file(t) / "m.onnx"),
+    "load None": lambda t: leangraph.load(None),
+    "save to None": lambda t: _compiled(t).save(None),
+    "to_onnx to None": lambda t: _compiled(t).to_onnx(None),
+    "optimize garbage bytes": lambda t: leangraph.optimize(b"\x00garbage" * 10, (X,)),
+    "optimize an empty bytes": lambda t: leangraph.optimize(b"", (X,)),
+    "call with a keyword given twice": lambda t: _compiled(t)(X, x=X),
     "load a file": lambda t: leangraph.load(_a_file(t)),
     "load a missing folder": lambda t: leangraph.load(t / "missing"),
     "load a deeply nested manifest": lambda t: leangraph.load(_nested_manifest(t)),
@@ -224,9 +230,10 @@ def files(tmp_path_factory):
     artifact = root / "artifact"
     leangraph.optimize(add_relu_model(), (X,), backend="onnxruntime").save(artifact)
     np.savez(root / "in.npz", x=X)
+    np.savez(root / "other.npz", y=X)
     (root / "bad.npz").write_bytes(b"PK\x03\x04 this is no zip")
     (root / "plain").write_text("a file")
-    return {"model": str(model), "artifact": str(artifact), "npz": str(root / "in.npz"),
+    return {"model": str(model), "artifact": str(artifact), "npz": str(root / "in.npz"), "npz_other": str(root / "other.npz"),
             "bad_npz": str(root / "bad.npz"), "file": str(root / "plain"), "root": root}
 
 
@@ -273,6 +280,13 @@ CLI_MISUSES = {
                                             f["file"] + "/o.npz"],
     "run a file as the artifact": lambda f: ["run", f["file"], "--inputs", f["npz"]],
     "run a missing artifact": lambda f: ["run", str(f["root"] / "missing"), "--inputs", f["npz"]],
+    "compile -o onto a folder that is not an artifact": lambda f: ["compile", f["model"], "-o", str(f["root"]),
+                                                                   "--example-shapes", "x=2x3"],
+    "compile a factory with --example-shapes": lambda f: ["compile", "tests.models_for_cli:tiny_bert", "-o",
+                                                          str(f["root"] / "o10"), "--example-shapes", "x=2x3"],
+    "run an npz missing an input": lambda f: ["run", f["artifact"], "--inputs", f["npz_other"]],
+    "bench --backend nope": lambda f: ["bench", f["model"], "--backend", "nope", "--example-shapes", "x=2x3"],
+    "inspect garbage bytes": lambda f: ["inspect", f["file"]],
     "bench --rounds 0": lambda f: ["bench", f["artifact"], "--inputs", f["npz"], "--rounds", "0"],
     "bench --rounds -3": lambda f: ["bench", f["artifact"], "--inputs", f["npz"], "--rounds", "-3"],
     "bench without inputs": lambda f: ["bench", f["artifact"]],
