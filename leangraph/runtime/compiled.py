@@ -299,6 +299,8 @@ class CompiledModel:
         # call (so its warning, if any, points there, and optimize()'s input checker reads nothing).
         self._out_spec = graph.meta.get(OUT_SPEC) or _NOT_LOADED
         self._dim_limits = _dim_limits(graph)
+        self._defaults = {v.name: v.const_value for v in graph.graph.inputs if v.const_value is not None}
+        """Inputs with a default (an initializer that is also an input): the caller may leave them out."""
 
     @property
     def graph(self) -> ir.Model:
@@ -411,9 +413,10 @@ class CompiledModel:
         return f"input #{index} of model '{self.name}'"
 
     def _arrays(self, inputs: Sequence[Any], named: dict[str, Any]) -> list[np.ndarray]:
-        """The inputs in graph order as numpy, keyword arguments placed by the graph's input names."""
+        """The inputs in graph order as numpy, keyword arguments placed by the graph's input names,
+        inputs left out given their defaults where the graph has one."""
+        names = [spec.name for spec in self.inputs]
         if named:
-            names = [spec.name for spec in self.inputs]
             unknown = [key for key in named if key not in names]
             if unknown:
                 raise InputMismatchError(
@@ -424,20 +427,21 @@ class CompiledModel:
                 raise InputMismatchError(
                     f"input {', '.join(repr(k) for k in twice)} of model '{self.name}' was given both positionally "
                     "and by name", hint="pass each input once")
-            placed = list(inputs) + [named.get(name, _MISSING) for name in names[len(inputs):]]
-            missing = [name for name, value in zip(names, placed) if value is _MISSING]
-            if missing:
-                raise InputMismatchError(
-                    f"model '{self.name}' takes {len(names)} inputs ({self._signature()}); "
-                    f"{', '.join(repr(m) for m in missing)} not given",
-                    hint="pass every input, positionally or by name")
-            inputs = placed
-        if len(inputs) != len(self.inputs):
+        if len(inputs) > len(names):
             raise InputMismatchError(
                 f"model '{self.name}' takes {len(self.inputs)} inputs ({self._signature()}); got {len(inputs)}",
                 hint="pass the inputs positionally, in the order of the example inputs, or by name",
             )
-        return [to_numpy(x, self._what(i), self.inputs[i].dtype) for i, x in enumerate(inputs)]
+        placed = list(inputs) + [named.get(name, _MISSING) for name in names[len(inputs):]]
+        missing = [name for name, value in zip(names, placed) if value is _MISSING and name not in self._defaults]
+        if missing:
+            given = len(inputs) + len(named)
+            raise InputMismatchError(
+                f"model '{self.name}' takes {len(names)} inputs ({self._signature()}); got {given}: "
+                f"{', '.join(repr(m) for m in missing)} not given",
+                hint="pass every input, positionally or by name (only inputs with a default may be left out)")
+        placed = [self._defaults[name].numpy() if value is _MISSING else value for name, value in zip(names, placed)]
+        return [to_numpy(x, self._what(i), self.inputs[i].dtype) for i, x in enumerate(placed)]
 
     def run_flat(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The graph's outputs, flat and as numpy, for numpy inputs in graph order (checked)."""

@@ -53,3 +53,7 @@ def test_inputs_with_defaults_take_the_callers_value_on_every_backend(backend):
     cm = leangraph.optimize(model, (x, w, b), backend=backend)
     np.testing.assert_allclose(cm(x, w, b), np.maximum(x @ w + b, 0), rtol=1e-6)
     np.testing.assert_allclose(cm(x, np.eye(3, dtype=np.float32), np.zeros(3, np.float32)), np.maximum(x, 0))
+    np.testing.assert_allclose(cm(x), np.maximum(x, 0))  # left out: their defaults
+    np.testing.assert_allclose(cm(x, b=b), np.maximum(x + b, 0))
+    with pytest.raises(leangraph.LeanGraphError, match="'x' not given"):
+        cm(w=w)
