@@ -63,9 +63,9 @@ def _read(source: Source) -> tuple[onnx.ModelProto, str]:
         base = str(Path(source).parent)
         try:
             onnx.load_external_data_for_model(proto, base)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, onnx.checker.ValidationError) as exc:
             raise ModelLoadError(
-                f"model '{label}' refers to external data that cannot be read: {exc}",
+                f"model '{label}' refers to external data that cannot be read: {str(exc).strip()}",
                 hint="keep the external data files next to the .onnx file",
             ) from None
     return proto, label
@@ -100,7 +100,13 @@ def load_onnx(source: Source, *, target_opset: int = TARGET_OPSET) -> ir.Model:
     sorted, converted to ``target_opset``, and its shapes inferred.
     """
     proto, label = _read(source)
-    model = ir.from_proto(proto)
+    _check_signature(proto, label)
+    try:
+        model = ir.from_proto(proto)
+    except Exception as exc:  # onnx_ir's SerdeError wraps the reason (e.g. a value written twice)
+        raise InvalidGraphError(f"model '{label}' is not a valid ONNX graph: {_root_cause(exc)}",
+                                hint="every value must be written by one node and named once; fix or re-export "
+                                     "the model") from None
     if (model.ir_version or 0) < 4:
         # Before IR version 4 every initializer had to be listed as a graph input too: there they
         # are the constants they are. From version 4 on, an initializer that is also an input is
@@ -136,6 +142,26 @@ def load_onnx(source: Source, *, target_opset: int = TARGET_OPSET) -> ir.Model:
     infer_leangraph_shapes(model)
     model.metadata_props["leangraph.source"] = label
     return model
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _check_signature(proto: onnx.ModelProto, label: str) -> None:
+    """A graph computes something, once per name: outputs exist and no input or output name repeats
+    (ONNX's checker lets duplicate output names through; every runtime then returns one of them)."""
+    if not proto.graph.output:
+        raise InvalidGraphError(f"model '{label}' has no graph outputs: it computes nothing",
+                                hint="export the model with its outputs listed")
+    for kind, values in (("input", proto.graph.input), ("output", proto.graph.output)):
+        names = [value.name for value in values]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise InvalidGraphError(f"model '{label}' lists the graph {kind} {repeated[0]!r} {names.count(repeated[0])} "
+                                    "times", hint=f"give each graph {kind} one entry and a name of its own")
 
 
 def _check_outputs_produced(model: ir.Model, label: str) -> None:
