@@ -273,6 +273,11 @@ def _quantize(graph, captured_graph, chain, kernels_of, input_sets, tolerance, e
     changed = quantized is not graph
     if changed:
         PASSES["dce"](quantized)  # the fp32 weights the int8 layers replaced
+    elif any(note.startswith("quantization attempt") for note in notes):
+        budget = f"max_drop {max_drop}" if evaluate is not None else str(tolerance)
+        warnings.warn(f"leangraph: no reduced-precision assignment of model '{report.model_name}' met the budget "
+                      f"({budget}): every layer stays fp32. The report lists each attempt and why it failed",
+                      stacklevel=3)
     record = PassRecord(name="mixed_precision", changed=changed, nodes_before=nodes_before,
                         nodes_after=node_count(quantized), seconds=time.perf_counter() - start,
                         verified=True if changed else None, notes=notes)

@@ -155,3 +155,4 @@ def test_an_unfingerprintable_evaluate_is_not_cached_and_the_report_says_why(tmp
                             evaluate=lambda cm: float(state is not None), max_drop=0.5, cache_dir=tmp_path)
     assert "cache not used: evaluate() reads 'state'" in str(cm.report)
     assert list(tmp_path.iterdir()) == []
+

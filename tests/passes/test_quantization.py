@@ -242,3 +242,17 @@ def test_a_loaded_artifact_reports_each_layers_precision(tmp_path):
     loaded = leangraph.load(tmp_path / "artifact")
     assert loaded.report.quantization == cm.report.quantization
     assert "layer precisions" in str(loaded.report)
+
+
+def test_a_budget_no_assignment_meets_says_so_on_stderr():
+    model = MLP()
+    calls = []
+
+    def impossible(cm):  # the unoptimized model scores 0, every candidate far below
+        calls.append(1)
+        return 0.0 if len(calls) == 1 else -100.0
+
+    with pytest.warns(UserWarning, match="no reduced-precision assignment of model 'MLP' met the budget"):
+        cm = leangraph.optimize(model, INPUTS[0], backend="onnxruntime", calibration=INPUTS, evaluate=impossible,
+                                max_drop=0.5)
+    assert not cm.report.quantization or all("fp32" in row for row in cm.report.quantization)
