@@ -156,7 +156,7 @@ def _attention_inputs():
 @pytest.mark.parametrize(("body", "guard", "mask", "rule"), [
     (SPLIT, True, True, "sdpa_split_scale_masked_nan_guard"),
     (AFTER, True, True, "sdpa_mul_scale_masked_nan_guard"),
-    (AFTER, False, False, "sdpa_mul_scale"),
+    (AFTER, True, False, "sdpa_mul_scale_nan_guard"),
 ])
 def test_attention_fires(body, guard, mask, rule):
     model, record = run_pass("fuse_attention", model_from_text(_attention_graph(body, guard, mask)), _attention_inputs())
@@ -165,8 +165,14 @@ def test_attention_fires(body, guard, mask, rule):
     assert node.domain == "leangraph"
 
 
-def test_attention_not_fused_with_mask_but_without_nan_guard():
-    _, record = run_pass("fuse_attention", model_from_text(_attention_graph(AFTER, guard=False, mask=True)), _attention_inputs())
+@pytest.mark.parametrize("mask", [True, False])
+def test_attention_not_fused_without_nan_guard(mask):
+    # the op gives 0 where the softmax gives NaN: a fully masked row, or (mask or not) a row whose
+    # scores hold NaN or an infinity; the unguarded graph gives NaN there
+    inputs = _attention_inputs()
+    inputs[0][0, 1, 2, 3] = np.inf
+    inputs[1][1, 0, 4, 0] = np.nan
+    _, record = run_pass("fuse_attention", model_from_text(_attention_graph(AFTER, guard=False, mask=mask)), inputs)
     assert not record.fired
 
 

@@ -8,8 +8,10 @@ forms torch's exporter writes:
 - with an additive mask (``+ mask``: BERT padding, GPT-2/Llama causal+padding, as the model builds
   it) or without;
 - with the exporter's NaN guard ``Where(IsNaN(p), 0, p)`` after the softmax, which the op's
-  semantics include (rows with no visible key give 0). Without a guard only mask-free attention is
-  fused, since a mask could hide every key of a row and the op would turn that row's NaN into 0.
+  semantics include (rows with no visible key give 0). Attention without the guard is not fused:
+  where the softmax gives NaN (a row whose keys a mask hides, or whose scores hold NaN or an
+  infinity, as an overflow makes them) the op gives 0 and the graph NaN. (Before: mask-free
+  attention without the guard was fused, exact only on finite scores; whisper's encoder has it.)
 
 Then, where the heads are split by ``Transpose(Reshape(x, [0, 0, H, D]), [0, 2, 1, 3])`` for q, k
 and v and merged back by ``Reshape(Transpose(out, [0, 2, 1, 3]), [0, 0, -1])``, the split and merge
@@ -19,7 +21,10 @@ fold into ``leangraph::MultiHeadAttention(x_q, x_k, x_v, mask, num_heads=H)`` (r
 ``k^T`` must be a Transpose (the algebraic pass turns the exporter's Reshape/Transpose/Reshape
 chain into one, often merged with the head-split Transpose): ``k`` is then the same input under the
 permutation with its last two entries swapped, which the rewrite emits unless it is the identity.
-The mask stays a graph value. Exact up to round-off.
+The mask stays a graph value. Conditions that keep it exact: q, k and v have one rank (the op
+broadcasts batch dims only), the softmax runs over the last axis of the scores (whose rank a mask
+could raise above the key's), the mask does not broadcast the scores to a bigger shape, the scale
+and the NaN guard's 0 are scalars adding no dims. Exact up to round-off.
 """
 
 from __future__ import annotations
@@ -37,9 +42,9 @@ D = "leangraph"
 
 
 class AttentionFusion(pattern.RewriteRuleClassBase):
-    def __init__(self, name: str, scale_style: str, masked: bool, nan_guard: bool):
+    def __init__(self, name: str, scale_style: str, masked: bool):
         super().__init__(name)
-        self._scale_style, self._masked, self._nan_guard = scale_style, masked, nan_guard
+        self._scale_style, self._masked = scale_style, masked
 
     def pattern(self, op, q, k_source, v, mask, s1, s2, zero):
         kt = op.Transpose(k_source, _allow_other_attributes=True, _outputs=["kt"])
@@ -54,9 +59,7 @@ class AttentionFusion(pattern.RewriteRuleClassBase):
         if self._masked:
             scores = op.Add(scores, mask)
         probs = op.Softmax(scores, _allow_other_attributes=True, _outputs=["probs"])
-        if self._nan_guard:
-            probs = op.Where(op.IsNaN(probs), zero, probs)
-        return op.MatMul(probs, v)
+        return op.MatMul(op.Where(op.IsNaN(probs), zero, probs), v)
 
     def check(self, context, q, k_source, v, mask=None, s1=None, s2=None, zero=None, kt=None, probs=None,
               qk=None):
@@ -76,10 +79,8 @@ class AttentionFusion(pattern.RewriteRuleClassBase):
             return result.fail("softmax is not over the last axis of the scores")
         if scores_rank != k_rank or _grows(qk, probs):
             return result.fail("the mask broadcasts the scores to a bigger shape")
-        if self._nan_guard and (scalar(zero) != 0.0 or not fits_into(zero, probs)):
+        if scalar(zero) != 0.0 or not fits_into(zero, probs):
             return result.fail("NaN guard does not substitute a scalar 0")
-        if not self._nan_guard and self._masked:
-            return result.fail("masked attention without NaN guard is not fused (see module doc)")
         scales = [s for s in (s1, s2) if s is not None]
         if not all(fits_into(s, probs) for s in scales):
             return result.fail("a scale constant adds dims")
@@ -180,9 +181,10 @@ class HeadsFusion(pattern.RewriteRuleClassBase):
 
 
 def _rules():
-    for style, masked, guard in itertools.product(("split", "mul", "div", "none"), (True, False), (True, False)):
-        name = f"sdpa_{style}_scale{'_masked' if masked else ''}{'_nan_guard' if guard else ''}"
-        rule = AttentionFusion.rule(name, style, masked, guard)
+    # with the NaN guard only: see the module doc
+    for style, masked in itertools.product(("split", "mul", "div", "none"), (True, False)):
+        name = f"sdpa_{style}_scale{'_masked' if masked else ''}_nan_guard"
+        rule = AttentionFusion.rule(name, style, masked)
         yield from (rule.commute() if masked else [rule])
 
 
