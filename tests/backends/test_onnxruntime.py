@@ -180,3 +180,39 @@ def test_overridable_initializer_is_an_input_end_to_end():
         for w, one in ((defaults["w"], defaults["one"]), (2 * defaults["w"], np.full(1, -3.0, np.float32))):
             want = original.run(None, {"x": x, "w": w, "one": one})[0]
             np.testing.assert_allclose(cm(x, w, one), want, rtol=1e-5, atol=1e-6)
+
+
+RMS_WITH_EPSILON_INPUT = HEADER.replace("ir_version: 10", "ir_version: 8") + """
+g (float[2,5,8] x, float eps) => (float[2,5,8] y) {
+    ax = Constant<value = int64[1] {-1}>()
+    two = Constant<value = float {2.0}>()
+    sc = Constant<value = float[8] {1, 2, 3, 4, 5, 6, 7, 8}>()
+    ms = ReduceMean<keepdims=1>(Pow(x, two), ax)
+    y = Mul(Div(x, Sqrt(Add(ms, eps))), sc)
+}"""
+
+
+def test_rms_norm_fusion_reads_no_overridable_epsilon():
+    # ONNX Runtime's SimplifiedLayerNormFusion copied the epsilon's default into its kernel: the
+    # value passed was ignored (error 12.3)
+    from leangraph.backends.onnxruntime import OVERRIDABLE_BREAK, OrtExecutable, disabled_optimizers
+    from leangraph.backends.reference import ReferenceExecutable
+    from tests.passes._build import model_from_text
+
+    model = model_from_text(RMS_WITH_EPSILON_INPUT, {"eps": np.array(1e-6, np.float32)})
+    assert set(OVERRIDABLE_BREAK) <= set(disabled_optimizers(model))
+    x = np.random.default_rng(3).standard_normal((2, 5, 8)).astype(np.float32)
+    inputs = [x, np.array(5.0, np.float32)]
+    np.testing.assert_allclose(OrtExecutable(model)(inputs)[0], ReferenceExecutable(model)(inputs)[0],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_fusions_left_off_only_where_they_break():
+    # a graph without Pad axes or overridable inputs keeps ONNX Runtime's transpose optimizers and
+    # its RMS-norm fusion (the one kernel leangraph::RMSNorm's decomposition becomes)
+    from leangraph.backends.onnxruntime import DISABLED_FUSIONS, disabled_optimizers
+    from tests.passes._build import model_from_text
+
+    plain = model_from_text(RMS_WITH_EPSILON_INPUT.replace(", float eps) =>", ") =>").replace(
+        "two = Constant", "eps = Constant<value = float {1e-6}>()\n    two = Constant"))
+    assert disabled_optimizers(plain) == list(DISABLED_FUSIONS)
