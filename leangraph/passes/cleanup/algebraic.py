@@ -59,12 +59,12 @@ class IdentityConstant(pattern.RewriteRuleClassBase):
         result = pattern.MatchResult()
         array = constant(c)
         if array is None:
-            return result.fail("the other operand is not a constant (a graph input is not one, whatever its default)")
+            return result.fail("the other operand is no constant (a graph input is none, whatever its default)")
         if c.dtype != x.dtype or x.dtype is None:
             return result.fail("operand types differ or are unknown")
         if not _is_identity_element(array, self._op_type):
-            return result.fail(f"the constant is not exactly {'1' if self._op_type in ('Mul', 'Div') else 'a neutral 0'} "
-                               "in every element")
+            identity = "1" if self._op_type in ("Mul", "Div") else "a neutral 0"
+            return result.fail(f"the constant is not exactly {identity} in every element")
         if not fits_into(c, x):
             return result.fail("the constant broadcasts x to a bigger shape")
         return result

@@ -69,7 +69,7 @@ class DecomposedLayerNorm(pattern.RewriteRuleClassBase):
         self._scale = row_vector(scale, width, rank(x)) if scale is not None else np.ones(width, np.float32)
         self._bias = row_vector(bias, width, rank(x)) if bias is not None else np.zeros(width, np.float32)
         if self._scale is None or self._bias is None:
-            return result.fail("scale and bias must be constants of shape [D] or scalars (D: x's static last dim)")
+            return result.fail("scale and bias must be constants of shape [D] or scalars (D: x's last dim)")
         self._eps = scalar(eps)
         return result
 

@@ -94,11 +94,12 @@ class GemmLinear(pattern.RewriteRuleClassBase):
         self._trans_b = attrs.get_int("transB", 0)
         self._bias = None if b is None else _bias_row(b, w, self._trans_b, 2)
         if b is not None and self._bias is None:
-            return result.fail("bias must be a constant row of the output width (or a scalar), not varying by row")
+            return result.fail("bias must be a constant row of the output width or a scalar, not one per row")
         return result
 
     def rewrite(self, op, x, w, b=None, y=None):
-        inputs = [x, _gemm_weight(op, w, self._trans_b)] + ([as_row(op, b, self._bias)] if b is not None else [])
+        bias = [as_row(op, b, self._bias)] if b is not None else []
+        inputs = [x, _gemm_weight(op, w, self._trans_b), *bias]
         return op.MatMulBiasAct(*inputs, _domain=D, activation="none")
 
 
@@ -126,7 +127,7 @@ class ReshapedGemm(pattern.RewriteRuleClassBase):
         # a row bias only: one varying by the flattened rows would not survive restoring x's dims
         self._bias = None if b is None else _bias_row(b, w, self._trans_b, 2)
         if b is not None and self._bias is None:
-            return result.fail("bias must be a constant row of the output width (or a scalar), not varying by row")
+            return result.fail("bias must be a constant row of the output width or a scalar, not one per row")
         k = w.const_value.shape[1 if self._trans_b else 0]
         n = w.const_value.shape[0 if self._trans_b else 1]
         flat, out = elements(flat_shape), elements(out_shape)
@@ -138,7 +139,8 @@ class ReshapedGemm(pattern.RewriteRuleClassBase):
         return result
 
     def rewrite(self, op, x, flat_shape, w, b=None, out_shape=None, y=None):
-        inputs = [x, _gemm_weight(op, w, self._trans_b)] + ([as_row(op, b, self._bias)] if b is not None else [])
+        bias = [as_row(op, b, self._bias)] if b is not None else []
+        inputs = [x, _gemm_weight(op, w, self._trans_b), *bias]
         return op.MatMulBiasAct(*inputs, _domain=D, activation="none")
 
 

@@ -55,10 +55,12 @@ class RMSNormFusion(pattern.RewriteRuleClassBase):
         return op.RMSNorm(x, scale, _domain=D, axis=-1, epsilon=self._eps)
 
 
+_SCALE_NAMES = {"first": "scale_first", "last": "scale_last", "none": "no_scale"}
+
 FUSE_RMS_NORM = RulePass(
     "fuse_rms_norm",
     [
-        RMSNormFusion.rule(f"rms_norm_{'no_scale' if s == 'none' else f'scale_{s}'}_{'reciprocal' if r else 'div'}", s, r)
+        RMSNormFusion.rule(f"rms_norm_{_SCALE_NAMES[s]}_{'reciprocal' if r else 'div'}", s, r)
         for s in ("first", "last", "none")
         for r in (True, False)
     ],

@@ -32,8 +32,10 @@ def _linear_key(node: ir.Node):
     if node.domain != DOMAIN or node.op_type != "MatMulBiasAct" or node.inputs[0] is None:
         return None
     weight = node.inputs[1]
-    if weight is None or weight.const_value is None or weight.is_graph_input() or len(weight.const_value.shape) != 2:
-        return None  # a graph input is no constant, even with an initializer (its default)
+    if weight is None or weight.const_value is None or len(weight.const_value.shape) != 2:
+        return None
+    if weight.is_graph_input():
+        return None  # no constant, even with an initializer: that is its default
     bias = node.inputs[2] if len(node.inputs) > 2 else None
     if bias is not None and _bias_row(node) is None:
         return None  # a bias varying by row, or one that adds dims: it cannot be split by column
