@@ -57,3 +57,22 @@ def test_inputs_with_defaults_take_the_callers_value_on_every_backend(backend):
     np.testing.assert_allclose(cm(x, b=b), np.maximum(x + b, 0))
     with pytest.raises(leangraph.LeanGraphError, match="'x' not given"):
         cm(w=w)
+
+
+@pytest.mark.parametrize("width", [1, 4])
+def test_rms_norm_over_one_element_on_tvm(width):
+    # The TVM backend's elementwise schedule took the reduction over an extent-1 axis for injective
+    # (normalization drops the axis) and inlined it: [2, 3, 1] gave 0.014, nan, ... for 1.4999, -1.4999.
+    from leangraph.backends.reference import ReferenceExecutable
+    from leangraph.ir import DOMAIN
+
+    weight = numpy_helper.from_array(np.full(width, 1.5, np.float32), "w")
+    model = make_model([helper.make_node("RMSNorm", ["x", "w"], ["y"], domain=DOMAIN, axis=-1, epsilon=1e-6,
+                                         name="rms")],
+                       [tensor("x", shape=(2, 3, width))], [tensor("y", shape=(2, 3, width))], [weight],
+                       domains=(DOMAIN,))
+    x = np.random.default_rng(0).standard_normal((2, 3, width)).astype(np.float32)
+    graph = leangraph.capture(model)
+    expected = ReferenceExecutable(graph)([x])[0]
+    got = leangraph.optimize(model, (x,), backend="tvm", passes="none")(x)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

@@ -29,6 +29,10 @@ class Elementwise(dlight.ScheduleRule):
         blocks = normalize_prim_func(sch)
         if not blocks or not all(block.is_injective() for block in blocks):
             return None
+        if any(sch.get(block.block_rv).init is not None for block in blocks):
+            # a reduction over extent-1 axes, which normalization drops and so reports as injective:
+            # inlined and vectorized, its init and update gave garbage (RMS norm over one element)
+            return None
         blocks = try_inline(sch, blocks)
         width = llvm_get_vector_width(target)
         lanes = max(width // 32, 4) if width > 0 else 8
