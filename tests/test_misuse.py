@@ -237,29 +237,25 @@ def files(tmp_path_factory):
             "bad_npz": str(root / "bad.npz"), "file": str(root / "plain"), "root": root}
 
 
+def _compile(f, output: str, *flags: str) -> list[str]:
+    """`leangraph compile` of the ONNX model into a fresh folder, with ``flags``."""
+    return ["compile", f["model"], "-o", str(f["root"] / output), *flags]
+
+
 CLI_MISUSES = {
-    "compile --passes ,,": lambda f: ["compile", f["model"], "-o", str(f["root"] / "o1"), "--passes", ",,",
-                                      "--example-shapes", "x=2x3"],
-    "compile --passes ''": lambda f: ["compile", f["model"], "-o", str(f["root"] / "o1"), "--passes", ""],
-    "compile --example-shapes with no shapes": lambda f: ["compile", f["model"], "-o", str(f["root"] / "o2"),
-                                                          "--example-shapes"],
-    "compile --example-shapes repeated": lambda f: ["compile", f["model"], "-o", str(f["root"] / "o3"),
-                                                    "--example-shapes", "x=2x3", "x=4x3"],
-    "compile --example-shapes X=2x-1": lambda f: ["compile", f["model"], "-o", str(f["root"] / "o4"),
-                                                  "--example-shapes", "x=2x-1"],
-    "compile --example-shapes X=2x0x": lambda f: ["compile", f["model"], "-o", str(f["root"] / "o4"),
-                                                  "--example-shapes", "x=2x"],
-    "compile --example-shapes huge": lambda f: ["compile", f["model"], "-o", str(f["root"] / "o5"),
-                                                "--example-shapes", "x=100000000000x3"],
-    "compile --example-shapes unknown input": lambda f: ["compile", f["model"], "-o", str(f["root"] / "o6"),
-                                                         "--example-shapes", "x=2x3", "z=2x3"],
-    "compile --example-shapes wrong static dim": lambda f: ["compile", f["model"], "-o", str(f["root"] / "o6"),
-                                                            "--example-shapes", "x=2x5"],
-    "compile --example-shapes wrong rank": lambda f: ["compile", f["model"], "-o", str(f["root"] / "o6"),
-                                                      "--example-shapes", "x=2"],
+    "compile --passes ,,": lambda f: _compile(f, "o1", "--passes", ",,", "--example-shapes", "x=2x3"),
+    "compile --passes ''": lambda f: _compile(f, "o1", "--passes", ""),
+    "compile --example-shapes with no shapes": lambda f: _compile(f, "o2", "--example-shapes"),
+    "compile --example-shapes repeated": lambda f: _compile(f, "o3", "--example-shapes", "x=2x3", "x=4x3"),
+    "compile --example-shapes X=2x-1": lambda f: _compile(f, "o4", "--example-shapes", "x=2x-1"),
+    "compile --example-shapes X=2x0x": lambda f: _compile(f, "o4", "--example-shapes", "x=2x"),
+    "compile --example-shapes huge": lambda f: _compile(f, "o5", "--example-shapes", "x=100000000000x3"),
+    "compile --example-shapes unknown input": lambda f: _compile(f, "o6", "--example-shapes", "x=2x3", "z=2x3"),
+    "compile --example-shapes wrong static dim": lambda f: _compile(f, "o6", "--example-shapes", "x=2x5"),
+    "compile --example-shapes wrong rank": lambda f: _compile(f, "o6", "--example-shapes", "x=2"),
     "compile -o onto a file": lambda f: ["compile", f["model"], "-o", f["file"], "--example-shapes", "x=2x3"],
     "compile -o under a file": lambda f: ["compile", f["model"], "-o", f["file"] + "/sub", "--example-shapes", "x=2x3"],
-    "compile --backend nope": lambda f: ["compile", f["model"], "-o", str(f["root"] / "o7"), "--backend", "nope"],
+    "compile --backend nope": lambda f: _compile(f, "o7", "--backend", "nope"),
     "compile a factory that raises": lambda f: ["compile", "tests.test_misuse:factory_that_raises", "-o",
                                                 str(f["root"] / "o8")],
     "compile a factory that is missing": lambda f: ["compile", "tests.test_misuse:no_such_factory", "-o",
