@@ -28,7 +28,9 @@ Source = str | os.PathLike | onnx.ModelProto | bytes
 def _read(source: Source) -> tuple[onnx.ModelProto, str]:
     """The ModelProto and a name for messages (the file path, or the graph's name)."""
     if isinstance(source, onnx.ModelProto):
-        return source, source.graph.name or "<ModelProto>"
+        label = source.graph.name or "<ModelProto>"
+        _refuse_unplaced_external_data(source, label)
+        return source, label
     if isinstance(source, bytes):
         label, data = "<bytes>", source
     else:
@@ -59,7 +61,9 @@ def _read(source: Source) -> tuple[onnx.ModelProto, str]:
             "it is truncated or not an ONNX file",
             hint="re-export the model, or check that the file was copied completely",
         )
-    if not isinstance(source, bytes) and not isinstance(source, onnx.ModelProto):
+    if isinstance(source, bytes):
+        _refuse_unplaced_external_data(proto, label)
+    else:
         base = str(Path(source).parent)
         try:
             onnx.load_external_data_for_model(proto, base)
@@ -69,6 +73,20 @@ def _read(source: Source) -> tuple[onnx.ModelProto, str]:
                 hint="keep the external data files next to the .onnx file",
             ) from None
     return proto, label
+
+
+def _refuse_unplaced_external_data(proto: onnx.ModelProto, label: str) -> None:
+    """A model given as bytes or a ModelProto has no folder: external data would be read relative
+    to the working directory, from any file there. Only a file path says where its data lives."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    for tensor in _get_all_tensors(proto):
+        if uses_external_data(tensor):
+            raise ModelLoadError(
+                f"model '{label}' keeps tensor '{tensor.name}' in external data, but was given as bytes or a "
+                "ModelProto, which have no folder to read it from",
+                hint="pass the path of the .onnx file (its external data beside it), or load the data first: "
+                     "onnx.load(path) reads it")
 
 
 def _default_opset(proto: onnx.ModelProto) -> int | None:
@@ -89,7 +107,7 @@ def _convert_opset(proto: onnx.ModelProto, label: str, target_opset: int) -> onn
         raise InvalidGraphError(
             f"model '{label}' is at ONNX opset {current} and could not be converted to opset "
             f"{target_opset}: {str(exc).strip().splitlines()[0]}",
-            hint=f"re-export the model at opset {target_opset}, or pass target_opset={current}",
+            hint=f"re-export the model at opset {target_opset}",
         ) from None
 
 

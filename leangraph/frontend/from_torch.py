@@ -122,10 +122,43 @@ def _check_dynamic_shapes(module: torch.nn.Module, args: tuple, dynamic_shapes: 
             continue  # None (static), or torch.export's other spellings (a tuple per axis): it checks them
         example = args[position] if position < len(args) else None
         rank = example.dim() if isinstance(example, torch.Tensor) else None
-        for axis in axes:
+        for axis, dim in axes.items():
             if not isinstance(axis, int) or isinstance(axis, bool) or (rank is not None and not -rank <= axis < rank):
                 raise CaptureError(f"dynamic_shapes[{label}] names axis {axis!r}, but the example {label} has rank "
                                    f"{rank}", hint=usage)
+            if isinstance(dim, str) and not dim.strip():
+                raise CaptureError(f"dynamic_shapes[{label}] gives axis {axis} an empty dim name", hint=usage)
+
+
+def _behaves_differently_in_training(module: torch.nn.Module) -> bool:
+    """Whether training mode changes what ``module`` computes: active dropout, batch statistics."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+    from torch.nn.modules.dropout import _DropoutNd
+
+    return any((isinstance(sub, _DropoutNd) and sub.p > 0) or isinstance(sub, _BatchNorm)
+               for sub in module.modules() if sub.training)
+
+
+def _positive_axes(module: torch.nn.Module, dynamic_shapes: Any, args: tuple) -> Any:
+    """dynamic_shapes with negative axes counted from the end: torch.export ignores them (the dim
+    stays static) instead of refusing them."""
+    def fix(axes, example):
+        if not isinstance(axes, Mapping) or not isinstance(example, torch.Tensor):
+            return axes
+        return {axis % example.dim() if isinstance(axis, int) and axis < 0 else axis: dim for axis, dim in axes.items()}
+
+    if isinstance(dynamic_shapes, (tuple, list)):
+        return type(dynamic_shapes)(fix(axes, example) for axes, example in zip(dynamic_shapes, args))
+    if isinstance(dynamic_shapes, Mapping):
+        import inspect
+
+        try:
+            names = list(inspect.signature(module.forward).parameters)
+        except (TypeError, ValueError):
+            return dynamic_shapes
+        examples = dict(zip(names, args))
+        return {argument: fix(axes, examples.get(argument)) for argument, axes in dynamic_shapes.items()}
+    return dynamic_shapes
 
 
 def _position_limits(module: torch.nn.Module, model: ir.Model) -> dict[str, dict]:
@@ -169,6 +202,11 @@ def capture_torch(
         )
     args = to_torch_args(example_inputs)
     _check_dynamic_shapes(module, args, dynamic_shapes)
+    dynamic_shapes = _positive_axes(module, dynamic_shapes, args)
+    if module.training and _behaves_differently_in_training(module):
+        warnings.warn(f"'{name}' is in training mode: it is captured as it runs now, dropout and batch "
+                      "statistics included, so its outputs vary from call to call; call model.eval() first",
+                      stacklevel=3)
     try:
         with _quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(
@@ -186,6 +224,13 @@ def capture_torch(
             hint="check that the model runs on example_inputs, that dynamic_shapes names "
             "forward() arguments, and that dynamic dims have size >= 2 in the example",
         ) from exc
+    signature = program.exported_program.graph_signature
+    mutated = sorted(set(signature.buffers_to_mutate.values()) | set(signature.user_inputs_to_mutate.values()))
+    if mutated:
+        raise CaptureError(
+            f"'{name}'.forward() updates {', '.join(repr(m) for m in mutated)} in place; a compiled model keeps no "
+            "state between calls, so those updates would be lost",
+            hint="return the new values as outputs instead of assigning them to buffers or inputs")
     model = program.model
     model.graph.name = name
     for node in ir.traversal.RecursiveGraphIterator(model.graph):

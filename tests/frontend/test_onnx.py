@@ -143,3 +143,23 @@ def test_capture_rejects_other_objects():
 
     with pytest.raises(CaptureError, match="cannot capture an object of type builtins.dict"):
         capture({"not": "a model"})
+
+
+def test_bytes_and_protos_with_external_data_are_refused(tmp_path, monkeypatch):
+    # Without a folder, external data was read relative to the working directory: any file there
+    # became weights (and its bytes leaked through the outputs).
+    import numpy as np
+    from onnx import TensorProto
+
+    from tests.helpers import add_relu_model
+
+    model = add_relu_model()
+    weight = model.graph.initializer[0]
+    weight.ClearField("raw_data")
+    weight.data_location = TensorProto.EXTERNAL
+    weight.external_data.add(key="location", value="weights.bin")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "weights.bin").write_bytes(np.array([100, 200, 300], np.float32).tobytes())
+    for source in (model, model.SerializeToString()):
+        with pytest.raises(ModelLoadError, match="keeps tensor 'w' in external data, but was given as bytes or a"):
+            load_onnx(source)

@@ -81,3 +81,47 @@ def test_untraceable_module():
 
     with pytest.raises(CaptureError, match="DataDependent"):
         capture(DataDependent(), (torch.randn(3),))
+
+
+def test_negative_axes_in_dynamic_shapes_are_dynamic():
+    # torch.export ignored a negative axis and kept the dim static
+    graph = capture(Net(), (torch.randn(2, 5, 8),), {"x": {-3: "batch"}})
+    assert str(graph.graph.inputs[0].shape[0]) == "batch"
+
+
+def test_empty_dim_names_are_refused():
+    with pytest.raises(CaptureError, match="gives axis 0 an empty dim name"):
+        capture(Net(), (torch.randn(2, 5, 8),), {"x": {0: " "}})
+
+
+def test_in_place_state_updates_are_refused():
+    class Counting(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("count", torch.zeros(1))
+
+        def forward(self, x):
+            self.count += 1
+            return x + self.count
+
+    with pytest.raises(CaptureError, match=r"updates 'count' in place; a compiled model keeps no state"):
+        capture(Counting(), (torch.randn(2, 3),))
+
+
+def test_training_mode_with_dropout_warns():
+    class WithDropout(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.drop = torch.nn.Dropout(0.1)
+
+        def forward(self, x):
+            return self.drop(x) * 2
+
+    with pytest.warns(UserWarning, match=r"'WithDropout' is in training mode.*model.eval\(\)"):
+        capture(WithDropout(), (torch.randn(2, 3),))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        capture(WithDropout().eval(), (torch.randn(2, 3),))
+        capture(Net(), (torch.randn(2, 5, 8),))  # training mode without dropout or batch norm: no difference
