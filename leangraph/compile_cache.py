@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 import sys
 import sysconfig
 import types
@@ -35,10 +36,18 @@ from leangraph.runtime.artifact import VERSION as ARTIFACT_VERSION
 def resolve_cache_dir(cache_dir: Any) -> Path:
     """``cache_dir`` as a usable folder: ``~`` and environment variables expanded, created if
     missing; an OptionError naming the path when it is not a folder leangraph can write in."""
+    example = "pass a folder, e.g. cache_dir='~/.cache/leangraph'"
     if not isinstance(cache_dir, (str, os.PathLike)):
-        raise OptionError(f"cache_dir must be a path, got {type(cache_dir).__name__} {cache_dir!r}",
-                          hint="pass a folder, e.g. cache_dir='~/.cache/leangraph'")
-    path = Path(os.path.expandvars(os.path.expanduser(os.fspath(cache_dir))))
+        raise OptionError(f"cache_dir must be a path, got {type(cache_dir).__name__} {cache_dir!r}", hint=example)
+    text = os.fspath(cache_dir)
+    if not str(text).strip() or "\0" in str(text):
+        raise OptionError(f"cache_dir {text!r} is empty or holds a NUL byte", hint=example)
+    expanded = os.path.expandvars(os.path.expanduser(text))
+    unset = UNEXPANDED.search(expanded)
+    if unset:
+        raise OptionError(f"cache_dir {text!r} names the environment variable {unset.group(0)}, which is not set",
+                          hint=f"set it, or {example}")
+    path = Path(expanded)
     if path.exists() and not path.is_dir():
         raise OptionError(f"cache_dir '{path}' is a file, not a folder", hint="pass a folder for the compile cache")
     try:
@@ -49,6 +58,26 @@ def resolve_cache_dir(cache_dir: Any) -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise OptionError(f"cache folder '{path}' is not writable", hint="pass a folder you can write to")
     return path
+
+
+UNEXPANDED = re.compile(r"\$(\{[A-Za-z_][A-Za-z0-9_]*\}|[A-Za-z_][A-Za-z0-9_]*)")
+"""What os.path.expandvars leaves of a variable that is not set."""
+
+
+def check_entry(compiled, graph: ir.Model, backend: str) -> str | None:
+    """Why a loaded cache entry cannot be what this request asked for, or None. The cache folder
+    is the user's, but an entry can be stale or replaced: another model's inputs or outputs,
+    another backend."""
+    wanted = [(v.name, str(v.dtype), None if v.shape is None else [str(d) for d in v.shape]) for v in graph.graph.inputs]
+    got = [(v.name, str(v.dtype), None if v.shape is None else [str(d) for d in v.shape])
+           for v in compiled.graph.graph.inputs]
+    if wanted != got:
+        return "its inputs are not the captured model's"
+    if [v.name for v in graph.graph.outputs] != compiled.output_names:
+        return "its outputs are not the captured model's"
+    if compiled.backend != backend:
+        return f"it was compiled for backend '{compiled.backend}', not '{backend}'"
+    return None
 
 
 class Unstable(Exception):

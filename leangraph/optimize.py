@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -16,8 +17,8 @@ from leangraph.backends.partition import compile_partitioned
 from leangraph.backends.reference import ReferenceExecutable
 from leangraph.artifacts import load
 from leangraph.cost_model.backend_choice import choose_backends
-from leangraph.compile_cache import cache_key, fingerprint, resolve_cache_dir
-from leangraph.errors import ArtifactError, InputMismatchError, LeanGraphError, OptionError
+from leangraph.compile_cache import cache_key, check_entry, fingerprint, resolve_cache_dir
+from leangraph.errors import InputMismatchError, LeanGraphError, OptionError
 from leangraph.frontend import capture
 from leangraph.ir import clone_model, node_count
 from leangraph.ir.verify import model_name
@@ -44,8 +45,8 @@ def _check_options(tolerance, evaluate, max_drop) -> None:
     if evaluate is not None and not callable(evaluate):
         raise OptionError(f"evaluate must be a callable(candidate) -> float, got {type(evaluate).__name__}",
                           hint="pass a function scoring a compiled model on your task, higher is better")
-    if not _is_number(max_drop) or math.isnan(max_drop) or max_drop < 0:
-        raise OptionError(f"max_drop must be a number >= 0, got {max_drop!r}", hint="e.g. max_drop=0.2")
+    if not _is_number(max_drop) or not math.isfinite(max_drop) or max_drop < 0:
+        raise OptionError(f"max_drop must be a finite number >= 0, got {max_drop!r}", hint="e.g. max_drop=0.2")
     if max_drop and evaluate is None:
         raise OptionError("max_drop is the allowed drop of evaluate(); it needs evaluate",
                           hint="pass evaluate=callable(candidate) -> float as well")
@@ -167,12 +168,8 @@ def optimize(
         else:
             cache_entry = cache_root / cache_key(graph, pipeline, backend_name, tolerance or EXACT, input_sets, budget)
         if cache_entry is not None and (cache_entry / "manifest.json").is_file():
-            try:
-                cached = load(cache_entry)
-            except ArtifactError as exc:  # a damaged entry is rebuilt, and the report says so
-                warnings.warn(f"leangraph cache entry {cache_entry} is damaged and will be rebuilt: {exc.message}",
-                              stacklevel=2)
-            else:
+            cached = _cached(cache_entry, graph, backend_name)
+            if cached is not None:
                 cached.report.capture_seconds = captured - start
                 cached.report.cache_hit = True
                 cached.report.notes.insert(0, f"cache hit: {cache_entry.name[:16]}... in {cache_root} (passes and "
@@ -214,6 +211,25 @@ def optimize(
         compiled.save(cache_entry)
         report.notes.append(f"cache miss: compiled and stored as {cache_entry.name[:16]}... in {cache_root}")
     return compiled
+
+
+def _cached(entry: Path, graph: ir.Model, backend: str) -> CompiledModel | None:
+    """The compiled model of a cache entry, or None (and a warning) when the entry cannot be used:
+    damaged, replaced, or another model's. A bad entry is rebuilt, never reported as the user's
+    model being wrong."""
+    if entry.is_symlink():  # not written by leangraph: its libraries are not loaded, the link is replaced
+        problem = "it is a link"
+        entry.unlink()
+    else:
+        try:
+            cached = load(entry)
+            problem = check_entry(cached, graph, backend)
+        except LeanGraphError as exc:
+            problem = exc.message
+        if problem is None:
+            return cached
+    warnings.warn(f"leangraph cache entry {entry} is damaged and will be rebuilt: {problem}", stacklevel=3)
+    return None
 
 
 def _budget_key(evaluate, max_drop) -> tuple[tuple, str]:

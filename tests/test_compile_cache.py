@@ -156,3 +156,36 @@ def test_an_unfingerprintable_evaluate_is_not_cached_and_the_report_says_why(tmp
     assert "cache not used: evaluate() reads 'state'" in str(cm.report)
     assert list(tmp_path.iterdir()) == []
 
+
+
+def test_an_entry_replaced_by_another_model_or_backend_is_rebuilt(tmp_path):
+    import shutil
+
+    from tests.helpers import make_model, tensor
+    from onnx import helper
+
+    x = np.ones((2, 3), np.float32)
+    leangraph.optimize(add_relu_model(), (x,), cache_dir=tmp_path, backend="onnxruntime")
+    (entry,) = tmp_path.iterdir()
+    other = make_model([helper.make_node("Neg", ["q"], ["z"], name="neg")], [tensor("q", shape=(4,))],
+                       [tensor("z", shape=(4,))])
+    shutil.rmtree(entry)
+    leangraph.optimize(other, (np.ones(4, np.float32),), backend="onnxruntime", passes="none").save(entry)
+    with pytest.warns(UserWarning, match="damaged and will be rebuilt: its inputs are not the captured model's"):
+        rebuilt = leangraph.optimize(add_relu_model(), (x,), cache_dir=tmp_path, backend="onnxruntime")
+    assert not rebuilt.report.cache_hit and rebuilt.name == "add_relu"
+    assert leangraph.optimize(add_relu_model(), (x,), cache_dir=tmp_path, backend="onnxruntime").report.cache_hit
+    # a link in the cache is not followed: its libraries never load, the link is replaced
+    target = tmp_path.parent / "elsewhere"
+    shutil.move(entry, target)
+    entry.symlink_to(target)
+    with pytest.warns(UserWarning, match="it is a link"):
+        again = leangraph.optimize(add_relu_model(), (x,), cache_dir=tmp_path, backend="onnxruntime")
+    assert not again.report.cache_hit and not entry.is_symlink() and entry.is_dir()
+
+
+def test_cache_dir_that_is_empty_or_names_an_unset_variable_is_refused(monkeypatch):
+    monkeypatch.delenv("LEANGRAPH_SURELY_UNSET", raising=False)
+    for bad in ("", "  ", "$LEANGRAPH_SURELY_UNSET/cache", "${LEANGRAPH_SURELY_UNSET}", "a\0b"):
+        with pytest.raises(OptionError):
+            resolve_cache_dir(bad)

@@ -126,6 +126,7 @@ API_MISUSES = {
     "Tolerance(atol=True)": lambda t: leangraph.Tolerance(atol=True),
     "max_drop=nan": lambda t: leangraph.optimize(add_relu_model(), (X,), evaluate=lambda cm: 1.0, max_drop=nan),
     "max_drop='0.1'": lambda t: leangraph.optimize(add_relu_model(), (X,), evaluate=lambda cm: 1.0, max_drop="0.1"),
+    "max_drop=inf": lambda t: leangraph.optimize(add_relu_model(), (X,), evaluate=lambda cm: 1.0, max_drop=math.inf),
     "max_drop=True": lambda t: leangraph.optimize(add_relu_model(), (X,), evaluate=lambda cm: 1.0, max_drop=True),
     "evaluate returns an array": lambda t: leangraph.optimize(TinyMLP(), (torch.ones(2, 3),),
                                                               evaluate=lambda cm: np.ones(2), max_drop=0.1),

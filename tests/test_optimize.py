@@ -34,7 +34,7 @@ def test_unknown_pass_name():
 
 @pytest.mark.parametrize(("options", "message"), [
     ({"max_drop": 0.1}, "max_drop is the allowed drop of evaluate"),
-    ({"evaluate": lambda cm: 1.0, "max_drop": -1}, "max_drop must be a number >= 0"),
+    ({"evaluate": lambda cm: 1.0, "max_drop": -1}, "max_drop must be a finite number >= 0"),
     ({"evaluate": 3.0, "max_drop": 0.1}, "evaluate must be a callable"),
 ])
 def test_bad_budget_options(options, message):
