@@ -9,10 +9,11 @@ from pathlib import Path
 
 from leangraph.backends import chain_for
 from leangraph.backends.partition import compile_partitioned
-from leangraph.errors import OptionError
+from leangraph.errors import ArtifactError, OptionError
 from leangraph.ir import node_count, verify_model
 from leangraph.passes import Report
 from leangraph.runtime import CompiledModel
+from leangraph.runtime.compiled import InputSpec, signature_inputs
 from leangraph.runtime.artifact import Artifact, open_artifact
 
 
@@ -31,6 +32,9 @@ def load(directory: str | os.PathLike, *, backend: str | None = None) -> Compile
     artifact = open_artifact(directory)
     model, manifest = artifact.model, artifact.manifest
     verify_model(model)
+    _check_signature(directory, model, manifest)
+    if backend is not None and not backend.strip():
+        raise OptionError("backend='' names no backend", hint="leave backend out to use the artifact's, or name one")
     chosen = backend or manifest["backend"]
     chain = chain_for(chosen)
     # The libraries are loaded from a private copy of the bytes whose hashes were checked, not from
@@ -46,6 +50,19 @@ def load(directory: str | os.PathLike, *, backend: str | None = None) -> Compile
     report.notes.extend(notes)
     report.quantization = list(manifest.get("quantization", []))  # the per-layer precision rows of a lossy compile
     return CompiledModel(model, executable, backend=chosen, report=report)
+
+
+def _check_signature(directory, model, manifest: dict) -> None:
+    """The manifest's input/output signature is the graph's: a graph swapped in with its hashes
+    recomputed would otherwise run under the name and signature the manifest promises."""
+    graph_inputs = signature_inputs([InputSpec.of(v) for v in model.graph.inputs])
+    listed = manifest.get("inputs", [])
+    if isinstance(listed, list):  # an artifact of before: a 0-d input was listed with shape None
+        listed = [{**i, "shape": []} if isinstance(i, dict) and i.get("shape") is None and g["shape"] == [] else i
+                  for i, g in zip(listed, graph_inputs)] + listed[len(graph_inputs):]
+    if listed != graph_inputs or list(manifest.get("outputs", [])) != [v.name for v in model.graph.outputs]:
+        raise ArtifactError(f"artifact '{directory}': its graph's inputs or outputs are not those its manifest lists "
+                            "(the graph was replaced)", hint="recompile the model; do not edit artifacts by hand")
 
 
 def _usable_libraries(artifact: Artifact, private: Path, chain) -> tuple[dict[str, Path], list[str]]:

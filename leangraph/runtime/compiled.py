@@ -259,6 +259,11 @@ def _output_path(path: Any, what: str, example: str) -> Path:
     return Path(os.fspath(path))
 
 
+def signature_inputs(specs: Sequence[InputSpec]) -> list[dict]:
+    """The inputs as an artifact's manifest lists them (load() compares them with its graph's)."""
+    return [{"name": s.name, "dtype": str(s.dtype), "shape": None if s.shape is None else list(s.shape)} for s in specs]
+
+
 DIM_LIMITS = "leangraph.dim_limits"
 
 
@@ -333,8 +338,7 @@ class CompiledModel:
         directory = _output_path(directory, f"the artifact of model '{self.name}'", "e.g. cm.save('model_artifact')")
         signature = {
             "name": self.name,
-            "inputs": [{"name": s.name, "dtype": str(s.dtype), "shape": list(s.shape) if s.shape else None}
-                       for s in self.inputs],
+            "inputs": signature_inputs(self.inputs),
             "outputs": list(self.output_names),
         }
         if self.report is not None and self.report.quantization:  # kept: load() reports them again

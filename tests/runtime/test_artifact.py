@@ -184,3 +184,46 @@ def test_only_the_trusted_list_is_imported(monkeypatch):
     assert not compiled._import_trusted_output_modules({"colorsysx.Type", "colorsys_evil.Type", "os.Type"})
     assert "colorsys" not in sys.modules
     assert compiled._import_trusted_output_modules({"colorsys.Type"}) and "colorsys" in sys.modules
+
+
+def test_a_graph_swapped_in_with_its_hashes_recomputed_is_refused(tmp_path):
+    # Hashes are integrity, not authenticity; but a graph that is not the one the manifest describes
+    # (another model's inputs and outputs) must not run under the manifest's name and signature.
+    import hashlib
+
+    from onnx import helper
+
+    from leangraph.errors import ArtifactError
+    from leangraph.runtime.artifact import content_hash
+    from tests.helpers import add_relu_model, make_model, tensor
+
+    x = np.ones((2, 3), np.float32)
+    leangraph.optimize(add_relu_model(), (x,), backend="onnxruntime").save(tmp_path / "a")
+    other = make_model([helper.make_node("Neg", ["q"], ["z"], name="neg")], [tensor("q", shape=(4,))],
+                       [tensor("z", shape=(4,))])
+    leangraph.optimize(other, (np.ones(4, np.float32),), backend="onnxruntime", passes="none").save(tmp_path / "b")
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    graph = (tmp_path / "b" / "graph.onnx").read_bytes()
+    (tmp_path / "a" / "graph.onnx").write_bytes(graph)
+    manifest["files"] = {"graph.onnx": hashlib.sha256(graph).hexdigest()}
+    (tmp_path / "a" / "graph.safetensors").unlink(missing_ok=True)
+    if (tmp_path / "b" / "graph.safetensors").exists():
+        data = (tmp_path / "b" / "graph.safetensors").read_bytes()
+        (tmp_path / "a" / "graph.safetensors").write_bytes(data)
+        manifest["files"]["graph.safetensors"] = hashlib.sha256(data).hexdigest()
+    manifest["content_hash"] = content_hash(manifest)
+    (tmp_path / "a" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="inputs or outputs are not those its manifest lists"):
+        leangraph.load(tmp_path / "a")
+
+
+def test_scalar_inputs_round_trip_through_an_artifact(tmp_path):
+    from onnx import helper
+
+    from tests.helpers import make_model, tensor
+
+    model = make_model([helper.make_node("Mul", ["x", "s"], ["y"], name="mul")],
+                       [tensor("x", shape=(2, 3)), tensor("s", shape=())], [tensor("y", shape=(2, 3))])
+    x, s = np.ones((2, 3), np.float32), np.array(2.0, np.float32)
+    leangraph.optimize(model, (x, s), backend="onnxruntime").save(tmp_path / "a")
+    np.testing.assert_array_equal(leangraph.load(tmp_path / "a")(x, s), 2 * x)
