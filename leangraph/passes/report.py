@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 
 @dataclasses.dataclass
@@ -90,6 +91,9 @@ class Report:
         from leangraph.passes.html_report import render
 
         page = render(self)
+        if not isinstance(path, (str, os.PathLike)) or not str(os.fspath(path)).strip() or "\0" in str(os.fspath(path)):
+            raise OptionError(f"to_html() of the report of '{self.model_name}' takes a file path, got {path!r}",
+                              hint="e.g. cm.report.to_html('report.html')")
         try:
             with open(path, "w", encoding="utf-8") as f:
                 f.write(page)

@@ -256,7 +256,10 @@ def _output_path(path: Any, what: str, example: str) -> Path:
     if not isinstance(path, (str, os.PathLike)):
         raise OptionError(f"the path for {what} must be a str or os.PathLike, got {type(path).__name__} "
                           f"{_short(repr(path), 60)}", hint=example)
-    return Path(os.fspath(path))
+    text = os.fspath(path)
+    if not str(text).strip() or "\0" in str(text):  # '' would mean the working directory
+        raise OptionError(f"the path for {what} is empty or holds a NUL byte ({_short(repr(text), 60)})", hint=example)
+    return Path(text)
 
 
 def signature_inputs(specs: Sequence[InputSpec]) -> list[dict]:
@@ -449,11 +452,14 @@ class CompiledModel:
 
     def run_flat(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The graph's outputs, flat and as numpy, for numpy inputs in graph order (checked)."""
+        if not isinstance(arrays, (list, tuple)):
+            raise InputMismatchError(f"run_flat() of model '{self.name}' takes a list of inputs, got "
+                                     f"{type(arrays).__name__}", hint="pass [x] for one input, not x")
         arrays = self._arrays(list(arrays), {})
         self._check(arrays)
         return list(self._executable(arrays))
 
-    def __call__(self, *inputs: Any, **named: Any) -> Any:
+    def __call__(self, /, *inputs: Any, **named: Any) -> Any:
         """The outputs for ``inputs`` (positional in the order of the example inputs, or by the graph's
         input names), in the structure the module returned: torch tensors in give torch tensors out."""
         as_torch = any(_is_torch(x) for x in (*inputs, *named.values()))

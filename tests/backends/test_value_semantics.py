@@ -76,3 +76,26 @@ def test_rms_norm_over_one_element_on_tvm(width):
     expected = ReferenceExecutable(graph)([x])[0]
     got = leangraph.optimize(model, (x,), backend="tvm", passes="none")(x)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["tvm", "torch", "onnxruntime", "reference"])
+def test_outputs_are_the_callers_to_write(backend):
+    # The torch backend returned a weight (y = Identity(w)) by reference: writing into one call's
+    # output changed every later call's.
+    weight = numpy_helper.from_array(np.arange(3, dtype=np.float32), "w")
+    model = make_model([helper.make_node("Identity", ["w"], ["y"], name="id"),
+                        helper.make_node("Relu", ["x"], ["z"], name="relu")],
+                       [tensor("x", shape=(3,))], [tensor("y", shape=(3,)), tensor("z", shape=(3,))], [weight])
+    x = np.ones(3, np.float32)
+    cm = leangraph.optimize(model, (x,), backend=backend, passes="none")
+    y, _ = cm(x)
+    if y.flags.writeable:
+        y[:] = 42
+    np.testing.assert_array_equal(cm(x)[0], np.arange(3, dtype=np.float32))
+
+
+def test_an_input_named_self_can_be_passed_by_name():
+    model = make_model([helper.make_node("Relu", ["self"], ["y"], name="relu")], [tensor("self", shape=(3,))],
+                       [tensor("y", shape=(3,))])
+    x = np.array([-1.0, 0.0, 2.0], np.float32)
+    np.testing.assert_array_equal(leangraph.optimize(model, (x,), backend="onnxruntime")(self=x), np.maximum(x, 0))

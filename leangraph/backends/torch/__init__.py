@@ -47,7 +47,11 @@ class TorchExecutable:
                         f"model '{self.name}': {str(exc).strip()[:1000]}", hint="compare with backend='reference'",
                     ) from exc
                 values.update(zip(writes, outputs))
-        return [values[name].numpy() for name in self.output_names]
+        # an output that is (a view of) a weight or an input is copied: the caller may write to it
+        shared = {t.untyped_storage().data_ptr() for name, t in values.items()
+                  if name in self.constants or name in self.input_names}
+        return [values[name].numpy().copy() if values[name].untyped_storage().data_ptr() in shared
+                else values[name].numpy() for name in self.output_names]
 
 
 class TorchBackend:
