@@ -34,13 +34,16 @@ def _load_factory(spec: str):
         raise OptionError(f"MODEL '{spec}' is neither an existing file nor package.module:attribute", hint=usage)
     try:
         factory = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as exc:
+    except (ImportError, AttributeError, TypeError, ValueError) as exc:  # TypeError: a relative name
         raise OptionError(f"cannot load model factory '{spec}': {exc}", hint=usage) from None
+    except Exception as exc:  # importing the user's module ran its code
+        raise OptionError(f"importing the module of factory '{spec}' raised {type(exc).__name__}: {exc}",
+                          hint="fix the module; import it in Python to see where it fails (or pass -v)") from exc
     try:
         result = factory() if callable(factory) else factory
     except LeanGraphError:
         raise
-    except Exception as exc:  # the user's own code: its message, and -v for its traceback
+    except (Exception, SystemExit) as exc:  # the user's own code: its message, and -v for its traceback
         raise OptionError(f"model factory '{spec}' raised {type(exc).__name__}: {exc}",
                           hint="fix the factory; run it in Python to see where it fails (or pass -v)") from exc
     if not isinstance(result, tuple) or len(result) not in (2, 3):
@@ -218,8 +221,13 @@ def _run(args) -> int:
 
     import leangraph
 
-    if args.output:
+    if args.output is not None:
+        if not args.output.strip():
+            raise OptionError("--output '' names no file", hint="pass a file path, e.g. --output out.npz")
         _writable_target(args.output, "--output", folder=False)
+        if Path(args.output).exists() and Path(args.inputs).exists() and Path(args.output).samefile(args.inputs):
+            raise OptionError(f"--output '{args.output}' is the --inputs file; writing it would overwrite the inputs",
+                              hint="pass another file for the outputs")
     cm = leangraph.load(args.artifact)
     outputs = cm(*_inputs_from_npz(args.inputs, cm))
     from torch.utils import _pytree as pytree
@@ -228,7 +236,8 @@ def _run(args) -> int:
     named = dict(zip(cm.output_names, leaves))
     if args.output:
         try:
-            np.savez(args.output, **named)
+            with open(args.output, "wb") as f:  # a file object: np.savez would add '.npz' to a bare path
+                np.savez(f, **named)
         except OSError as exc:
             raise OptionError(f"cannot write --output '{args.output}': {exc.strerror or exc}",
                               hint="pass a file path you can write to") from None
@@ -256,6 +265,11 @@ def _bench(args) -> int:
     if args.rounds < 1:
         raise OptionError(f"--rounds {args.rounds}: bench needs at least one round", hint="e.g. --rounds 20")
     if Path(args.model, "manifest.json").is_file():
+        ignored = [flag for flag, given in (("--backend", args.backend != "auto"),
+                                             ("--example-shapes", args.example_shapes is not None)) if given]
+        if ignored:
+            raise OptionError(f"{' and '.join(ignored)} do not apply to an artifact, which is already compiled",
+                              hint="leave them out; pass --inputs FILE.npz for its inputs")
         candidate = leangraph.load(args.model)
         model, example, captured = None, None, candidate.graph
     else:

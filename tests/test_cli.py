@@ -140,3 +140,17 @@ def test_bench_factory_against_eager_and_artifact_against_onnxruntime(tmp_path):
     assert "baseline (onnxruntime)" in result.stdout and "vs baseline" in result.stdout
     result = run_cli("bench", str(out), "--baseline", "torch", "--inputs", str(tmp_path / "in.npz"))
     assert result.returncode == 2 and "needs a torch model factory" in result.stderr
+
+
+def test_run_writes_exactly_the_output_path(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "m.onnx"
+    onnx.save(add_relu_model(), path)
+    assert run_cli("compile", str(path), "-o", str(tmp_path / "a"), "--example-shapes", "x=2x3").returncode == 0
+    np.savez(tmp_path / "in.npz", x=np.ones((2, 3), np.float32))
+    result = run_cli("run", str(tmp_path / "a"), "--inputs", str(tmp_path / "in.npz"), "--output", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out").is_file() and not (tmp_path / "out.npz").exists()  # np.savez added '.npz'
+    with np.load(tmp_path / "out") as outputs:
+        assert outputs["y"].shape == (2, 3)

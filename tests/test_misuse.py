@@ -291,6 +291,14 @@ CLI_MISUSES = {
     "run an npz missing an input": lambda f: ["run", f["artifact"], "--inputs", f["npz_other"]],
     "bench --backend nope": lambda f: ["bench", f["model"], "--backend", "nope", "--example-shapes", "x=2x3"],
     "inspect garbage bytes": lambda f: ["inspect", f["file"]],
+    "run --output ''": lambda f: ["run", f["artifact"], "--inputs", f["npz"], "--output", ""],
+    "run --output onto its --inputs": lambda f: ["run", f["artifact"], "--inputs", f["npz"], "--output", f["npz"]],
+    "bench an artifact with --backend": lambda f: ["bench", f["artifact"], "--inputs", f["npz"], "--backend", "nope"],
+    "bench an artifact with --example-shapes": lambda f: ["bench", f["artifact"], "--inputs", f["npz"],
+                                                          "--example-shapes", "x=9x9"],
+    "compile a relative module name": lambda f: ["compile", ".facts:model", "-o", str(f["root"] / "o11")],
+    "compile a factory that exits": lambda f: ["compile", "tests.test_misuse:factory_that_exits", "-o",
+                                               str(f["root"] / "o12")],
     "bench --rounds 0": lambda f: ["bench", f["artifact"], "--inputs", f["npz"], "--rounds", "0"],
     "bench --rounds -3": lambda f: ["bench", f["artifact"], "--inputs", f["npz"], "--rounds", "-3"],
     "bench without inputs": lambda f: ["bench", f["artifact"]],
@@ -301,6 +309,10 @@ CLI_MISUSES = {
 
 def factory_that_raises():
     raise RuntimeError("the user's factory failed")
+
+
+def factory_that_exits():
+    raise SystemExit(0)
 
 
 @pytest.mark.parametrize("case", sorted(CLI_MISUSES))
