@@ -13,7 +13,7 @@ import numpy as np
 import onnx_ir as ir
 
 from leangraph.backends import AVAILABLE, chain_for, get_backend
-from leangraph.backends.partition import compile_partitioned
+from leangraph.backends.partition import compile_partitioned, has_subgraphs
 from leangraph.backends.reference import ReferenceExecutable
 from leangraph.artifacts import load
 from leangraph.cost_model.backend_choice import choose_backends
@@ -194,6 +194,10 @@ def optimize(
     if backend_name == "auto" and len(chain) > 1 and not input_sets:
         chain = chain[-1:]
         report.notes.append("auto: no example inputs to measure the backends with; whole graph on onnxruntime")
+    elif backend_name == "auto" and len(chain) > 1 and has_subgraphs(graph):
+        chain = chain[-1:]
+        report.notes.append("auto: the graph holds control flow (If/Loop/Scan), which is not cut into pieces; "
+                            "whole graph on onnxruntime")
     if captured_graph is not None:
         graph = _quantize(graph, captured_graph, chain, chain[0].name, input_sets, tolerance, evaluate, max_drop,
                           report)

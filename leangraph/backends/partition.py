@@ -139,6 +139,12 @@ def partition(model: ir.Model, assignment: dict[ir.Node, str]) -> list[Partition
     return pieces
 
 
+def has_subgraphs(model: ir.Model) -> bool:
+    """Whether a node of the graph holds a subgraph (If, Loop, Scan)."""
+    return any(attribute.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+               for node in model.graph for attribute in node.attributes.values())
+
+
 def piece_model(model: ir.Model, piece: Partition) -> ir.Model:
     """``piece`` as a model of its own, with the initializers it reads."""
     graph = ir.convenience.extract(model.graph, piece.inputs, piece.outputs)
@@ -172,6 +178,16 @@ def compile_partitioned(model: ir.Model, chain: Sequence[Backend],
     pieces are loaded instead of compiled."""
     assignment, fallbacks = assign(model, chain)
     pieces = partition(model, assignment)
+    if not pieces or (len(pieces) > 1 and has_subgraphs(model)):
+        # No node (every output a constant or an input), or control flow whose branches read outer
+        # values, which onnx_ir's extractor cannot cut into pieces: the whole graph runs on the
+        # last backend of the chain, which runs every ONNX op.
+        fallback = chain[-1]
+        assignment = {node: fallback.name for node in model.graph}
+        fallbacks = [Fallback(node.name, op_key(node), chain[0].name, fallback.name) for node in model.graph
+                     if chain[0].name != fallback.name]
+        pieces = [Partition(fallback.name, list(model.graph), [v.name for v in model.graph.inputs],
+                            [v.name for v in model.graph.outputs])]
     by_name = {backend.name: backend for backend in chain}
     alone = len(pieces) == 1
     executables = []
