@@ -32,6 +32,10 @@ DIM_LIMITS = "leangraph.dim_limits"
 learned position table); the compiled model refuses longer inputs with a message naming the limit
 instead of failing inside a Gather or Expand."""
 _POSITION_TABLES = ("position_embeddings", "wpe", "embed_positions")
+VALUE_RANGES = "leangraph.value_ranges"
+"""Metadata: {input name: {"min": a, "max": b, "why": text}} for integer inputs that index a table
+(token ids): ONNX's Gather wraps negative indices and refuses large ones deep inside a backend,
+where torch raised IndexError; the compiled model checks them first."""
 _NAME_SCOPES = "pkg.torch.onnx.name_scopes"
 
 
@@ -185,6 +189,22 @@ def _position_limits(module: torch.nn.Module, model: ir.Model) -> dict[str, dict
     return limits
 
 
+def _token_ranges(module: torch.nn.Module, model: ir.Model) -> dict[str, dict]:
+    """input_ids' range, from the input embedding table of a transformers model (its
+    get_input_embeddings(), the library's own way of naming it)."""
+    get_table = getattr(module, "get_input_embeddings", None)
+    try:
+        table = get_table() if callable(get_table) else None
+    except Exception:  # noqa: BLE001 - a model without one raises NotImplementedError
+        return {}
+    if not isinstance(table, torch.nn.Embedding):
+        return {}
+    return {value.name: {"min": 0, "max": table.num_embeddings - 1,
+                         "why": f"the token embedding table has {table.num_embeddings} rows"}
+            for value in model.graph.inputs
+            if value.name == "input_ids" and value.dtype in (ir.DataType.INT64, ir.DataType.INT32)}
+
+
 def capture_torch(
     module: torch.nn.Module,
     example_inputs: Sequence[Any],
@@ -247,5 +267,8 @@ def capture_torch(
     limits = _position_limits(module, model)
     if limits:
         model.metadata_props[DIM_LIMITS] = json.dumps(limits, sort_keys=True)
+    ranges = _token_ranges(module, model)
+    if ranges:
+        model.metadata_props[VALUE_RANGES] = json.dumps(ranges, sort_keys=True)
     verify_model(model)
     return model

@@ -270,26 +270,33 @@ def signature_inputs(specs: Sequence[InputSpec]) -> list[dict]:
 DIM_LIMITS = "leangraph.dim_limits"
 
 
-def _dim_limits(graph: ir.Model) -> dict[str, tuple[int, str]]:
-    """{dim name: (largest size, why)} from the metadata capture wrote (frontend/from_torch.py:
-    a learned position table bounds the sequence dim). Malformed entries are ignored: they only
-    sharpen an error message, and the file is not trusted to say more."""
+VALUE_RANGES = "leangraph.value_ranges"
+
+
+def _metadata_bounds(graph: ir.Model, key: str, fields: tuple[str, ...]) -> dict[str, tuple]:
+    """{name: (*fields, why)} from the bounds capture wrote under ``key`` (frontend/from_torch.py:
+    a learned position table bounds the sequence dim, the token table the ids). Malformed entries
+    are ignored: they only sharpen an error message, and the file is not trusted to say more."""
     import json
 
-    text = graph.metadata_props.get(DIM_LIMITS)
+    text = graph.metadata_props.get(key)
     if not text or len(text) > 65536:
         return {}
     try:
         data = json.loads(text)
     except ValueError:
         return {}
-    limits = {}
+    bounds = {}
     if isinstance(data, dict):
-        for dim, entry in data.items():
-            if (isinstance(entry, dict) and isinstance(entry.get("max"), int) and not isinstance(entry["max"], bool)
-                    and isinstance(entry.get("why"), str)):
-                limits[str(dim)] = (entry["max"], _short(entry["why"]))
-    return limits
+        for name, entry in data.items():
+            if (isinstance(entry, dict) and isinstance(entry.get("why"), str)
+                    and all(isinstance(entry.get(f), int) and not isinstance(entry[f], bool) for f in fields)):
+                bounds[str(name)] = (*(entry[f] for f in fields), _short(entry["why"]))
+    return bounds
+
+
+def _dim_limits(graph: ir.Model) -> dict[str, tuple[int, str]]:
+    return _metadata_bounds(graph, DIM_LIMITS, ("max",))
 
 
 class CompiledModel:
@@ -307,6 +314,7 @@ class CompiledModel:
         # call (so its warning, if any, points there, and optimize()'s input checker reads nothing).
         self._out_spec = graph.meta.get(OUT_SPEC) or _NOT_LOADED
         self._dim_limits = _dim_limits(graph)
+        self._value_ranges = _metadata_bounds(graph, VALUE_RANGES, ("min", "max"))
         self._defaults = {v.name: v.const_value for v in graph.graph.inputs if v.const_value is not None}
         """Inputs with a default (an initializer that is also an input): the caller may leave them out."""
 
@@ -381,6 +389,12 @@ class CompiledModel:
                     f"input '{spec.name}' of model '{self.name}' must be {spec.dtype}; got {array.dtype}",
                     hint=f"convert it, e.g. x.astype(np.{spec.dtype}) or tensor.to(torch.{spec.dtype})",
                 )
+            if spec.name in self._value_ranges and array.size:
+                low, high, why = self._value_ranges[spec.name]
+                if array.min() < low or array.max() > high:
+                    raise InputMismatchError(
+                        f"input '{spec.name}' of model '{self.name}' holds {array.min()}..{array.max()}; it takes "
+                        f"{low}..{high}: {why}", hint="check the tokenizer: its vocabulary must be the model's")
             if spec.shape is None:
                 continue
             if array.ndim != len(spec.shape):

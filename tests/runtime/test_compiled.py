@@ -217,3 +217,25 @@ def test_inputs_past_the_position_table_name_the_limit(name, tmp_path):
         with pytest.raises(InputMismatchError, match=rf"has {longest + 1} on axis 1 .* at most {longest}: the "
                                                      "position table"):
             compiled(*entry.inputs(1, longest + 1))
+
+
+def test_token_ids_outside_the_vocabulary_are_refused(tmp_path):
+    # ONNX's Gather wraps a negative id (a silent wrong result; eager torch raised IndexError) and
+    # fails inside the backend on one past the table.
+    from tests.zoo import ZOO
+
+    entry = ZOO["bert"]
+    model = entry.build()
+    cm = leangraph.optimize(model, tuple(entry.inputs(*entry.shapes[0])), dynamic_shapes=entry.dynamic_shapes,
+                            backend="onnxruntime")
+    ids, mask = entry.inputs(1, 5)
+    vocabulary = model.get_input_embeddings().num_embeddings
+    ids[0, 0] = vocabulary - 1
+    cm(ids, mask)  # the last id is fine
+    cm.save(tmp_path / "artifact")
+    for compiled in (cm, leangraph.load(tmp_path / "artifact")):
+        for bad in (-5, vocabulary):
+            wrong = ids.clone()
+            wrong[0, 1] = bad
+            with pytest.raises(InputMismatchError, match=rf"it takes 0..{vocabulary - 1}: the token embedding table"):
+                compiled(wrong, mask)
