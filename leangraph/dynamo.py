@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import torch
 
 import leangraph
+from leangraph.errors import OptionError
 
 OPTIONS = {"backend": "auto", "passes": "default"}
 """What the backend passes to leangraph.optimize; change them to pick a backend or pipeline."""
@@ -110,8 +111,20 @@ def _plan(gm: torch.fx.GraphModule, example_inputs: Sequence):
     return plan, constants, data, dynamic
 
 
-def leangraph_backend(gm: torch.fx.GraphModule, example_inputs: Sequence):
-    """The backend dynamo calls: returns a callable with the graph's signature."""
+def leangraph_backend(gm: torch.fx.GraphModule, example_inputs: Sequence, options: dict | None = None, **extra):
+    """The backend dynamo calls: returns a callable with the graph's signature. ``options`` (from
+    ``torch.compile(..., options={...})``) override OPTIONS for this model: optimize()'s keyword
+    arguments, e.g. {"backend": "onnxruntime", "tolerance": leangraph.Tolerance(...)}."""
+    import inspect
+
+    options = {**(options or {}), **extra}
+    allowed = set(inspect.signature(leangraph.optimize).parameters) - {"model", "example_inputs", "dynamic_shapes"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise OptionError(f"torch.compile(backend='leangraph') options {unknown} are not leangraph's "
+                          f"(it takes {', '.join(sorted(allowed))})",
+                          hint="pass options={'backend': 'onnxruntime'} and the like; mode= is for inductor")
+    settings = {**OPTIONS, **options}
     needs_grad = torch.is_grad_enabled() and any(
         isinstance(x, torch.Tensor) and x.requires_grad and not isinstance(x, torch.nn.Parameter)
         for x in example_inputs)
@@ -132,7 +145,8 @@ def leangraph_backend(gm: torch.fx.GraphModule, example_inputs: Sequence):
             # compile step would trace against dynamo's guards.
             with lock:
                 if not compiled:
-                    compiled.append(leangraph.optimize(module, tuple(data), dynamic_shapes=(tuple(dynamic),), **OPTIONS))
+                    compiled.append(leangraph.optimize(module, tuple(data), dynamic_shapes=(tuple(dynamic),),
+                                                       **settings))
                     leangraph_backend.last_compiled = compiled[0]  # the latest graph's report, for debugging
         outputs = compiled[0](*data)
         return outputs if isinstance(outputs, (tuple, list)) else (outputs,)

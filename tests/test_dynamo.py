@@ -62,3 +62,21 @@ def test_training_graph_runs_eagerly_with_a_warning():
         y = compiled(x)
     y.sum().backward()
     assert x.grad is not None
+
+
+def test_torch_compile_options_reach_optimize():
+    import pytest
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()).eval()
+    x = torch.randn(2, 4)
+    compiled = torch.compile(model, backend="leangraph", options={"backend": "onnxruntime", "passes": "none"})
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))
+    from leangraph.dynamo import leangraph_backend
+
+    assert leangraph_backend.last_compiled.backend == "onnxruntime"
+    assert "no passes were run" in str(leangraph_backend.last_compiled.report)
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match=r"options \['nope'\] are not leangraph's"):
+        with torch.no_grad():
+            torch.compile(model, backend="leangraph", options={"nope": 1})(x)
