@@ -27,6 +27,9 @@ from leangraph.ir import TARGET_OPSET, verify_model
 
 MODULE_PATH = "leangraph.module_path"
 OUT_SPEC = "leangraph.out_spec"
+CONSTANT_LEAVES = "leangraph.constant_leaves"
+"""Metadata: {leaf index: value} for the outputs a module returns that are constants (None, numbers,
+strings): the output structure counts them, the ONNX graph has no output for them."""
 DIM_LIMITS = "leangraph.dim_limits"
 """Metadata: {dim name: {"max": n, "why": text}} for symbolic dims the model cannot exceed (a
 learned position table); the compiled model refuses longer inputs with a message naming the limit
@@ -251,8 +254,17 @@ def capture_torch(
             f"'{name}'.forward() updates {', '.join(repr(m) for m in mutated)} in place; a compiled model keeps no "
             "state between calls, so those updates would be lost",
             hint="return the new values as outputs instead of assigning them to buffers or inputs")
+    from torch.export.graph_signature import ConstantArgument, OutputKind
+
+    user_outputs = [spec for spec in signature.output_specs if spec.kind == OutputKind.USER_OUTPUT]
+    constants = {index: spec.arg.value for index, spec in enumerate(user_outputs)
+                 if isinstance(spec.arg, ConstantArgument)
+                 and (spec.arg.value is None or isinstance(spec.arg.value, (bool, int, float, str)))}
     model = program.model
     model.graph.name = name
+    if constants and len(model.graph.outputs) == len(user_outputs) - len(constants):
+        model.meta[CONSTANT_LEAVES] = constants
+        model.metadata_props[CONSTANT_LEAVES] = json.dumps({str(i): v for i, v in constants.items()})
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
         path = _module_path(node)
         if path:

@@ -151,6 +151,26 @@ def _import_trusted_output_modules(names: set[str]) -> bool:
     return imported
 
 
+CONSTANT_LEAVES = "leangraph.constant_leaves"
+
+
+def _constant_leaves(graph: ir.Model) -> dict[int, Any]:
+    """{leaf index: value} of the outputs the module returned as constants (None, numbers, strings),
+    which the graph has no output for (frontend/from_torch.py). Anything else in the file is ignored."""
+    if CONSTANT_LEAVES in graph.meta:
+        return graph.meta[CONSTANT_LEAVES]
+    import json
+
+    text = graph.metadata_props.get(CONSTANT_LEAVES)
+    try:
+        data = json.loads(text) if text and len(text) < 65536 else {}
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {int(k): v for k, v in data.items() if k.isdigit() and (v is None or isinstance(v, (bool, int, float, str)))}
+
+
 def _load_out_spec(graph: ir.Model, num_outputs: int):
     """The output structure saved in the graph's metadata (a torch pytree spec as JSON), if any and
     if it can be rebuilt from types registered in this process; else None and a warning saying why
@@ -162,6 +182,7 @@ def _load_out_spec(graph: ir.Model, num_outputs: int):
 
     try:
         spec = _spec_from_text(text)
+        num_outputs += len(_constant_leaves(graph))
         if spec.num_leaves != num_outputs:
             raise _Unusable(f"it has {spec.num_leaves} leaves for the graph's {num_outputs} outputs")
     except _Unusable as exc:
@@ -488,7 +509,10 @@ class CompiledModel:
             from torch.utils import _pytree as pytree
 
             try:
-                return pytree.tree_unflatten(outputs, self._out_spec)
+                leaves = list(outputs)
+                for index, value in sorted(_constant_leaves(self._graph).items()):
+                    leaves.insert(index, value)
+                return pytree.tree_unflatten(leaves, self._out_spec)
             except Exception as exc:  # a registered container refusing the context the file gave it
                 import warnings
 

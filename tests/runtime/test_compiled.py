@@ -239,3 +239,31 @@ def test_token_ids_outside_the_vocabulary_are_refused(tmp_path):
             wrong[0, 1] = bad
             with pytest.raises(InputMismatchError, match=rf"it takes 0..{vocabulary - 1}: the token embedding table"):
                 compiled(wrong, mask)
+
+
+def test_none_among_the_outputs_keeps_the_structure(tmp_path):
+    # The output structure counts a returned None as a leaf, the ONNX graph has no output for it: the
+    # structure was lost (a bare tensor came back, with a warning blaming the metadata).
+    import warnings
+
+    class WithNone(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.linear(x), None, {"a": x + 1, "b": None}
+
+    model = WithNone().eval()
+    x = torch.randn(2, 3)
+    cm = leangraph.optimize(model, (x,), backend="onnxruntime")
+    cm.save(tmp_path / "artifact")
+    with torch.no_grad():
+        expected = model(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for compiled in (cm, leangraph.load(tmp_path / "artifact")):
+            got = compiled(x)
+            assert got[1] is None and got[2]["b"] is None
+            torch.testing.assert_close(got[0], expected[0])
+            torch.testing.assert_close(got[2]["a"], expected[2]["a"])
