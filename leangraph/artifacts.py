@@ -24,7 +24,7 @@ def load(directory: str | os.PathLike, *, backend: str | None = None) -> Compile
     the artifact was compiled for. What loading an artifact from someone else may do is in
     docs/security.md (a TVM artifact's libraries are native code, run when loaded)."""
     if not isinstance(directory, (str, os.PathLike)) or not str(os.fspath(directory)).strip():
-        raise OptionError(f"load() takes the path of an artifact folder, got {directory!r}",
+        raise OptionError(f"load() takes the path of an artifact folder, got {type(directory).__name__} {directory!r}",
                           hint="pass the directory written by cm.save() or `leangraph compile -o`")
     if backend is not None and not isinstance(backend, str):
         raise OptionError(f"backend must be a name, got {backend!r}", hint="pass e.g. backend='onnxruntime'")
