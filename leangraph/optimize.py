@@ -95,6 +95,18 @@ def _input_sets(graph: ir.Model, example_inputs, calibration) -> list[list[np.nd
     return input_sets
 
 
+def _refuse_non_finite(graph: ir.Model, input_sets) -> None:
+    """Lossy passes calibrate activation ranges and sensitivities on these inputs: one NaN or inf
+    makes every range and score NaN, and the search would compare NaNs."""
+    names = [v.name for v in graph.graph.inputs]
+    for index, arrays in enumerate(input_sets):
+        for name, array in zip(names, arrays):
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                raise OptionError(f"calibration set {index}, input '{name}' of model '{model_name(graph)}' holds NaN "
+                                  "or inf; the reduced-precision search calibrates on these inputs",
+                                  hint="calibrate on real, finite inputs (or leave the budget out for exact passes only)")
+
+
 def _as_score(value: Any) -> float | None:
     """A number, or a 0-d numpy array or torch tensor, as a float; None for anything else."""
     if value is None or isinstance(value, (bool, np.bool_, str, bytes)):
@@ -158,6 +170,8 @@ def optimize(
     graph = capture(model, example_inputs, dynamic_shapes)
     captured = time.perf_counter()
     input_sets = _input_sets(graph, example_inputs, calibration)
+    if _lossy_allowed(tolerance, evaluate, max_drop):
+        _refuse_non_finite(graph, input_sets)
     cache_entry, cache_notes = None, []
     if cache_root is not None:
         budget, unstable = _budget_key(user_evaluate, max_drop) if evaluate is not None else ((), "")

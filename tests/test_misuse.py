@@ -143,6 +143,9 @@ API_MISUSES = {
                                                           evaluate=lambda cm: None, max_drop=0.1),
     "evaluate raises": lambda t: leangraph.optimize(TinyMLP(), (torch.ones(2, 3),),
                                                     evaluate=lambda cm: 1 / 0, max_drop=0.1),
+    "calibration holding NaN under a budget": lambda t: leangraph.optimize(
+        TinyMLP(), (torch.ones(2, 3),), calibration=[(torch.full((2, 3), float("nan")),)],
+        tolerance=leangraph.Tolerance(rtol=1e-2, atol=1e-2)),
     "calibration=5": lambda t: leangraph.optimize(add_relu_model(), (X,), calibration=5),
     "calibration=[]": lambda t: leangraph.optimize(add_relu_model(), calibration=[]),
     "calibration of arrays, not input tuples": lambda t: leangraph.optimize(add_relu_model(), calibration=[X, X]),
