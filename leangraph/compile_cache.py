@@ -31,6 +31,7 @@ import onnx_ir as ir
 from leangraph.cost_model.machine import machine_fingerprint
 from leangraph.errors import OptionError
 from leangraph.runtime.artifact import VERSION as ARTIFACT_VERSION
+from leangraph.runtime.compiled import InputSpec, signature_inputs
 
 
 def resolve_cache_dir(cache_dir: Any) -> Path:
@@ -68,10 +69,7 @@ def check_entry(compiled, graph: ir.Model, backend: str) -> str | None:
     """Why a loaded cache entry cannot be what this request asked for, or None. The cache folder
     is the user's, but an entry can be stale or replaced: another model's inputs or outputs,
     another backend."""
-    wanted = [(v.name, str(v.dtype), None if v.shape is None else [str(d) for d in v.shape]) for v in graph.graph.inputs]
-    got = [(v.name, str(v.dtype), None if v.shape is None else [str(d) for d in v.shape])
-           for v in compiled.graph.graph.inputs]
-    if wanted != got:
+    if signature_inputs([InputSpec.of(v) for v in graph.graph.inputs]) != signature_inputs(compiled.inputs):
         return "its inputs are not the captured model's"
     if [v.name for v in graph.graph.outputs] != compiled.output_names:
         return "its outputs are not the captured model's"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ from leangraph.ir import clone_model, node_count
 from leangraph.ir.verify import model_name
 from leangraph.passes import EXACT, PassManager, Report, Tolerance, resolve
 from leangraph.passes.manager import CountsInstrument, DiffInstrument, VerifyInstrument
+from leangraph.passes.verification import is_real_number
 from leangraph.runtime import CompiledModel, to_numpy
 
 
@@ -37,15 +38,11 @@ def _resolve_backend(backend: Any) -> str:
     return backend
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-
-
 def _check_options(tolerance, evaluate, max_drop) -> None:
     if evaluate is not None and not callable(evaluate):
         raise OptionError(f"evaluate must be a callable(candidate) -> float, got {type(evaluate).__name__}",
                           hint="pass a function scoring a compiled model on your task, higher is better")
-    if not _is_number(max_drop) or not math.isfinite(max_drop) or max_drop < 0:
+    if not is_real_number(max_drop) or not math.isfinite(max_drop) or max_drop < 0:
         raise OptionError(f"max_drop must be a finite number >= 0, got {max_drop!r}", hint="e.g. max_drop=0.2")
     if max_drop and evaluate is None:
         raise OptionError("max_drop is the allowed drop of evaluate(); it needs evaluate",
@@ -88,7 +85,7 @@ def _input_sets(graph: ir.Model, example_inputs, calibration) -> list[list[np.nd
                               hint="each calibration item is one call's inputs: calibration=[(x1,), (x2,)]")
         try:
             arrays = [to_numpy(x) for x in inputs]
-            checker._check(arrays)  # noqa: SLF001
+            checker.check_arrays(arrays)
         except InputMismatchError as exc:
             raise InputMismatchError(f"{label}: {exc.message}", hint=exc.hint) from None
         input_sets.append(arrays)
@@ -170,7 +167,8 @@ def optimize(
     graph = capture(model, example_inputs, dynamic_shapes)
     captured = time.perf_counter()
     input_sets = _input_sets(graph, example_inputs, calibration)
-    if _lossy_allowed(tolerance, evaluate, max_drop):
+    lossy = _lossy_allowed(tolerance, evaluate, max_drop)
+    if lossy:
         _refuse_non_finite(graph, input_sets)
     cache_entry, cache_notes = None, []
     if cache_root is not None:
@@ -197,7 +195,7 @@ def optimize(
         capture_seconds=captured - start,
     )
     report.notes += cache_notes
-    captured_graph = clone_model(graph) if _lossy_allowed(tolerance, evaluate, max_drop) else None
+    captured_graph = clone_model(graph) if lossy else None
     if pipeline:
         instruments = _instruments(graph, input_sets, tolerance or EXACT, report)
         graph, report.records = PassManager(pipeline, instruments=instruments).run(graph)
@@ -281,7 +279,7 @@ def _quantize(graph, captured_graph, chain, kernels_of, input_sets, tolerance, e
 
     from leangraph.cost_model.linear_kernels import BACKEND_KERNELS, time_kernels
     from leangraph.passes import PASSES, PassRecord
-    from leangraph.passes.quantization.mixed_precision import choose_precisions
+    from leangraph.passes.quantization.mixed_precision import NO_ASSIGNMENT_MET, choose_precisions
 
     if kernels_of not in BACKEND_KERNELS:
         report.notes.append(f"quantization skipped: backend '{kernels_of}' has no int8 kernels")
@@ -307,7 +305,7 @@ def _quantize(graph, captured_graph, chain, kernels_of, input_sets, tolerance, e
     changed = quantized is not graph
     if changed:
         PASSES["dce"](quantized)  # the fp32 weights the int8 layers replaced
-    elif any(note.startswith("quantization attempt") for note in notes):
+    elif NO_ASSIGNMENT_MET in notes:
         budget = f"max_drop {max_drop}" if evaluate is not None else str(tolerance)
         warnings.warn(f"leangraph: no reduced-precision assignment of model '{report.model_name}' met the budget "
                       f"({budget}): every layer stays fp32. The report lists each attempt and why it failed",

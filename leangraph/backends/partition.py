@@ -183,7 +183,6 @@ def compile_partitioned(model: ir.Model, chain: Sequence[Backend],
         # values, which onnx_ir's extractor cannot cut into pieces: the whole graph runs on the
         # last backend of the chain, which runs every ONNX op.
         fallback = chain[-1]
-        assignment = {node: fallback.name for node in model.graph}
         fallbacks = [Fallback(node.name, op_key(node), chain[0].name, fallback.name) for node in model.graph
                      if chain[0].name != fallback.name]
         pieces = [Partition(fallback.name, list(model.graph), [v.name for v in model.graph.inputs],

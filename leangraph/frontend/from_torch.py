@@ -92,12 +92,13 @@ def _summarize(exc: BaseException) -> str:
     return text[:1200] + (" ..." if len(text) > 1200 else "")
 
 
-def _check_dynamic_shapes(module: torch.nn.Module, args: tuple, dynamic_shapes: Any) -> None:
-    """dynamic_shapes names forward()'s arguments and, per argument, axes it has. torch.export's own
-    errors for a wrong one are long and name its internals; a misspelt name would otherwise be
-    ignored or fail far from the cause."""
+def _checked_dynamic_shapes(module: torch.nn.Module, args: tuple, dynamic_shapes: Any) -> Any:
+    """dynamic_shapes checked against forward()'s arguments and, per argument, the axes its example
+    has, with negative axes counted from the end (torch.export ignores them: the dim stays static).
+    torch.export's own errors for a wrong entry are long and name its internals; a misspelt name
+    would otherwise be ignored or fail far from the cause."""
     if dynamic_shapes is None:
-        return
+        return None
     name = type(module).__name__
     usage = 'e.g. dynamic_shapes={"input_ids": {0: "batch", 1: "seq"}}'
     if not isinstance(dynamic_shapes, (Mapping, tuple, list)):
@@ -108,33 +109,44 @@ def _check_dynamic_shapes(module: torch.nn.Module, args: tuple, dynamic_shapes: 
     try:
         parameters = inspect.signature(module.forward).parameters
     except (TypeError, ValueError):
-        return  # no signature to check against: torch.export checks it
-    if any(p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD) for p in parameters.values()):
-        return  # forward(*args): torch.export's own rules
-    names = list(parameters)
+        parameters = None  # no signature to check against: torch.export checks it
+    if parameters is not None and any(p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+                                      for p in parameters.values()):
+        parameters = None  # forward(*args): torch.export's own rules
+    names = list(parameters or ())
     if isinstance(dynamic_shapes, (tuple, list)):  # torch.export's positional form: one entry per argument
-        if len(dynamic_shapes) != len(args):
+        if parameters is not None and len(dynamic_shapes) != len(args):
             raise CaptureError(f"dynamic_shapes for '{name}' has {len(dynamic_shapes)} entries for {len(args)} "
                                "example inputs", hint="give one entry per forward() argument, None for a static one")
-        named = {f"'{names[p]}'" if p < len(names) else f"argument {p}": (p, axes)
-                 for p, axes in enumerate(dynamic_shapes)}
+        entries = [(f"'{names[p]}'" if p < len(names) else f"argument {p}", p, axes)
+                   for p, axes in enumerate(dynamic_shapes)]
     else:
+        if parameters is None:
+            return dynamic_shapes
         for argument in dynamic_shapes:
             if argument not in names:
                 raise CaptureError(f"dynamic_shapes names '{argument}', which is not an argument of {name}.forward() "
                                    f"({', '.join(names)})", hint=usage)
-        named = {f"'{argument}'": (names.index(argument), axes) for argument, axes in dynamic_shapes.items()}
-    for label, (position, axes) in named.items():
+        entries = [(f"'{argument}'", names.index(argument), axes) for argument, axes in dynamic_shapes.items()]
+    fixed = []
+    for label, position, axes in entries:
         if not isinstance(axes, Mapping):
-            continue  # None (static), or torch.export's other spellings (a tuple per axis): it checks them
+            fixed.append(axes)  # None (static), or torch.export's other spellings (a tuple per axis): it checks them
+            continue
         example = args[position] if position < len(args) else None
         rank = example.dim() if isinstance(example, torch.Tensor) else None
-        for axis, dim in axes.items():
-            if not isinstance(axis, int) or isinstance(axis, bool) or (rank is not None and not -rank <= axis < rank):
-                raise CaptureError(f"dynamic_shapes[{label}] names axis {axis!r}, but the example {label} has rank "
-                                   f"{rank}", hint=usage)
-            if isinstance(dim, str) and not dim.strip():
-                raise CaptureError(f"dynamic_shapes[{label}] gives axis {axis} an empty dim name", hint=usage)
+        if parameters is not None:
+            for axis, dim in axes.items():
+                if not isinstance(axis, int) or isinstance(axis, bool) or (rank is not None and not -rank <= axis < rank):
+                    raise CaptureError(f"dynamic_shapes[{label}] names axis {axis!r}, but the example {label} has "
+                                       f"rank {rank}", hint=usage)
+                if isinstance(dim, str) and not dim.strip():
+                    raise CaptureError(f"dynamic_shapes[{label}] gives axis {axis} an empty dim name", hint=usage)
+        fixed.append(axes if rank is None else
+                     {axis % rank if isinstance(axis, int) and axis < 0 else axis: dim for axis, dim in axes.items()})
+    if isinstance(dynamic_shapes, (tuple, list)):
+        return type(dynamic_shapes)(fixed)
+    return dict(zip(dynamic_shapes, fixed))
 
 
 def _behaves_differently_in_training(module: torch.nn.Module) -> bool:
@@ -144,28 +156,6 @@ def _behaves_differently_in_training(module: torch.nn.Module) -> bool:
 
     return any((isinstance(sub, _DropoutNd) and sub.p > 0) or isinstance(sub, _BatchNorm)
                for sub in module.modules() if sub.training)
-
-
-def _positive_axes(module: torch.nn.Module, dynamic_shapes: Any, args: tuple) -> Any:
-    """dynamic_shapes with negative axes counted from the end: torch.export ignores them (the dim
-    stays static) instead of refusing them."""
-    def fix(axes, example):
-        if not isinstance(axes, Mapping) or not isinstance(example, torch.Tensor):
-            return axes
-        return {axis % example.dim() if isinstance(axis, int) and axis < 0 else axis: dim for axis, dim in axes.items()}
-
-    if isinstance(dynamic_shapes, (tuple, list)):
-        return type(dynamic_shapes)(fix(axes, example) for axes, example in zip(dynamic_shapes, args))
-    if isinstance(dynamic_shapes, Mapping):
-        import inspect
-
-        try:
-            names = list(inspect.signature(module.forward).parameters)
-        except (TypeError, ValueError):
-            return dynamic_shapes
-        examples = dict(zip(names, args))
-        return {argument: fix(axes, examples.get(argument)) for argument, axes in dynamic_shapes.items()}
-    return dynamic_shapes
 
 
 def _position_limits(module: torch.nn.Module, model: ir.Model) -> dict[str, dict]:
@@ -224,8 +214,7 @@ def capture_torch(
             hint="wrap a single input in a tuple: (x,)",
         )
     args = to_torch_args(example_inputs)
-    _check_dynamic_shapes(module, args, dynamic_shapes)
-    dynamic_shapes = _positive_axes(module, dynamic_shapes, args)
+    dynamic_shapes = _checked_dynamic_shapes(module, args, dynamic_shapes)
     if module.training and _behaves_differently_in_training(module):
         warnings.warn(f"'{name}' is in training mode: it is captured as it runs now, dropout and batch "
                       "statistics included, so its outputs vary from call to call; call model.eval() first",

@@ -28,10 +28,10 @@ class Tolerance:
         # fails every candidate, so it would revert every pass without saying the budget is impossible.
         for name in ("rtol", "atol"):
             value = getattr(self, name)
-            if not _is_real(value) or not math.isfinite(value) or value < 0:
+            if not is_real_number(value) or not math.isfinite(value) or value < 0:
                 raise OptionError(f"Tolerance({name}={value!r}): {name} must be a finite number >= 0",
                                   hint="e.g. Tolerance(rtol=1e-3, atol=1e-4); 0 allows no error")
-        if self.min_cosine is not None and (not _is_real(self.min_cosine) or not -1.0 <= self.min_cosine <= 1.0):
+        if self.min_cosine is not None and (not is_real_number(self.min_cosine) or not -1.0 <= self.min_cosine <= 1.0):
             raise OptionError(f"Tolerance(min_cosine={self.min_cosine!r}): a cosine similarity lies in [-1, 1]",
                               hint="e.g. Tolerance(rtol=1e-2, atol=1e-3, min_cosine=0.999), or leave it None")
 
@@ -41,7 +41,8 @@ class Tolerance:
         return self.rtol <= EXACT.rtol and self.atol <= EXACT.atol and self.min_cosine in (None, 1.0)
 
 
-def _is_real(value) -> bool:
+def is_real_number(value) -> bool:
+    """A Python or numpy int or float, not a bool (True is an int to Python, not a bound to us)."""
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 

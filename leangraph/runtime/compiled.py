@@ -154,21 +154,29 @@ def _import_trusted_output_modules(names: set[str]) -> bool:
 CONSTANT_LEAVES = "leangraph.constant_leaves"
 
 
+def _metadata_object(graph: ir.Model, key: str) -> dict:
+    """The JSON object capture wrote under ``key`` in the graph's metadata, or {} when there is
+    none or it is not a small JSON object: these entries only restore conveniences and sharpen
+    messages, and the file is not trusted to say more."""
+    import json
+
+    text = graph.metadata_props.get(key)
+    if not text or len(text) > 65536:
+        return {}
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def _constant_leaves(graph: ir.Model) -> dict[int, Any]:
     """{leaf index: value} of the outputs the module returned as constants (None, numbers, strings),
     which the graph has no output for (frontend/from_torch.py). Anything else in the file is ignored."""
     if CONSTANT_LEAVES in graph.meta:
         return graph.meta[CONSTANT_LEAVES]
-    import json
-
-    text = graph.metadata_props.get(CONSTANT_LEAVES)
-    try:
-        data = json.loads(text) if text and len(text) < 65536 else {}
-    except ValueError:
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    return {int(k): v for k, v in data.items() if k.isdigit() and (v is None or isinstance(v, (bool, int, float, str)))}
+    return {int(k): v for k, v in _metadata_object(graph, CONSTANT_LEAVES).items()
+            if k.isdigit() and (v is None or isinstance(v, (bool, int, float, str)))}
 
 
 def _load_out_spec(graph: ir.Model, num_outputs: int):
@@ -296,23 +304,13 @@ VALUE_RANGES = "leangraph.value_ranges"
 
 def _metadata_bounds(graph: ir.Model, key: str, fields: tuple[str, ...]) -> dict[str, tuple]:
     """{name: (*fields, why)} from the bounds capture wrote under ``key`` (frontend/from_torch.py:
-    a learned position table bounds the sequence dim, the token table the ids). Malformed entries
-    are ignored: they only sharpen an error message, and the file is not trusted to say more."""
-    import json
-
-    text = graph.metadata_props.get(key)
-    if not text or len(text) > 65536:
-        return {}
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return {}
+    a learned position table bounds the sequence dim, the token table the ids); malformed entries
+    are left out."""
     bounds = {}
-    if isinstance(data, dict):
-        for name, entry in data.items():
-            if (isinstance(entry, dict) and isinstance(entry.get("why"), str)
-                    and all(isinstance(entry.get(f), int) and not isinstance(entry[f], bool) for f in fields)):
-                bounds[str(name)] = (*(entry[f] for f in fields), _short(entry["why"]))
+    for name, entry in _metadata_object(graph, key).items():
+        if (isinstance(entry, dict) and isinstance(entry.get("why"), str)
+                and all(isinstance(entry.get(f), int) and not isinstance(entry[f], bool) for f in fields)):
+            bounds[str(name)] = (*(entry[f] for f in fields), _short(entry["why"]))
     return bounds
 
 
@@ -336,6 +334,7 @@ class CompiledModel:
         self._out_spec = graph.meta.get(OUT_SPEC) or _NOT_LOADED
         self._dim_limits = _dim_limits(graph)
         self._value_ranges = _metadata_bounds(graph, VALUE_RANGES, ("min", "max"))
+        self._constant_leaves = sorted(_constant_leaves(graph).items())
         self._defaults = {v.name: v.const_value for v in graph.graph.inputs if v.const_value is not None}
         """Inputs with a default (an initializer that is also an input): the caller may leave them out."""
 
@@ -396,7 +395,9 @@ class CompiledModel:
     def _signature(self) -> str:
         return ", ".join(str(s) for s in self.inputs)
 
-    def _check(self, arrays: list[np.ndarray]) -> None:
+    def check_arrays(self, arrays: list[np.ndarray]) -> None:
+        """An InputMismatchError unless ``arrays`` (numpy, in graph order) fit the graph's inputs:
+        count, dtype, rank, static dims, shared symbolic dims, and the bounds capture recorded."""
         if len(arrays) != len(self.inputs):
             raise InputMismatchError(
                 f"model '{self.name}' takes {len(self.inputs)} inputs ({self._signature()}); "
@@ -491,7 +492,7 @@ class CompiledModel:
             raise InputMismatchError(f"run_flat() of model '{self.name}' takes a list of inputs, got "
                                      f"{type(arrays).__name__}", hint="pass [x] for one input, not x")
         arrays = self._arrays(list(arrays), {})
-        self._check(arrays)
+        self.check_arrays(arrays)
         return list(self._executable(arrays))
 
     def __call__(self, /, *inputs: Any, **named: Any) -> Any:
@@ -499,7 +500,7 @@ class CompiledModel:
         input names), in the structure the module returned: torch tensors in give torch tensors out."""
         as_torch = any(_is_torch(x) for x in (*inputs, *named.values()))
         arrays = self._arrays(inputs, named)
-        self._check(arrays)
+        self.check_arrays(arrays)
         outputs = list(self._executable(arrays))
         if as_torch:
             outputs = [_to_torch(o) for o in outputs]
@@ -510,7 +511,7 @@ class CompiledModel:
 
             try:
                 leaves = list(outputs)
-                for index, value in sorted(_constant_leaves(self._graph).items()):
+                for index, value in self._constant_leaves:
                     leaves.insert(index, value)
                 return pytree.tree_unflatten(leaves, self._out_spec)
             except Exception as exc:  # a registered container refusing the context the file gave it

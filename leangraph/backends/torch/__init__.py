@@ -29,6 +29,7 @@ class TorchExecutable:
         self.output_names = [v.name for v in model.graph.outputs]
         self.constants = {name: torch.from_numpy(np.array(value.const_value.numpy()))
                           for name, value in model.graph.initializers.items()}
+        self._constant_storage = {t.untyped_storage().data_ptr() for t in self.constants.values()}
         self.steps = [(OPS[(node.domain, node.op_type)], [v.name if v is not None else None for v in node.inputs],
                        [v.name for v in node.outputs], attributes_of(node), node) for node in model.graph]
 
@@ -48,8 +49,7 @@ class TorchExecutable:
                     ) from exc
                 values.update(zip(writes, outputs))
         # an output that is (a view of) a weight or an input is copied: the caller may write to it
-        shared = {t.untyped_storage().data_ptr() for name, t in values.items()
-                  if name in self.constants or name in self.input_names}
+        shared = self._constant_storage | {values[name].untyped_storage().data_ptr() for name in self.input_names}
         return [values[name].numpy().copy() if values[name].untyped_storage().data_ptr() in shared
                 else values[name].numpy() for name in self.output_names]
 

@@ -94,6 +94,10 @@ def output_error(got: Sequence[np.ndarray], expected: Sequence[np.ndarray]) -> f
     return num / max(den, 1e-30)
 
 
+NO_ASSIGNMENT_MET = "quantization: no int8 assignment met the budget; every layer stays fp32"
+"""The last note when every attempted assignment missed the budget (optimize() says so on stderr)."""
+
+
 def choose_precisions(
     model: ir.Model,
     input_sets: Sequence[Sequence[np.ndarray]],
@@ -177,7 +181,7 @@ def choose_precisions(
                                                    else ("fp32", kernels["fp32"]))
             return candidate_model, choices, notes
         budget /= 2
-    notes.append("quantization: no int8 assignment met the budget; every layer stays fp32")
+    notes.append(NO_ASSIGNMENT_MET)
     return model, choices, notes
 
 
