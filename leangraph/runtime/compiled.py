@@ -273,8 +273,8 @@ def _to_torch(array: np.ndarray):
     name = array.dtype.name
     if name in _NUMPY_LACKS:  # ml_dtypes arrays: torch.from_numpy does not know them
         bits = {1: np.uint8, 2: np.int16}[array.dtype.itemsize]
-        return torch.from_numpy(np.ascontiguousarray(array).view(bits)).view(getattr(torch, name))
-    return torch.from_numpy(np.ascontiguousarray(array))
+        return torch.from_numpy(np.asarray(array, order="C").view(bits)).view(getattr(torch, name))
+    return torch.from_numpy(np.asarray(array, order="C"))  # not ascontiguousarray: it makes 0-d arrays 1-d
 
 
 _NOT_LOADED = object()  # the output structure, before the first call reads it

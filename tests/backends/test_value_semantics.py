@@ -99,3 +99,12 @@ def test_an_input_named_self_can_be_passed_by_name():
                        [tensor("y", shape=(3,))])
     x = np.array([-1.0, 0.0, 2.0], np.float32)
     np.testing.assert_array_equal(leangraph.optimize(model, (x,), backend="onnxruntime")(self=x), np.maximum(x, 0))
+
+
+def test_scalar_outputs_stay_scalars_for_torch_inputs():
+    import torch
+
+    model = make_model([helper.make_node("ReduceSum", ["x"], ["y"], keepdims=0, name="sum")],
+                       [tensor("x", shape=(2, 3))], [tensor("y", shape=())])
+    out = leangraph.optimize(model, (np.ones((2, 3), np.float32),), backend="onnxruntime")(torch.ones(2, 3))
+    assert isinstance(out, torch.Tensor) and out.shape == () and out.item() == 6.0
