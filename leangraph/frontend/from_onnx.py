@@ -1,4 +1,14 @@
-"""ONNX file or ModelProto -> IR: read, verify, convert to one opset, infer shapes.
+"""ONNX file or ModelProto -> IR: read, verify, bring to a common opset, infer shapes.
+
+Models below opset 20 are converted up to it (one set of semantics for the passes to match);
+models at a later opset (21-23 and on: opset 23's Attention, RMSNormalization, RotaryEmbedding)
+stay at theirs: no op the passes match changed its semantics since 20, and converting down would
+refuse the ops that are new.
+
+Shapes are inferred twice: by ONNX (strict, it checks the model), then by ONNX Runtime's symbolic
+inference, which follows the Shape/Gather/Unsqueeze/Concat chains the TorchScript exporter writes
+for every reshape and keeps the graph inputs' dim names through them (ONNX's inference gives each
+such dim a fresh unknown name: then no pass can tell that a head split keeps [batch, seq]).
 
 Every failure names the file and what is wrong with it: missing, not ONNX, truncated, a cycle, a
 missing initializer, an unknown op, a shape mismatch the checker finds.
@@ -17,6 +27,7 @@ import onnx_ir.passes.common
 
 from leangraph.errors import InvalidGraphError, ModelLoadError
 from leangraph.frontend.legacy import fix_per_channel_prelu
+from leangraph.frontend.symbolic_shapes import symbolic_shapes
 from leangraph.ir import DOMAIN, TARGET_OPSET, infer_leangraph_shapes, verify_model
 
 MIN_IR_VERSION = 10
@@ -97,8 +108,9 @@ def _default_opset(proto: onnx.ModelProto) -> int | None:
 
 
 def _convert_opset(proto: onnx.ModelProto, label: str, target_opset: int) -> onnx.ModelProto:
+    """Up to ``target_opset``; a later opset is kept (see the module doc)."""
     current = _default_opset(proto)
-    if current is None or current == target_opset:
+    if current is None or current >= target_opset:
         return proto
     proto = fix_per_channel_prelu(proto, current)
     try:
@@ -156,10 +168,19 @@ def load_onnx(source: Source, *, target_opset: int = TARGET_OPSET) -> ir.Model:
             f"model '{label}' has inconsistent shapes or types: {str(exc).strip()}",
             hint="the model computes on tensors whose shapes do not fit; fix or re-export it",
         ) from None
+    symbolic_note = "not used: the model holds leangraph ops, which it does not know"
+    if strict:
+        proto, symbolic_note = symbolic_shapes(proto)
     model = ir.from_proto(proto)
     infer_leangraph_shapes(model)
     model.metadata_props["leangraph.source"] = label
+    if symbolic_note:
+        model.metadata_props[SHAPE_INFERENCE_NOTE] = symbolic_note
     return model
+
+
+SHAPE_INFERENCE_NOTE = "leangraph.shape_inference"
+"""Metadata key: why ONNX Runtime's symbolic shape inference was not used (the shapes are ONNX's)."""
 
 
 def _root_cause(exc: BaseException) -> str:

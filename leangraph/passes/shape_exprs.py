@@ -1,6 +1,7 @@
 """Reading shape arithmetic: what each element of a 1-D int64 shape tensor is.
 
-The exporter builds reshape targets as ``Concat(Slice(Shape(x), i, i+1), [-1], [32], ...)``. For a
+The exporters build reshape targets as ``Concat(Slice(Shape(x), i, i+1), [-1], [32], ...)`` (torch.export)
+or ``Concat(Unsqueeze(Gather(Shape(x), i)), ...)`` (TorchScript). For a
 rule to reason about such a tensor it needs, element by element: a constant, or "dim i of value v"
 (with the symbol torch.export gave that dim, when known).
 """
@@ -86,6 +87,12 @@ def elements(value: ir.Value | None) -> list[Element] | None:
         n = len(data)
         start, end = (int(np.clip(s + n if s < 0 else s, 0, n)) for s in (starts[0], ends[0]))
         return data[start:end]
+    if node.op_type == "Gather" and node.attributes.get_int("axis", 0) == 0:
+        # TorchScript's exporter reads a dim as Gather(Shape(x), i) (a scalar, unsqueezed after)
+        data, indices = elements(node.inputs[0]), const_ints(node.inputs[1])
+        if data is None or indices is None or not all(-len(data) <= i < len(data) for i in indices):
+            return None
+        return [data[i] for i in indices]
     if node.op_type in ("Squeeze", "Unsqueeze", "Identity"):
         inner = elements(node.inputs[0])
         return inner if inner is not None and len(inner) == 1 else None

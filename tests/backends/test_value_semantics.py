@@ -108,3 +108,31 @@ def test_scalar_outputs_stay_scalars_for_torch_inputs():
                        [tensor("x", shape=(2, 3))], [tensor("y", shape=())])
     out = leangraph.optimize(model, (np.ones((2, 3), np.float32),), backend="onnxruntime")(torch.ones(2, 3))
     assert isinstance(out, torch.Tensor) and out.shape == () and out.item() == 6.0
+
+
+@pytest.mark.parametrize("backend", ["tvm", "torch", "onnxruntime", "reference"])
+def test_unguarded_attention_keeps_its_nan_rows(backend):
+    # HF's eager attention has no NaN guard: a row the mask hides entirely, or one with an infinite
+    # score, is NaN in the graph. Fused (leangraph::Attention, zero_nan_rows=0) it stays NaN on
+    # every backend, where the guarded form (torch's SDPA export) gives 0.
+    scale = numpy_helper.from_array(np.array(0.35, np.float32), "scale")
+    model = make_model([helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2], name="kt"),
+                        helper.make_node("MatMul", ["q", "kt"], ["qk"], name="qk"),
+                        helper.make_node("Mul", ["qk", "scale"], ["scaled"], name="scaled"),
+                        helper.make_node("Add", ["scaled", "mask"], ["scores"], name="masked"),
+                        helper.make_node("Softmax", ["scores"], ["p"], axis=-1, name="softmax"),
+                        helper.make_node("MatMul", ["p", "v"], ["y"], name="pv")],
+                       [tensor(n, shape=(2, 3, 4, 8)) for n in "qkv"] + [tensor("mask", shape=(2, 1, 4, 4))],
+                       [tensor("y", shape=(2, 3, 4, 8))], [scale])
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((2, 3, 4, 8)).astype(np.float32) for _ in range(3))
+    mask = np.zeros((2, 1, 4, 4), np.float32)
+    mask[1, 0, 2, :] = -np.inf
+    q[0, 1, 3, 0] = np.inf
+    expected = leangraph.optimize(model, (q, k, v, mask), backend="onnxruntime", passes="none")(q, k, v, mask)
+    compiled = leangraph.optimize(model, (q, k, v, mask), backend=backend)
+    assert any(r.fired for r in compiled.report.records if r.name == "fuse_attention")
+    got = compiled(q, k, v, mask)
+    assert np.isnan(expected).any()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

@@ -261,10 +261,43 @@ def _reshape_model(first: str):
 
 
 def test_reshape_copy_dims_fires_on_own_dims():
+    # [0, 0, -1] on a rank-3 value is its own shape: the reshape then goes too
     model, record = run_pass("algebraic", _reshape_model("b"), [X])
     assert record.fired.get("reshape_copy_dims") == 1
+    assert record.fired.get("reshape_to_own_shape") == 1
+    assert not any(n.op_type == "Reshape" for n in model.graph)
+
+
+def _torchscript_head_split(dims: str) -> ir.Model:
+    """TorchScript's head split: the target from Gather(Shape(x), i) scalars, unsqueezed."""
+    return model_from_text(HEADER + """g (float[batch,seq,8] x) => (float[batch,seq,2,4] y) {
+        s = Shape(x)
+        i0 = Constant<value = int64 {0}>()
+        i1 = Constant<value = int64 {1}>()
+        axes = Constant<value = int64[1] {0}>()
+        b = Unsqueeze(Gather<axis=0>(s, i0), axes)
+        t = Unsqueeze(Gather<axis=0>(s, i1), axes)
+        rest = Constant<value = int64[2] {""" + dims + """}>()
+        target = Concat<axis=0>(b, t, rest)
+        y = Reshape(x, target)
+    }""")
+
+
+def test_reshape_copy_dims_reads_torchscript_gathers():
+    model, record = run_pass("algebraic", _torchscript_head_split("2, 4"), [np.ones((2, 3, 8), np.float32)])
+    assert record.fired.get("reshape_copy_dims") == 1
     reshape = next(n for n in model.graph if n.op_type == "Reshape")
-    assert reshape.inputs[1].const_value.numpy().tolist() == [0, 0, -1]
+    assert reshape.inputs[1].const_value.numpy().tolist() == [0, 0, 2, 4]
+    assert not any(n.op_type in ("Gather", "Shape", "Concat") for n in model.graph)
+
+
+def test_reshape_to_own_shape_keeps_a_reshape_that_changes_dims():
+    model = model_from_text(HEADER + """g (float[batch,2,seq,4] x) => (float[batch,seq,2,4] y) {
+        target = Constant<value = int64[4] {0, 0, 2, 4}>()
+        y = Reshape(x, target)
+    }""")
+    _, record = run_pass("algebraic", model, [np.ones((1, 2, 2, 4), np.float32)])
+    assert not record.fired.get("reshape_to_own_shape")
 
 
 def test_reshape_copy_dims_does_not_fire_on_dims_moved():

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from leangraph.backends.reference import ReferenceExecutable
 from tests.passes._build import model_from_text, run_pass
 
 HEADER = '<ir_version: 10, opset_import: ["" : 20]>\n'
@@ -154,9 +155,11 @@ def _attention_inputs():
 
 
 @pytest.mark.parametrize(("body", "guard", "mask", "rule"), [
-    (SPLIT, True, True, "sdpa_split_scale_masked_nan_guard"),
-    (AFTER, True, True, "sdpa_mul_scale_masked_nan_guard"),
+    (SPLIT, True, True, "sdpa_split_scale_add_mask_nan_guard"),
+    (AFTER, True, True, "sdpa_mul_scale_add_mask_nan_guard"),
     (AFTER, True, False, "sdpa_mul_scale_nan_guard"),
+    (AFTER, False, True, "sdpa_mul_scale_add_mask"),
+    (SPLIT, False, False, "sdpa_split_scale"),
 ])
 def test_attention_fires(body, guard, mask, rule):
     model, record = run_pass("fuse_attention", model_from_text(_attention_graph(body, guard, mask)), _attention_inputs())
@@ -166,13 +169,52 @@ def test_attention_fires(body, guard, mask, rule):
 
 
 @pytest.mark.parametrize("mask", [True, False])
-def test_attention_not_fused_without_nan_guard(mask):
-    # the op gives 0 where the softmax gives NaN: a fully masked row, or (mask or not) a row whose
-    # scores hold NaN or an infinity; the unguarded graph gives NaN there
+def test_attention_without_nan_guard_keeps_nan_rows(mask):
+    # HF's eager attention: no guard. Where the softmax is NaN (scores holding NaN or an infinity,
+    # a fully -inf-masked row) the graph gives NaN; the fused op must too (zero_nan_rows = 0)
     inputs = _attention_inputs()
     inputs[0][0, 1, 2, 3] = np.inf
     inputs[1][1, 0, 4, 0] = np.nan
-    _, record = run_pass("fuse_attention", model_from_text(_attention_graph(AFTER, guard=False, mask=mask)), inputs)
+    inputs[3][0, 0, 1, :] = -np.inf
+    original = model_from_text(_attention_graph(AFTER, guard=False, mask=mask))
+    expected = ReferenceExecutable(original)(inputs)
+    model, record = run_pass("fuse_attention", original, _attention_inputs())
+    assert record.fired
+    (node,) = [n for n in model.graph if n.op_type == "Attention"]
+    assert node.attributes.get_int("zero_nan_rows") == 0
+    got = ReferenceExecutable(model)(inputs)
+    assert np.isnan(expected[0]).any()
+    np.testing.assert_array_equal(np.isnan(got[0]), np.isnan(expected[0]))
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-5, atol=1e-6)  # NaN == NaN here
+
+
+def _where_mask_graph(fill: str) -> str:
+    return graph("float[2,4,5,8] q, float[2,4,5,8] k, float[2,4,5,8] v, bool[2,1,5,5] keep", "float[2,4,5,8] y", f"""
+        fill = Constant<value = float {{{fill}}}>()
+        kt = Transpose<perm=[0,1,3,2]>(k)
+        sc = Constant<value = float {{0.3536}}>()
+        s = Where(keep, Mul(MatMul(q, kt), sc), fill)
+        y = MatMul(Softmax<axis=-1>(s), v)""")
+
+
+@pytest.mark.parametrize("fill", ["-inf", "-3.4028234663852886e+38"])
+def test_attention_fuses_a_where_mask(fill):
+    # GPT-2-style masking: Where(keep, scores, fill), fill -inf (the bool mask is the op's) or
+    # finfo.min (an additive Where(keep, 0, fill) mask); a fully hidden row included
+    inputs = _attention_inputs()[:3] + [np.random.default_rng(3).random((2, 1, 5, 5)) < 0.6]
+    inputs[3][1, 0, 2, :] = False
+    original = model_from_text(_where_mask_graph(fill))
+    expected = ReferenceExecutable(original)(inputs)
+    model, record = run_pass("fuse_attention", original, inputs)
+    assert any(name.startswith("sdpa_mul_scale_where_mask") for name in record.fired), record.fired
+    got = ReferenceExecutable(model)(inputs)
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-5, atol=1e-6)
+
+
+def test_attention_where_mask_with_a_small_fill_is_not_fused():
+    # fill -100 is another function: a hidden key still gets weight
+    _, record = run_pass("fuse_attention", model_from_text(_where_mask_graph("-100.0")),
+                         _attention_inputs()[:3] + [np.random.default_rng(3).random((2, 1, 5, 5)) < 0.6])
     assert not record.fired
 
 

@@ -155,7 +155,8 @@ short sequences of sentence batches faster than scaled_dot_product_attention's C
 
 
 def _attention(q, k, v, mask, scale, causal, empty_rows=True):
-    """``empty_rows`` = False: the caller knows every row it keeps sees a key (no zeroing pass)."""
+    """``empty_rows`` = False: the caller knows every row it keeps sees a key, or the op keeps NaN
+    rows (zero_nan_rows = 0): no zeroing pass."""
     scale = scale or 1.0 / math.sqrt(q.shape[-1])
     if mask is not None and mask.dtype != torch.bool:
         mask = mask.to(q.dtype)
@@ -163,7 +164,8 @@ def _attention(q, k, v, mask, scale, causal, empty_rows=True):
         visible = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril()
         mask = visible if mask is None else (mask & visible if mask.dtype == torch.bool
                                              else mask.masked_fill(~visible, float("-inf")))
-    if k.shape[-2] <= WRITTEN_OUT_SCORES_UP_TO:
+    # Without the zeroing, NaN rows must stay NaN: only the written-out softmax is sure to keep them
+    if k.shape[-2] <= WRITTEN_OUT_SCORES_UP_TO or not empty_rows:
         scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scale)
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores.add_(mask)
@@ -177,7 +179,7 @@ def _attention(q, k, v, mask, scale, causal, empty_rows=True):
 @op("Attention", "leangraph")
 def _attention_op(inputs, attrs):
     q, k, v, mask = (inputs + [None])[:4]
-    return [_attention(q, k, v, mask, attrs["scale"], attrs["causal"])]
+    return [_attention(q, k, v, mask, attrs["scale"], attrs["causal"], bool(attrs["zero_nan_rows"]))]
 
 
 def _heads(x, heads):
@@ -188,7 +190,8 @@ def _heads(x, heads):
 def _multi_head_attention(inputs, attrs):
     q, k, v, mask = (inputs + [None])[:4]
     heads = attrs["num_heads"]
-    out = _attention(_heads(q, heads), _heads(k, heads), _heads(v, heads), mask, attrs["scale"], attrs["causal"])
+    out = _attention(_heads(q, heads), _heads(k, heads), _heads(v, heads), mask, attrs["scale"], attrs["causal"],
+                     bool(attrs["zero_nan_rows"]))
     return [out.transpose(-3, -2).reshape(*q.shape[:-1], -1)]
 
 

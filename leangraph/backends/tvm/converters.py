@@ -180,8 +180,9 @@ def _gelu(ctx, node, inputs):
     return [_activation("gelu" if str(attributes_of(node)["approximate"]) == "none" else "gelu_tanh", inputs[0])]
 
 
-def _attention(ctx, q, k, v, mask, scale: float, causal: int):
-    """softmax(q k^T * scale + mask) v on [..., heads, len, size] tensors; rows with no visible key give 0."""
+def _attention(ctx, q, k, v, mask, scale: float, causal: int, zero_nan_rows: int = 1):
+    """softmax(q k^T * scale + mask) v on [..., heads, len, size] tensors; NaN rows (no visible key)
+    give 0 unless ``zero_nan_rows`` = 0."""
     rank = len(_dims(ctx.bb, k))
     perm = [*range(rank - 2), rank - 1, rank - 2]
     head_size = _dims(ctx.bb, q)[-1]
@@ -199,7 +200,8 @@ def _attention(ctx, q, k, v, mask, scale: float, causal: int):
         else:
             scores = relax.op.add(scores, mask)
     weights = relax.op.nn.softmax(scores, axis=-1)
-    weights = relax.op.where(relax.op.isnan(weights), relax.op.zeros_like(weights), weights)
+    if zero_nan_rows:
+        weights = relax.op.where(relax.op.isnan(weights), relax.op.zeros_like(weights), weights)
     return relax.op.matmul(weights, v)
 
 
@@ -219,7 +221,7 @@ def _cast_to_broadcast(ctx: Context, operand, target_dims: list):
 def _attention_op(ctx, node, inputs):
     q, k, v, mask = (inputs + [None])[:4]
     attrs = attributes_of(node)
-    return [_attention(ctx, q, k, v, mask, float(attrs["scale"]), int(attrs["causal"]))]
+    return [_attention(ctx, q, k, v, mask, float(attrs["scale"]), int(attrs["causal"]), int(attrs["zero_nan_rows"]))]
 
 
 @library_kernel("MultiHeadAttention")
@@ -232,7 +234,7 @@ def _multi_head_attention_kernel(node: ir.Node) -> str | None:
         return None
     attrs = attributes_of(node)
     return library.multi_head_attention_function(int(attrs["num_heads"]), float(attrs["scale"]), int(attrs["causal"]),
-                                                 mask is not None)
+                                                 mask is not None, int(attrs["zero_nan_rows"]))
 
 
 @converts("MultiHeadAttention", DOMAIN)
@@ -390,7 +392,8 @@ def _multi_head_attention_relax(ctx, node, inputs):
         x = relax.op.reshape(x, (batch, length, heads, int(width) // heads))
         return relax.op.permute_dims(x, [0, 2, 1, 3])
 
-    out = _attention(ctx, split(q), split(k), split(v), mask, float(attrs["scale"]), int(attrs["causal"]))
+    out = _attention(ctx, split(q), split(k), split(v), mask, float(attrs["scale"]), int(attrs["causal"]),
+                     int(attrs["zero_nan_rows"]))
     batch, length, _ = _dims(ctx.bb, q)
     width = _dims(ctx.bb, v)[-1]
     return [relax.op.reshape(relax.op.permute_dims(out, [0, 2, 1, 3]), (batch, length, width))]

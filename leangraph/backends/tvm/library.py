@@ -112,12 +112,13 @@ def _float_attribute(value: float) -> float:
     return float(np.float32(value))
 
 
-def multi_head_attention_function(heads: int, scale: float, causal: int, masked: bool) -> str:
+def multi_head_attention_function(heads: int, scale: float, causal: int, masked: bool, zero_nan_rows: int = 1) -> str:
     """The packed function running leangraph::MultiHeadAttention with these attributes (the torch
     backend's kernel on the split heads)."""
     scale = _float_attribute(scale)
-    name = f"leangraph.multi_head_attention.h{heads}.s{scale!r}.c{causal}.m{int(masked)}"
-    return _torch_kernel("MultiHeadAttention", name, {"num_heads": heads, "scale": scale, "causal": causal})
+    name = f"leangraph.multi_head_attention.h{heads}.s{scale!r}.c{causal}.m{int(masked)}.z{zero_nan_rows}"
+    return _torch_kernel("MultiHeadAttention", name, {"num_heads": heads, "scale": scale, "causal": causal,
+                                                      "zero_nan_rows": zero_nan_rows})
 
 
 def layer_norm_function(axis: int, epsilon: float) -> str:

@@ -3,9 +3,12 @@
 ``softmax(query @ key^T * scale + mask) @ value`` over the last two dims; leading dims (batch,
 heads) broadcast. ``scale`` = 0 means 1/sqrt(head size). ``mask`` broadcasts to
 [..., q_len, kv_len]: boolean (True = may attend) or additive float. ``causal`` = 1 also hides
-keys after the query's position (top-left aligned, as torch's ``is_causal``). A query row with no
-visible key yields zeros, as torch's scaled_dot_product_attention does (its export guards the
-softmax with ``Where(IsNaN(p), 0, p)``).
+keys after the query's position (top-left aligned, as torch's ``is_causal``).
+
+``zero_nan_rows`` = 1 (the default): a query row whose softmax is NaN (no visible key, or NaN or
+infinite scores) yields zeros, as torch's scaled_dot_product_attention does (its export guards the
+softmax with ``Where(IsNaN(p), 0, p)``). ``zero_nan_rows`` = 0: such a row yields NaN, as a plain
+softmax does (HF's eager attention, which has no guard).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ def _shape(inputs, attrs):
     return [TensorInfo(q.dtype, (*broadcast_dims(q.shape[:-2], v.shape[:-2]), q.shape[-2], v.shape[-1]))]
 
 
-def _reference(query, key, value, mask=None, scale=0.0, causal=0):
+def _reference(query, key, value, mask=None, scale=0.0, causal=0, zero_nan_rows=1):
     dtype = query.dtype
     scale = scale or 1.0 / math.sqrt(query.shape[-1])
     scores = (query @ np.swapaxes(key, -1, -2)) * np.asarray(scale, dtype)
@@ -40,12 +43,14 @@ def _reference(query, key, value, mask=None, scale=0.0, causal=0):
         scores = scores - scores.max(axis=-1, keepdims=True)
         weights = np.exp(scores)
         weights = weights / weights.sum(axis=-1, keepdims=True)
-    weights = np.where(np.isnan(weights), np.zeros((), dtype), weights)
+    if zero_nan_rows:
+        weights = np.where(np.isnan(weights), np.zeros((), dtype), weights)
     return ((weights @ value).astype(dtype),)
 
 
 def _decompose(tape, inputs, attrs, empty_rows: bool = True):
-    """``empty_rows`` = False: the caller knows every row sees a key; the zeroing guard is left out."""
+    """``empty_rows`` = False: the caller knows every row sees a key; the zeroing guard is left out
+    (as it is for ``zero_nan_rows`` = 0)."""
     query, key, value = inputs[:3]
     mask = inputs[3] if len(inputs) > 3 else None
     known = key if key.shape is not None else query  # key and query have the same rank
@@ -75,7 +80,7 @@ def _decompose(tape, inputs, attrs, empty_rows: bool = True):
         else:
             scores = tape.op("Add", [scores, mask])
     weights = tape.op("Softmax", [scores], {"axis": -1})
-    if empty_rows:
+    if empty_rows and attrs.get("zero_nan_rows", 1):
         weights = tape.op("Where", [tape.op("IsNaN", [weights]), const(tape, 0.0, dtype), weights])
     return [tape.op("MatMul", [weights, value])]
 
@@ -92,7 +97,7 @@ ATTENTION = register(
         doc=__doc__,
         inputs=("query", "key", "value", "mask?"),
         outputs=("output",),
-        attributes={"scale": 0.0, "causal": 0},
+        attributes={"scale": 0.0, "causal": 0, "zero_nan_rows": 1},
         shape_rule=_shape,
         reference=_reference,
         decompose=_decompose,

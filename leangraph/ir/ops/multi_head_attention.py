@@ -3,8 +3,8 @@
 ``query`` is [batch, q_len, heads * head_size], ``key``/``value`` [batch, kv_len, heads * ...],
 the output [batch, q_len, heads * value_head_size]: the head split (Reshape + Transpose) and merge
 (Transpose + Reshape) around leangraph::Attention, folded into the op, as ONNX Runtime's
-MultiHeadAttention. ``num_heads`` splits the last dim; ``mask``, ``scale`` and ``causal`` mean what
-they mean for leangraph::Attention.
+MultiHeadAttention. ``num_heads`` splits the last dim; ``mask``, ``scale``, ``causal`` and ``zero_nan_rows``
+mean what they mean for leangraph::Attention.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ def _shape(inputs, attrs):
     return [TensorInfo(q.dtype, (q.shape[0], q.shape[1], v.shape[2]))]
 
 
-def _reference(query, key, value, mask=None, num_heads=0, scale=0.0, causal=0):
+def _reference(query, key, value, mask=None, num_heads=0, scale=0.0, causal=0, zero_nan_rows=1):
     if num_heads <= 0 or query.shape[-1] % num_heads or value.shape[-1] % num_heads:
         raise ValueError(f"num_heads={num_heads} does not divide the widths {query.shape[-1]}, {value.shape[-1]}")
     (out,) = attention._reference(_split(query, num_heads), _split(key, num_heads), _split(value, num_heads),
-                                  mask, scale, causal)
+                                  mask, scale, causal, zero_nan_rows)
     batch, heads, length, size = out.shape
     return (out.transpose(0, 2, 1, 3).reshape(batch, length, heads * size),)
 
@@ -50,7 +50,8 @@ def _decompose(tape, inputs, attrs):
 
     query, key, value = (split(x) for x in inputs[:3])
     mask = inputs[3] if len(inputs) > 3 else None
-    (out,) = attention._decompose(tape, [query, key, value, mask], {"scale": attrs["scale"], "causal": attrs["causal"]})
+    (out,) = attention._decompose(tape, [query, key, value, mask], {"scale": attrs["scale"], "causal": attrs["causal"],
+                                                                      "zero_nan_rows": attrs["zero_nan_rows"]})
     merged = tape.op("Transpose", [out], {"perm": [0, 2, 1, 3]})
     return [tape.op("Reshape", [merged, const(tape, [0, 0, -1], np.int64)])]
 
@@ -61,7 +62,7 @@ MULTI_HEAD_ATTENTION = register(
         doc=__doc__,
         inputs=("query", "key", "value", "mask?"),
         outputs=("output",),
-        attributes={"num_heads": 0, "scale": 0.0, "causal": 0},
+        attributes={"num_heads": 0, "scale": 0.0, "causal": 0, "zero_nan_rows": 1},
         shape_rule=_shape,
         reference=_reference,
         decompose=_decompose,

@@ -8,6 +8,7 @@ Unsqueeze chains, Slice collapsing, ConstantOfShape+Cast. And our own:
   a target built from x's own dims at the same positions becomes a constant, and the shape
   arithmetic feeding it dies.
 - ``reshape_leading_inferred``: ``Reshape(x[b, 17, 32], [-1, 17, 4, 8])`` -> ``Reshape(x, [0, 17, 4, 8])``.
+- ``reshape_to_own_shape``: ``Reshape(x[b, 12, s, 32], [0, 12, 0, 32])`` -> ``x``.
 - ``transpose_last_two_chain``: ``Reshape(Transpose(Reshape(k, [-1, S, D]), [0, 2, 1]), [..., D, S])``,
   how torch's exporter transposes the key inside scaled_dot_product_attention, -> ``Transpose(k)``
   swapping the last two axes.
@@ -162,6 +163,29 @@ class ReshapeLeadingInferred(pattern.RewriteRuleClassBase):
         return op.Reshape(x, target, allowzero=0)
 
 
+class ReshapeToItsOwnShape(pattern.RewriteRuleClassBase):
+    """Reshape(x, target) whose target keeps every dim of x (0 = copy, or x's static size; at most
+    one -1, which then can only be the remaining dim) -> x. TorchScript's exporter writes one after
+    attention (the [batch, heads, seq, size] result reshaped to its own shape)."""
+
+    def pattern(self, op, x, shape):
+        return op.Reshape(x, shape, _allow_other_attributes=True, _outputs=["reshaped"])
+
+    def check(self, context, x, shape, reshaped):
+        result = pattern.MatchResult()
+        target = shape.const_value.numpy().tolist() if shape.const_value is not None and not shape.is_graph_input() else None
+        if target is None or x.shape is None or len(target) != len(x.shape):
+            return result.fail("not a constant target of x's rank")
+        allowzero = reshaped.producer().attributes.get_int("allowzero", 0)
+        kept = [(t == 0 and not allowzero) or (isinstance(d, int) and t == d) for t, d in zip(target, x.shape)]
+        if sum(not k for k in kept) > (1 if target.count(-1) == 1 else 0) or (not all(kept) and -1 not in target):
+            return result.fail("the target changes a dim")
+        return result
+
+    def rewrite(self, op, x, shape, reshaped):
+        return op.Identity(x)
+
+
 class TransposeLastTwoChain(pattern.RewriteRuleClassBase):
     """Reshape -> Transpose(0,2,1) -> Reshape that swaps the last two axes of a value -> one Transpose."""
 
@@ -218,6 +242,7 @@ RULES = [
     *_named("cast_constant_of_shape_no_value", library.cast_constant_of_shape_without_value_rule),
     ReshapeCopyDims.rule(name="reshape_copy_dims"),
     ReshapeLeadingInferred.rule(name="reshape_leading_inferred"),
+    ReshapeToItsOwnShape.rule(name="reshape_to_own_shape"),
     TransposeLastTwoChain.rule(name="transpose_last_two_chain"),
 ]
 

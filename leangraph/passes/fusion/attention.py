@@ -7,11 +7,14 @@ forms torch's exporter writes:
   or applied after the product (``(q @ k^T) * s`` or ``/ s``, eager attention in older models);
 - with an additive mask (``+ mask``: BERT padding, GPT-2/Llama causal+padding, as the model builds
   it) or without;
-- with the exporter's NaN guard ``Where(IsNaN(p), 0, p)`` after the softmax, which the op's
-  semantics include (rows with no visible key give 0). Attention without the guard is not fused:
-  where the softmax gives NaN (a row whose keys a mask hides, or whose scores hold NaN or an
-  infinity, as an overflow makes them) the op gives 0 and the graph NaN. (Before: mask-free
-  attention without the guard was fused, exact only on finite scores; whisper's encoder has it.)
+- with the exporter's NaN guard ``Where(IsNaN(p), 0, p)`` after the softmax (torch's
+  scaled_dot_product_attention: rows whose softmax is NaN give 0, the op's ``zero_nan_rows`` = 1)
+  or without it (HF's eager attention, whisper: such rows stay NaN, ``zero_nan_rows`` = 0). Either
+  way the op computes what the graph did, whatever the mask's values (finite as ``finfo.min`` or
+  -1e4, or -inf);
+- the mask as an addend, or as ``Where(keep, scores, fill)``: with fill = -inf the boolean ``keep``
+  is the op's mask (exact); a finite fill (``finfo.min``) becomes the additive mask
+  ``Where(keep, 0, fill)``, exact as long as |scores| < 2^103 (``fill + s`` rounds to ``fill``).
 
 Then, where the heads are split by ``Transpose(Reshape(x, [0, 0, H, D]), [0, 2, 1, 3])`` for q, k
 and v and merged back by ``Reshape(Transpose(out, [0, 2, 1, 3]), [0, 0, -1])``, the split and merge
@@ -30,7 +33,9 @@ and the NaN guard's 0 are scalars adding no dims. Exact up to round-off.
 from __future__ import annotations
 
 import itertools
+import math
 
+import numpy as np
 import onnx_ir as ir
 
 from onnxscript.rewriter import pattern
@@ -42,11 +47,15 @@ D = "leangraph"
 
 
 class AttentionFusion(pattern.RewriteRuleClassBase):
-    def __init__(self, name: str, scale_style: str, masked: bool):
+    def __init__(self, name: str, scale_style: str, mask_style: str | None, guarded: bool):
         super().__init__(name)
-        self._scale_style, self._masked = scale_style, masked
+        self._scale_style, self._mask_style, self._guarded = scale_style, mask_style, guarded
 
-    def pattern(self, op, q, k_source, v, mask, s1, s2, zero):
+    @property
+    def _masked(self) -> bool:
+        return self._mask_style is not None
+
+    def pattern(self, op, q, k_source, v, mask, s1, s2, zero, fill):
         kt = op.Transpose(k_source, _allow_other_attributes=True, _outputs=["kt"])
         if self._scale_style == "split":
             scores = op.MatMul(op.Mul(q, s1), op.Mul(kt, s2), _outputs=["qk"])
@@ -56,13 +65,15 @@ class AttentionFusion(pattern.RewriteRuleClassBase):
             scores = op.Div(op.MatMul(q, kt, _outputs=["qk"]), s1)
         else:
             scores = op.MatMul(q, kt, _outputs=["qk"])
-        if self._masked:
+        if self._mask_style == "add":
             scores = op.Add(scores, mask)
+        elif self._mask_style == "where":
+            scores = op.Where(mask, scores, fill)
         probs = op.Softmax(scores, _allow_other_attributes=True, _outputs=["probs"])
-        return op.MatMul(op.Where(op.IsNaN(probs), zero, probs), v)
+        return op.MatMul(op.Where(op.IsNaN(probs), zero, probs) if self._guarded else probs, v)
 
-    def check(self, context, q, k_source, v, mask=None, s1=None, s2=None, zero=None, kt=None, probs=None,
-              qk=None):
+    def check(self, context, q, k_source, v, mask=None, s1=None, s2=None, zero=None, fill=None, kt=None,
+              probs=None, qk=None):
         result = pattern.MatchResult()
         k_rank = rank(k_source)
         perm = list(kt.producer().attributes.get_ints("perm", []))
@@ -79,8 +90,14 @@ class AttentionFusion(pattern.RewriteRuleClassBase):
             return result.fail("softmax is not over the last axis of the scores")
         if scores_rank != k_rank or _grows(qk, probs):
             return result.fail("the mask broadcasts the scores to a bigger shape")
-        if scalar(zero) != 0.0 or not fits_into(zero, probs):
+        if self._guarded and (scalar(zero) != 0.0 or not fits_into(zero, probs)):
             return result.fail("NaN guard does not substitute a scalar 0")
+        if self._mask_style == "where":
+            if mask.dtype != ir.DataType.BOOL or scalar(fill) is None or not fits_into(fill, probs):
+                return result.fail("Where mask: not a boolean condition with a scalar constant fill")
+            if not scalar(fill) < 0 or (math.isfinite(scalar(fill)) and scalar(fill) > -(2.0**120)):
+                return result.fail("Where mask: the fill is not -inf or a huge negative number (finfo.min)")
+            self._fill = scalar(fill)
         scales = [s for s in (s1, s2) if s is not None]
         if not all(fits_into(s, probs) for s in scales):
             return result.fail("a scale constant adds dims")
@@ -98,15 +115,21 @@ class AttentionFusion(pattern.RewriteRuleClassBase):
         self._scale = scale
         return result
 
-    def rewrite(self, op, q, k_source, v, mask=None, s1=None, s2=None, zero=None, kt=None, probs=None,
-              qk=None):
+    def rewrite(self, op, q, k_source, v, mask=None, s1=None, s2=None, zero=None, fill=None, kt=None,
+                probs=None, qk=None):
         identity = self._key_perm == list(range(len(self._key_perm)))
         k = k_source if identity else op.Transpose(k_source, perm=self._key_perm)
         if not identity:
             k.dtype = k_source.dtype
             k.shape = ir.Shape([k_source.shape[i] for i in self._key_perm])
+        if self._mask_style == "where" and math.isfinite(self._fill):
+            dtype = probs.dtype.numpy()
+            additive = op.Where(mask, op.Constant(value=ir.tensor(np.zeros((), dtype))),
+                                op.Constant(value=ir.tensor(np.asarray(self._fill, dtype))))
+            additive.dtype, additive.shape = probs.dtype, mask.shape
+            mask = additive
         inputs = [q, k, v] + ([mask] if self._masked else [])
-        return op.Attention(*inputs, _domain=D, scale=self._scale, causal=0)
+        return op.Attention(*inputs, _domain=D, scale=self._scale, causal=0, zero_nan_rows=int(self._guarded))
 
 
 def _grows(before: ir.Value, after: ir.Value) -> bool:
@@ -172,7 +195,7 @@ class HeadsFusion(pattern.RewriteRuleClassBase):
             return result.fail("heads are not merged back into the last dim")
         attrs = attended.producer().attributes
         self._attrs = {"num_heads": heads.pop(), "scale": attrs.get_float("scale", 0.0),
-                       "causal": attrs.get_int("causal", 0)}
+                       "causal": attrs.get_int("causal", 0), "zero_nan_rows": attrs.get_int("zero_nan_rows", 1)}
         return result
 
     def rewrite(self, op, xq, xk, xv, sq, sk, sv, mask=None, merge_shape=None, attended=None, **_):
@@ -181,11 +204,11 @@ class HeadsFusion(pattern.RewriteRuleClassBase):
 
 
 def _rules():
-    # with the NaN guard only: see the module doc
-    for style, masked in itertools.product(("split", "mul", "div", "none"), (True, False)):
-        name = f"sdpa_{style}_scale{'_masked' if masked else ''}_nan_guard"
-        rule = AttentionFusion.rule(name, style, masked)
-        yield from (rule.commute() if masked else [rule])
+    for style, mask, guarded in itertools.product(("split", "mul", "div", "none"), ("add", "where", None),
+                                                  (True, False)):
+        name = (f"sdpa_{style}_scale" + (f"_{mask}_mask" if mask else "") + ("_nan_guard" if guarded else ""))
+        rule = AttentionFusion.rule(name, style, mask, guarded)
+        yield from (rule.commute() if mask == "add" else [rule])
 
 
 FUSE_ATTENTION = RulePass(

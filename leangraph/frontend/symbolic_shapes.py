@@ -1,0 +1,89 @@
+"""Symbolic shapes for ONNX files: ONNX Runtime's symbolic shape inference, merged into ONNX's.
+
+ONNX's own inference gives a fresh unknown dim (``unk__12``) to every dim it cannot compute, and
+it cannot compute the reshape targets the TorchScript exporter builds from Shape, Gather,
+Unsqueeze and Concat: after the first head split of a BERT file nothing is known to be [batch,
+seq] any more, and no pass can tell self-attention from attention over another sequence. ONNX
+Runtime's ``symbolic_shape_infer`` (the inference its transformers optimizer runs) evaluates those
+chains with sympy and keeps the graph inputs' dim names through them.
+
+Two things it does not do, which this module adds (without them it fails on most files):
+
+- the reduce ops whose axes became an input at opset 18 (ReduceL2, ReduceMax, ...) get the rule
+  it has for ReduceSum/ReduceMean (axes as an input) — else their outputs have no shape and the
+  next op that reads one stops it;
+- an incomplete inference is used for the values it did infer (its own driver raises and writes
+  ``sym_shape_infer_temp.onnx`` into the working directory).
+
+The merge: a value takes the symbolic shape only where it agrees with ONNX's (same rank, same
+static dims); ONNX's strict inference has already checked the model.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import onnx
+
+_AXES_AS_INPUT_SINCE_18 = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMin",
+                           "ReduceSumSquare")
+
+
+def _inference_class():
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    class Inference(SymbolicShapeInference):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            for op_type in _AXES_AS_INPUT_SINCE_18:
+                # ReduceMean's rule: ReduceSum's (axes as an input) from opset 18 on, else ONNX's
+                self.dispatcher_.setdefault(op_type, self._infer_ReduceMean)
+
+    return Inference
+
+
+def symbolic_shapes(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
+    """``proto`` (shapes inferred by ONNX) with the symbolic shapes merged in, and a note when
+    none could be used (why), else None."""
+    try:
+        inference_class = _inference_class()
+    except ImportError as exc:
+        return proto, f"not used: onnxruntime's symbolic_shape_infer is not importable ({exc})"
+    logging.getLogger("onnxruntime.tools.symbolic_shape_infer").setLevel(logging.CRITICAL)
+    bare = onnx.ModelProto()
+    bare.CopyFrom(proto)
+    del bare.graph.value_info[:]  # it would start from ONNX's unknown dims and keep them
+    try:
+        inference = inference_class(2**31 - 1, True, False, 0)  # int_max, auto_merge, guess_output_rank, verbose
+        inference._preprocess(bare)
+        while inference.run_:
+            inference._infer_impl()
+        known = inference.known_vi_
+    except Exception as exc:  # an op it has no rule for, or algebra sympy cannot follow
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        return proto, f"not used: ONNX Runtime's symbolic inference failed ({reason})"
+    merged = onnx.ModelProto()
+    merged.CopyFrom(proto)
+    taken = 0
+    for info in (*merged.graph.value_info, *merged.graph.output):
+        symbolic = known.get(info.name)
+        if symbolic is not None and _agrees(info, symbolic):
+            info.type.tensor_type.shape.CopyFrom(symbolic.type.tensor_type.shape)
+            taken += 1
+    return merged, None if taken else "not used: ONNX Runtime's symbolic inference added nothing"
+
+
+def _dims(info: onnx.ValueInfoProto) -> list | None:
+    tensor = info.type.tensor_type if info.type.HasField("tensor_type") else None
+    if tensor is None or not tensor.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim]
+
+
+def _agrees(onnx_info: onnx.ValueInfoProto, symbolic: onnx.ValueInfoProto) -> bool:
+    """Whether the symbolic shape is complete (every dim a number or a name), of ONNX's rank, and
+    has ONNX's number wherever ONNX has one."""
+    ours, theirs = _dims(onnx_info), _dims(symbolic)
+    if ours is None or theirs is None or len(ours) != len(theirs) or any(d is None for d in theirs):
+        return False
+    return all(not isinstance(a, int) or a == b for a, b in zip(ours, theirs))
