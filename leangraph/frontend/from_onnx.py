@@ -1,9 +1,11 @@
 """ONNX file or ModelProto -> IR: read, verify, bring to a common opset, infer shapes.
 
-Models below opset 20 are converted up to it (one set of semantics for the passes to match);
-models at a later opset (21-23 and on: opset 23's Attention, RMSNormalization, RotaryEmbedding)
-stay at theirs: no op the passes match changed its semantics since 20, and converting down would
-refuse the ops that are new.
+Models below opset 20 are converted up to it (one set of semantics for the passes to match), unless
+ONNX's converter cannot or breaks the model: then they keep their opset and say why in the metadata;
+models at a later opset (21-26: opset 23's Attention, RMSNormalization, RotaryEmbedding) stay at
+theirs: no op the passes match changed its semantics since 20, and converting down would refuse
+the ops that are new. Only an opset newer than ONNX Runtime runs (the installed onnx's
+in-development one, ``onnx.helper.make_model``'s default) is converted down to the newest it runs.
 
 Shapes are inferred twice: by ONNX (strict, it checks the model), then by ONNX Runtime's symbolic
 inference, which follows the Shape/Gather/Unsqueeze/Concat chains the TorchScript exporter writes
@@ -29,6 +31,7 @@ from leangraph.errors import InvalidGraphError, ModelLoadError
 from leangraph.frontend.legacy import fix_per_channel_prelu
 from leangraph.frontend.symbolic_shapes import symbolic_shapes
 from leangraph.ir import DOMAIN, TARGET_OPSET, infer_leangraph_shapes, verify_model
+from leangraph.ir.versions import newest_opset
 
 MIN_IR_VERSION = 10
 """What ONNX Runtime and the checker need for opset-20 graphs whose initializers are not inputs."""
@@ -107,20 +110,45 @@ def _default_opset(proto: onnx.ModelProto) -> int | None:
     return None
 
 
-def _convert_opset(proto: onnx.ModelProto, label: str, target_opset: int) -> onnx.ModelProto:
-    """Up to ``target_opset``; a later opset is kept (see the module doc)."""
+def _convert_opset(proto: onnx.ModelProto, target_opset: int) -> tuple[onnx.ModelProto, str | None]:
+    """Up to ``target_opset`` (a later opset is kept, see the module doc), and None; or the model as
+    it is and why it was not converted: ONNX's converter cannot, or its result has another
+    signature (Scan-8's batch axis is dropped by the 8 -> 9 adapter: the caller's inputs would no
+    longer fit)."""
     current = _default_opset(proto)
+    if current is not None and current > newest_opset():
+        # an opset ONNX Runtime does not run yet (the installed onnx's in-development one)
+        try:
+            return onnx.version_converter.convert_version(proto, newest_opset()), None
+        except Exception as exc:
+            raise InvalidGraphError(
+                f"model '{_label_of(proto)}' is at ONNX opset {current}, newer than ONNX Runtime runs "
+                f"({newest_opset()}), and could not be converted to it: {str(exc).strip().splitlines()[0][:200]}",
+                hint=f"export the model at opset {newest_opset()} or below") from None
     if current is None or current >= target_opset:
-        return proto
-    proto = fix_per_channel_prelu(proto, current)
+        return proto, None
+    fixed = fix_per_channel_prelu(proto, current)
     try:
-        return onnx.version_converter.convert_version(proto, target_opset)
+        converted = onnx.version_converter.convert_version(fixed, target_opset)
     except Exception as exc:  # the converter raises bare RuntimeErrors from C++
-        raise InvalidGraphError(
-            f"model '{label}' is at ONNX opset {current} and could not be converted to opset "
-            f"{target_opset}: {str(exc).strip().splitlines()[0]}",
-            hint=f"re-export the model at opset {target_opset}",
-        ) from None
+        return proto, (f"kept at opset {current}: ONNX's version converter cannot convert it to {target_opset} "
+                       f"({str(exc).strip().splitlines()[0][:200]})")
+    if _signature_of(converted) != _signature_of(proto):
+        return proto, f"kept at opset {current}: converted to {target_opset} its inputs or outputs change"
+    return converted, None
+
+
+def _label_of(proto: onnx.ModelProto) -> str:
+    return proto.graph.name or "model"
+
+
+def _signature_of(proto: onnx.ModelProto) -> list[str]:
+    return [value.type.SerializeToString().hex() for value in (*proto.graph.input, *proto.graph.output)]
+
+
+def _infer_shapes(proto: onnx.ModelProto, strict: bool) -> onnx.ModelProto:
+    # strict: a shape conflict inside the model is an error, not a silently dropped shape.
+    return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=strict, data_prop=True)
 
 
 def load_onnx(source: Source, *, target_opset: int = TARGET_OPSET) -> ir.Model:
@@ -157,12 +185,19 @@ def load_onnx(source: Source, *, target_opset: int = TARGET_OPSET) -> ir.Model:
             f"model '{label}' is not valid ONNX: {str(exc).strip()}",
             hint="fix the model or re-export it",
         ) from None
-    proto = _convert_opset(proto, label, target_opset)
+    # ONNX's inference has no schema for our domain: models holding leangraph ops are not strict
+    strict = not any(node.domain == DOMAIN for node in proto.graph.node)
+    converted, opset_note = _convert_opset(proto, target_opset)
     try:
-        # strict: a shape conflict inside the model is an error, not a silently dropped shape.
-        # ONNX's inference has no schema for our domain, so models holding leangraph ops skip it.
-        strict = not any(node.domain == DOMAIN for node in proto.graph.node)
-        proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=strict, data_prop=True)
+        try:
+            proto = _infer_shapes(converted, strict)
+        except onnx.shape_inference.InferenceError as exc:
+            if converted is proto:
+                raise
+            # the converter broke it (MeanVarianceNormalization-13 -> 20): the original then
+            proto = _infer_shapes(proto, strict)
+            opset_note = (f"kept at opset {_default_opset(proto)}: converted to {target_opset} ONNX's shape inference "
+                          f"fails ({str(exc).strip().splitlines()[0][:200]})")
     except onnx.shape_inference.InferenceError as exc:
         raise InvalidGraphError(
             f"model '{label}' has inconsistent shapes or types: {str(exc).strip()}",
@@ -176,9 +211,14 @@ def load_onnx(source: Source, *, target_opset: int = TARGET_OPSET) -> ir.Model:
     model.metadata_props["leangraph.source"] = label
     if symbolic_note:
         model.metadata_props[SHAPE_INFERENCE_NOTE] = symbolic_note
+    if opset_note:
+        model.metadata_props[OPSET_NOTE] = opset_note
     return model
 
 
+OPSET_NOTE = "leangraph.opset"
+"""Metadata key: why the model was kept at its own opset below 20 (the passes match ops whose
+semantics are the same there, and verification checks the rest)."""
 SHAPE_INFERENCE_NOTE = "leangraph.shape_inference"
 """Metadata key: why ONNX Runtime's symbolic shape inference was not used (the shapes are ONNX's)."""
 

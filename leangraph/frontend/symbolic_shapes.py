@@ -16,7 +16,11 @@ Two things it does not do, which this module adds (without them it fails on most
   ``sym_shape_infer_temp.onnx`` into the working directory).
 
 The merge: a value takes the symbolic shape only where it agrees with ONNX's (same rank, same
-static dims); ONNX's strict inference has already checked the model.
+static dims), and from it only the names of dims ONNX left unknown. Its static sizes are not
+taken: its Slice arithmetic is wrong on some graphs (ONNX's RotaryEmbedding function body: a
+[2, 3, 1, 2] where the model computes [2, 3, 1, 4]), and ONNX Runtime refuses a model whose
+recorded shapes contradict its own inference. A wrong name can at worst make a pass see two dims
+as one; verification on the example inputs catches what that breaks.
 """
 
 from __future__ import annotations
@@ -67,9 +71,12 @@ def symbolic_shapes(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None
     taken = 0
     for info in (*merged.graph.value_info, *merged.graph.output):
         symbolic = known.get(info.name)
-        if symbolic is not None and _agrees(info, symbolic):
-            info.type.tensor_type.shape.CopyFrom(symbolic.type.tensor_type.shape)
-            taken += 1
+        if symbolic is None or not _agrees(info, symbolic):
+            continue
+        for dim, theirs in zip(info.type.tensor_type.shape.dim, symbolic.type.tensor_type.shape.dim):
+            if not dim.HasField("dim_value") and theirs.HasField("dim_param") and theirs.dim_param:
+                dim.dim_param = theirs.dim_param
+                taken += 1
     return merged, None if taken else "not used: ONNX Runtime's symbolic inference added nothing"
 
 

@@ -16,6 +16,7 @@ import difflib
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -113,17 +114,18 @@ def _node_signatures(model: ir.Model) -> dict[str, RegionNode]:
 
 
 class VerifyInstrument(Instrument):
-    """Runs the changed model on the reference interpreter and compares with the original's outputs."""
+    """Runs the changed model on the reference interpreter (or ``executor``: model -> an executable
+    with input_names and output_names) and compares with the original's outputs."""
 
     def __init__(self, inputs: Sequence[Sequence[np.ndarray]], expected: Sequence[Sequence[np.ndarray]],
-                 tolerance: Tolerance = EXACT) -> None:
-        self.inputs, self.expected, self.tolerance = inputs, expected, tolerance
+                 tolerance: Tolerance = EXACT, executor: Callable[[ir.Model], Any] = ReferenceExecutable) -> None:
+        self.inputs, self.expected, self.tolerance, self.executor = inputs, expected, tolerance, executor
 
     def after_pass(self, pass_, model, record, result):
         if not result.changed:
             return
         verify_model(model)
-        executable = ReferenceExecutable(model)
+        executable = self.executor(model)
         for index, (inputs, expected) in enumerate(zip(self.inputs, self.expected)):
             valid = valid_positions(model, dict(zip(executable.input_names, inputs)))
             reason = compare_outputs(executable(inputs), expected, executable.output_names, self.tolerance, valid)

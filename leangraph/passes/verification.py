@@ -72,6 +72,17 @@ def compare_outputs(
     if len(got) != len(expected):
         return f"{len(got)} outputs, expected {len(expected)}"
     for name, g, e, keep in zip(names, got, expected, valid or [None] * len(got)):
+        if isinstance(e, (list, tuple)) or e is None:  # a sequence or optional output
+            if e is None or g is None:
+                if (e is None) != (g is None):
+                    return f"output '{name}' is {'empty' if g is None else 'present'}, expected otherwise"
+                continue
+            if not isinstance(g, (list, tuple)) or len(g) != len(e):
+                return f"output '{name}' is not a sequence of {len(e)} tensors"
+            inner = compare_outputs(g, e, [f"{name}[{i}]" for i in range(len(e))], tolerance)
+            if inner:
+                return inner
+            continue
         g, e = np.asarray(g), np.asarray(e)
         if g.shape != e.shape:
             return f"output '{name}' has shape {list(g.shape)}, expected {list(e.shape)}"

@@ -29,20 +29,35 @@ from leangraph.ir.verify import model_name
 OUT_SPEC = "leangraph.out_spec"
 
 
+def _kind(type_: ir.TypeProtocol | None) -> str:
+    """"tensor", "sequence", "optional(tensor)", "optional(sequence)": how an input is passed
+    (an array, a list of arrays, either or None)."""
+    if isinstance(type_, ir.SequenceType):
+        return "sequence"
+    if isinstance(type_, ir.OptionalType):
+        return f"optional({_kind(type_.elem_type)})"
+    return "tensor"
+
+
 @dataclasses.dataclass(frozen=True)
 class InputSpec:
     name: str
     dtype: np.dtype
+    """The element type (of the tensor, or of the sequence's tensors)."""
     shape: tuple[int | str | None, ...] | None
+    kind: str = "tensor"
 
     @classmethod
     def of(cls, value: ir.Value) -> InputSpec:
+        kind = _kind(value.type)
         shape = None
-        if value.shape is not None:
+        if value.shape is not None and kind == "tensor":
             shape = tuple(d if isinstance(d, int) else d.value for d in value.shape)
-        return cls(value.name, np.dtype(value.dtype.numpy()), shape)
+        return cls(value.name, np.dtype(value.dtype.numpy()), shape, kind)
 
     def __str__(self) -> str:
+        if self.kind != "tensor":
+            return f"{self.name}: {self.kind.replace('tensor', str(self.dtype)).replace('sequence', f'sequence<{self.dtype}>')}"
         dims = "?" if self.shape is None else ", ".join("?" if d is None else str(d) for d in self.shape)
         return f"{self.name}: {self.dtype}[{dims}]"
 
@@ -268,6 +283,31 @@ def to_numpy(x: Any, what: str = "an input", dtype: np.dtype | None = None) -> n
     return array
 
 
+def _as_value(x: Any, what: str, spec: InputSpec):
+    """An input as the executables take it: an array; for a sequence input a list of arrays; for
+    an optional one also None."""
+    kind = spec.kind
+    if kind.startswith("optional("):
+        if x is None:
+            return None
+        kind = kind[len("optional("):-1]
+    if kind == "sequence":
+        if not isinstance(x, (list, tuple)):
+            raise InputMismatchError(f"{what} is a sequence: pass a list of arrays, got {type(x).__name__}",
+                                     hint="e.g. [np.ones(3, np.float32), np.zeros(2, np.float32)]")
+        return [to_numpy(item, f"element {i} of {what}", spec.dtype) for i, item in enumerate(x)]
+    return to_numpy(x, what, spec.dtype)
+
+
+def _check_structured(model: str, spec: InputSpec, value: Any) -> None:
+    """The element types of a sequence or optional input."""
+    items = [] if value is None else value if isinstance(value, list) else [value]
+    for index, item in enumerate(items):
+        if item.dtype != spec.dtype:
+            raise InputMismatchError(f"element {index} of input '{spec.name}' of model '{model}' must be {spec.dtype}; "
+                                     f"got {item.dtype}", hint=f"convert it, e.g. x.astype(np.{spec.dtype})")
+
+
 def _to_torch(array: np.ndarray):
     torch = _torch()
     name = array.dtype.name
@@ -293,7 +333,8 @@ def _output_path(path: Any, what: str, example: str) -> Path:
 
 def signature_inputs(specs: Sequence[InputSpec]) -> list[dict]:
     """The inputs as an artifact's manifest lists them (load() compares them with its graph's)."""
-    return [{"name": s.name, "dtype": str(s.dtype), "shape": None if s.shape is None else list(s.shape)} for s in specs]
+    return [{"name": s.name, "dtype": str(s.dtype), "shape": None if s.shape is None else list(s.shape),
+             **({"kind": s.kind} if s.kind != "tensor" else {})} for s in specs]
 
 
 DIM_LIMITS = "leangraph.dim_limits"
@@ -406,6 +447,9 @@ class CompiledModel:
             )
         bound: dict[str, tuple[int, str]] = {}
         for spec, array in zip(self.inputs, arrays):
+            if spec.kind != "tensor":
+                _check_structured(self.name, spec, array)
+                continue
             if array.dtype != spec.dtype:
                 raise InputMismatchError(
                     f"input '{spec.name}' of model '{self.name}' must be {spec.dtype}; got {array.dtype}",
@@ -484,7 +528,12 @@ class CompiledModel:
                 f"{', '.join(repr(m) for m in missing)} not given",
                 hint="pass every input, positionally or by name (only inputs with a default may be left out)")
         placed = [self._defaults[name].numpy() if value is _MISSING else value for name, value in zip(names, placed)]
-        return [to_numpy(x, self._what(i), self.inputs[i].dtype) for i, x in enumerate(placed)]
+        return [_as_value(x, self._what(i), self.inputs[i]) for i, x in enumerate(placed)]
+
+    def input_values(self, inputs: Sequence[Any]) -> list:
+        """``inputs`` (positional, in graph order) as the executables take them: numpy arrays; lists
+        of arrays for sequence inputs; None for an empty optional. Not checked (check_arrays)."""
+        return self._arrays(list(inputs), {})
 
     def run_flat(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The graph's outputs, flat and as numpy, for numpy inputs in graph order (checked)."""

@@ -21,6 +21,7 @@ from leangraph.errors import ExecutionError
 from leangraph.ir import DOMAIN, TARGET_OPSET, clone_model, lower_to_onnx
 from leangraph.ir.ops import static_quant_linear
 from leangraph.ir.verify import model_name
+from leangraph.ir.versions import newest_ir_version
 
 
 def session_options(threads: int | None = None, spinning: bool = True) -> ort.SessionOptions:
@@ -96,11 +97,15 @@ the int8 kernel."""
 
 
 def lower_for_onnxruntime(model: ir.Model) -> ir.Model:
-    """``model`` (changed in place) with the leangraph ops lowered, ONNX Runtime's own way where it has one."""
+    """``model`` (changed in place) with the leangraph ops lowered, ONNX Runtime's own way where it
+    has one, at an IR version it reads (the installed onnx writes newer ones than it takes)."""
     lowered = lower_to_onnx(model, DECOMPOSITIONS)
     if any(node.domain == CONTRIB_DOMAIN for node in lowered.graph):
         lowered.opset_imports[CONTRIB_DOMAIN] = 1
+    lowered.ir_version = min(lowered.ir_version or newest_ir_version(), newest_ir_version())
     return lowered
+
+
 
 
 def inference_session(model: bytes, options: ort.SessionOptions,
@@ -161,7 +166,8 @@ class OrtExecutable:
             return self._fallback
 
     def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        feeds = {name: np.asarray(x) for name, x in zip(self.input_names, inputs)}  # ORT refuses numpy scalars
+        # ORT refuses numpy scalars; sequence inputs are lists, empty optionals None
+        feeds = {name: x if isinstance(x, list) or x is None else np.asarray(x) for name, x in zip(self.input_names, inputs)}
         try:
             return self.session.run(self.output_names, feeds)
         except Exception as exc:

@@ -59,7 +59,7 @@ class ReferenceExecutable:
                 f"the reference interpreter failed on model '{self.name}': {str(exc).strip()[:2000]}",
                 hint="the graph computes something ill-defined on these inputs; check the node named above",
             ) from exc
-        return [np.asarray(o) for o in outputs]
+        return [o if isinstance(o, list) or o is None else np.asarray(o) for o in outputs]  # sequences, optionals
 
 
 class ReferenceBackend:
