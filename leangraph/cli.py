@@ -1,7 +1,7 @@
 """The `leangraph` command line.
 
     leangraph compile MODEL -o OUT_DIR [--example-shapes NAME=DIMS ...] [--backend B] [--passes P,...] [--json]
-    leangraph inspect MODEL [--passes P,...] [--html REPORT.html] [--diff]
+    leangraph inspect MODEL [--passes P,...] [--html REPORT.html] [--diff] [--explain PASS]
     leangraph run OUT_DIR --inputs FILE.npz [--output OUT.npz] [--json]
     leangraph bench MODEL_OR_OUT_DIR [--baseline onnxruntime|torch|eager] [--inputs FILE.npz] [--rounds N]
 
@@ -185,7 +185,29 @@ def _inspect(args) -> int:
     if args.html:
         cm.report.to_html(args.html)
         print(f"\nHTML report written to {args.html}")
+    if args.explain:
+        _explain(args.explain, model, example, dynamic, _passes(args))
     return 0
+
+
+def _explain(name: str, model, example, dynamic, passes) -> None:
+    """Why each rule of pass ``name`` did or did not match, at every run of it in the pipeline."""
+    from leangraph.frontend import capture
+    from leangraph.passes import resolve
+    from leangraph.passes.manager import ExplainInstrument, FixedPoint, PassManager
+    from leangraph.passes.registry import get_pass
+
+    get_pass(name)  # an unknown name is an OptionError listing the registered passes
+    pipeline = resolve(passes)
+    names = {p.name for item in pipeline for p in (item.passes if isinstance(item, FixedPoint) else [item])}
+    if name not in names:
+        raise OptionError(f"--explain {name}: the pass is not in the pipeline ({', '.join(sorted(names))})",
+                          hint="name a pass the pipeline runs, or add it with --passes")
+    explain = ExplainInstrument(name)
+    PassManager(pipeline, instruments=[explain]).run(capture(model, example, dynamic))
+    for run, lines in enumerate(explain.lines, 1):
+        print(f"\n=== why {name}'s rules did or did not match (run {run} of {len(explain.lines)}) ===")
+        print("\n".join(lines) if lines else "no candidate node for any rule")
 
 
 def _compile(args) -> int:
@@ -323,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--passes", help="comma-separated pass names (default: the default pipeline)")
     inspect.add_argument("--html", help="write a self-contained HTML report here")
     inspect.add_argument("--diff", action="store_true", help="print the IR diff of every pass that changed the model")
+    inspect.add_argument("--explain", metavar="PASS",
+                         help="print, per candidate node, why each rule of PASS did or did not match")
     inspect.add_argument("--example-shapes", nargs="*", metavar="NAME=DIMS",
                          help="for .onnx models: input shapes to verify the passes on, e.g. input_ids=2x16")
     inspect.set_defaults(run=_inspect)

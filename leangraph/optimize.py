@@ -279,7 +279,7 @@ def _quantize(graph, captured_graph, chain, kernels_of, input_sets, tolerance, e
 
     from leangraph.cost_model.linear_kernels import BACKEND_KERNELS, time_kernels
     from leangraph.passes import PASSES, PassRecord
-    from leangraph.passes.quantization.mixed_precision import NO_ASSIGNMENT_MET, choose_precisions
+    from leangraph.passes.quantization.mixed_precision import NO_ASSIGNMENT_MET, SELECTION_MARGIN, choose_precisions
 
     if kernels_of not in BACKEND_KERNELS:
         report.notes.append(f"quantization skipped: backend '{kernels_of}' has no int8 kernels")
@@ -314,7 +314,9 @@ def _quantize(graph, captured_graph, chain, kernels_of, input_sets, tolerance, e
                         nodes_after=node_count(quantized), seconds=time.perf_counter() - start,
                         verified=True if changed else None, notes=notes)
     if baseline is not None:
-        record.notes.insert(0, f"evaluate() of the unoptimized model: {baseline:.4f} (max_drop {max_drop})")
+        record.notes.insert(0, f"evaluate() of the unoptimized model: {baseline:.4f} (max_drop {max_drop}; the search "
+                               f"accepts drops up to {(1 - SELECTION_MARGIN) * max_drop:.4g}, keeping "
+                               f"{SELECTION_MARGIN:.0%} as margin for data evaluate() does not hold)")
     report.records.append(record)
     report.quantization = [choice.row() for choice in choices]
     return quantized

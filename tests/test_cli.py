@@ -1,4 +1,4 @@
-"""`leangraph inspect`: the table, --diff, --html; user errors exit non-zero without a traceback."""
+"""`leangraph inspect`: the table, --diff, --html, --explain; user errors exit non-zero without a traceback."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import onnx
+import pytest
 
 from tests.helpers import add_relu_model
 
@@ -37,6 +38,21 @@ def test_inspect_onnx_file_with_named_passes(tmp_path):
     result = run_cli("inspect", str(path), "--passes", "cse,dce", "--example-shapes", "x=4x3")
     assert result.returncode == 0, result.stderr
     assert "cse" in result.stdout and "fuse_attention" not in result.stdout
+
+
+def test_inspect_explains_why_rules_did_or_did_not_match():
+    result = run_cli("inspect", "tests.models_for_cli:tiny_bert", "--explain", "fuse_attention")
+    assert result.returncode == 0, result.stderr
+    assert "=== why fuse_attention's rules did or did not match (run 1 of 2) ===" in result.stdout
+    assert ": matched" in result.stdout  # the attention the pass fuses
+    assert "then failed: " in result.stdout  # and a candidate where a rule stopped, with the reason
+
+
+@pytest.mark.parametrize(("name", "message"), [("nope", "no pass named 'nope'"),
+                                               ("fuse_gelu", "--explain fuse_gelu: the pass is not in the pipeline")])
+def test_inspect_explain_of_an_unknown_or_absent_pass_is_a_clean_error(name, message):
+    result = run_cli("inspect", "tests.models_for_cli:tiny_bert", "--passes", "cse,dce,fuse_attention", "--explain", name)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_missing_file_is_a_clean_error(tmp_path):

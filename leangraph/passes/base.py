@@ -85,14 +85,29 @@ class RulePass:
         return PassResult(bool(fired), fired)
 
     def explain(self, model: ir.Model) -> list[str]:
-        """Why each rule did or did not match, node by node (onnxscript's matching tracer)."""
+        """Why the rules did or did not match, node by node (onnxscript's matching tracer): per
+        candidate node (a node of a rule's root op type) the rule that got furthest, how many nodes
+        of its pattern matched, and where it stopped. Candidates no rule matched beyond the root
+        node itself are counted, not listed."""
         tracer = MatchingTracer()
         rewriter_pattern.RewriteRuleSet(self.rules).apply_to_model(model.clone(), tracer=tracer)
-        lines = []
+        best: dict[int, tuple] = {}
         for rule, matches in tracer.best_matches_map.items():
             for info in matches:
-                status = "matched" if info.status == MatchStatus.SUCCESS else f"failed: {info.match_result.reason}"
-                lines.append(f"{rule.name}: at node '{info.root_node.name}' ({info.root_node.op_type}) {status}")
+                key = id(info.root_node)
+                if key not in best or info.score() > best[key][1].score():
+                    best[key] = (rule, info)
+        lines, shallow = [], 0
+        for rule, info in sorted(best.values(), key=lambda pair: pair[1].root_node.name or ""):
+            matched = len(info.match_result.nodes)
+            if info.status != MatchStatus.SUCCESS and matched <= 1:
+                shallow += 1
+                continue
+            status = ("matched" if info.status == MatchStatus.SUCCESS
+                      else f"{matched} pattern nodes matched, then failed: {info.match_result.reason}")
+            lines.append(f"'{info.root_node.name}' ({info.root_node.op_type}): {rule.name}: {status}")
+        if shallow:
+            lines.append(f"{shallow} other candidate nodes: no rule matched beyond the node itself")
         return lines
 
     def as_pass(self, exact: bool = True) -> Pass:

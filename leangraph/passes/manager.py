@@ -136,6 +136,21 @@ class VerifyInstrument(Instrument):
         record.verified = True
 
 
+class ExplainInstrument(Instrument):
+    """Before every run of the pass named ``name``: why each of its rules did or did not match,
+    node by node (RulePass.explain, onnxscript's matching tracer); passes that are no rule table
+    explain themselves in their report notes. ``lines`` holds one list per run."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.lines = name, []
+
+    def before_pass(self, pass_, model):
+        if pass_.name == self.name:
+            explain = getattr(pass_.run, "explain", None)
+            self.lines.append(explain(model) if explain is not None else
+                              [f"{pass_.name} is not a table of rules: its report notes say why it did what it did"])
+
+
 class PassManager:
     """Runs ``pipeline`` over a model. ``run`` returns the final model and one record per pass run."""
 

@@ -16,6 +16,12 @@
    unquantized model, or every output within ``tolerance`` on the calibration data); when it
    misses, the budget is halved and the program solved again, down to all fp32.
 
+   The check keeps a margin: an assignment passes when its drop is at most
+   ``(1 - SELECTION_MARGIN) * max_drop``. The search picks the first assignment whose measured drop
+   fits, so the one it picks is the one ``evaluate``'s data favours most; on other data its drop is
+   larger (all-MiniLM-L6-v2, STS-B: picked at a 0.2 drop on a 300-pair subset, 0.26-0.36 on pairs
+   it was not picked on). The margin is what is kept for that; the report says what was used.
+
 The result is a model and one :class:`LayerChoice` per candidate layer for the report.
 """
 
@@ -93,6 +99,9 @@ def output_error(got: Sequence[np.ndarray], expected: Sequence[np.ndarray]) -> f
             den += float((e**2).sum())
     return num / max(den, 1e-30)
 
+
+SELECTION_MARGIN = 0.5
+"""The part of ``max_drop`` the search leaves unused (see the module doc, step 4)."""
 
 NO_ASSIGNMENT_MET = "quantization: no int8 assignment met the budget; every layer stays fp32"
 """The last note when every attempted assignment missed the budget (optimize() says so on stderr)."""
@@ -200,11 +209,13 @@ def _precision_words(kernels, picked) -> str:
 
 
 def _check(candidate, input_sets, expected, evaluate, max_drop, baseline, tolerance) -> str | None:
-    """None when the candidate is within the user's budget, else why not."""
+    """None when the candidate is within the user's budget (less the margin), else why not."""
     if evaluate is not None:
         score = float(evaluate(candidate))
-        if baseline is not None and baseline - score > max_drop:
-            return f"evaluate() {score:.4f}, {baseline - score:.4f} below the unoptimized {baseline:.4f} (max_drop {max_drop})"
+        allowed = (1 - SELECTION_MARGIN) * max_drop
+        if baseline is not None and baseline - score > allowed:
+            return (f"evaluate() {score:.4f}, {baseline - score:.4f} below the unoptimized {baseline:.4f} "
+                    f"(allowed {allowed:.4g}: max_drop {max_drop} less the selection margin)")
         return None
     for index, (inputs, want) in enumerate(zip(input_sets, expected)):
         reason = compare_outputs(candidate.run_flat(inputs), want, candidate.output_names, tolerance)
