@@ -176,7 +176,8 @@ def _inspect(args) -> int:
     if args.html:
         _writable_target(args.html, "--html", folder=False)
     model, example, dynamic = _model_and_inputs(args)
-    cm = leangraph.optimize(model, example, dynamic_shapes=dynamic, backend="reference", passes=_passes(args))
+    # ONNX Runtime: it runs every op a model may hold (ONNX Runtime's contrib ops too); inspect only reports
+    cm = leangraph.optimize(model, example, dynamic_shapes=dynamic, backend="onnxruntime", passes=_passes(args))
     print(cm.report)
     if args.diff:
         for record in cm.report.records:

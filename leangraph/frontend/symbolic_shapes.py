@@ -20,7 +20,9 @@ static dims), and from it only the names of dims ONNX left unknown. Its static s
 taken: its Slice arithmetic is wrong on some graphs (ONNX's RotaryEmbedding function body: a
 [2, 3, 1, 2] where the model computes [2, 3, 1, 4]), and ONNX Runtime refuses a model whose
 recorded shapes contradict its own inference. A wrong name can at worst make a pass see two dims
-as one; verification on the example inputs catches what that breaks.
+as one; verification on the example inputs catches what that breaks. Values ONNX could not type
+at all (downstream of an ONNX Runtime contrib op, which it has no schema for) take the symbolic
+type and shape whole.
 """
 
 from __future__ import annotations
@@ -76,6 +78,18 @@ def symbolic_shapes(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None
         for dim, theirs in zip(info.type.tensor_type.shape.dim, symbolic.type.tensor_type.shape.dim):
             if not dim.HasField("dim_value") and theirs.HasField("dim_param") and theirs.dim_param:
                 dim.dim_param = theirs.dim_param
+                taken += 1
+    # values ONNX's inference could not type at all (after an ONNX Runtime contrib op, which it has
+    # no schema for) take the symbolic type and shape whole: there is nothing of ONNX's to disagree with
+    typed = {info.name for info in (*merged.graph.value_info, *merged.graph.input, *merged.graph.output)}
+    typed |= {init.name for init in merged.graph.initializer}
+    for node in merged.graph.node:
+        for name in node.output:
+            symbolic = known.get(name)
+            if name and name not in typed and symbolic is not None and symbolic.type.HasField("tensor_type") \
+                    and symbolic.type.tensor_type.elem_type:
+                merged.graph.value_info.append(symbolic)
+                typed.add(name)
                 taken += 1
     return merged, None if taken else "not used: ONNX Runtime's symbolic inference added nothing"
 

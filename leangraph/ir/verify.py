@@ -7,6 +7,7 @@ domain, unknown op, or a leangraph op with the wrong arity/attributes), a value 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import networkx as nx
@@ -17,6 +18,21 @@ from leangraph.errors import InvalidGraphError, UnsupportedOpError, describe_nod
 from leangraph.ir import registry
 
 STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
+ONNXRUNTIME_DOMAIN = "com.microsoft"
+"""ONNX Runtime's contrib ops: what its transformers optimizer and quantizer write (Attention,
+SkipLayerNormalization, BiasGelu, DynamicQuantizeMatMul...). A model holding them is accepted;
+they run on ONNX Runtime."""
+
+
+@functools.cache
+def onnxruntime_contrib_ops() -> frozenset[str]:
+    """The op types ONNX Runtime has a schema for in its contrib domain."""
+    try:
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+    except ImportError:
+        return frozenset()
+    return frozenset(schema.name for schema in ort_state.get_all_operator_schema()
+                     if schema.domain == ONNXRUNTIME_DOMAIN)
 
 
 def model_name(model: ir.Model) -> str:
@@ -55,9 +71,12 @@ def check_op(node: ir.Node, model: ir.Model) -> None:
         opdef.check_arity(node)
         opdef.attrs_of(node)
         return
+    if domain == ONNXRUNTIME_DOMAIN and node.op_type in onnxruntime_contrib_ops():
+        return  # ONNX Runtime runs it (the partitioner gives it to ONNX Runtime), and passes may rewrite it
     raise UnsupportedOpError(
         f"{describe_node(node, name)}: domain '{domain}' is unknown to leangraph "
-        f"(it runs the ONNX domains, '{registry.DOMAIN}', and functions defined in the model)",
+        f"(it runs the ONNX domains, '{registry.DOMAIN}', ONNX Runtime's '{ONNXRUNTIME_DOMAIN}' ops, and "
+        "functions defined in the model)",
         hint="export the model with standard ONNX ops, or include the function definitions "
         "of custom ops in the model",
     )

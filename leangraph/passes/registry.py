@@ -11,6 +11,7 @@ from leangraph.passes.cleanup.dce import dce
 from leangraph.passes.fusion.attention import FUSE_ATTENTION
 from leangraph.passes.fusion.gelu import FUSE_GELU
 from leangraph.passes.fusion.layer_norm import FUSE_LAYER_NORM
+from leangraph.passes.fusion.onnxruntime_ops import FROM_ONNXRUNTIME_OPS
 from leangraph.passes.fusion.matmul_bias import FUSE_MATMUL_ACTIVATION, FUSE_MATMUL_BIAS
 from leangraph.passes.fusion.rms_norm import FUSE_RMS_NORM
 from leangraph.passes.fusion.sibling_linears import fuse_sibling_linears
@@ -31,7 +32,7 @@ def register(pass_: Pass) -> Pass:
 for _pass in (
     dce, cse, constant_folding, ALGEBRAIC,
     FUSE_LAYER_NORM, FUSE_RMS_NORM, FUSE_GELU, FUSE_ATTENTION, FUSE_MATMUL_BIAS, FUSE_MATMUL_ACTIVATION,
-    REMOVE_PADDING, fuse_sibling_linears,
+    REMOVE_PADDING, fuse_sibling_linears, FROM_ONNXRUNTIME_OPS,
 ):
     register(_pass)
 
@@ -41,14 +42,15 @@ def cleanup(name: str = "cleanup") -> FixedPoint:
 
 
 def default_pipeline() -> list[PipelineItem]:
-    """Cleanup to a fixed point, the fusions (norms and GELU before the linear layers that absorb
+    """ONNX Runtime's contrib ops (a file its optimizer wrote) read back into ours (first: cleanup
+    then merges the mask computations it writes per layer), cleanup to a fixed point, the fusions (norms and GELU before the linear layers that absorb
     activations; attention again after the linear layers, whose fusion uncovers head merges that
     went through a flattened linear layer, as in GPT-2), padding removal (it needs the fused
     attention), sibling linear layers merged (last: the attention patterns read Q, K and V apart),
     then cleanup again."""
     fusions = ["fuse_layer_norm", "fuse_rms_norm", "fuse_gelu", "fuse_attention", "fuse_matmul_bias",
                "fuse_matmul_activation", "fuse_attention", "remove_padding", "fuse_sibling_linears"]
-    return [cleanup(), *(PASSES[name] for name in fusions), cleanup("final_cleanup")]
+    return [PASSES["from_onnxruntime_ops"], cleanup(), *(PASSES[name] for name in fusions), cleanup("final_cleanup")]
 
 
 def get_pass(name_or_pass: str | Pass) -> Pass:

@@ -18,7 +18,7 @@ from onnx.reference.op_run import OpRun
 from leangraph.backends.reference.kernels import OVERRIDES
 from leangraph.errors import ExecutionError
 from leangraph.ir import DOMAIN, OpDef, all_ops
-from leangraph.ir.verify import model_name
+from leangraph.ir.verify import ONNXRUNTIME_DOMAIN, model_name
 
 
 def _oprun_class(opdef: OpDef) -> type[OpRun]:
@@ -44,7 +44,11 @@ class ReferenceExecutable:
         self.name = model_name(model)
         self.input_names = [v.name for v in model.graph.inputs]
         self.output_names = [v.name for v in model.graph.outputs]
-        self._evaluator = ReferenceEvaluator(ir.to_proto(model), new_ops=[*OVERRIDES, *LEANGRAPH_KERNELS])
+        try:
+            self._evaluator = ReferenceEvaluator(ir.to_proto(model), new_ops=[*OVERRIDES, *LEANGRAPH_KERNELS])
+        except NotImplementedError as exc:  # an op onnx.reference has no kernel for (ONNX Runtime's contrib ops)
+            raise ExecutionError(f"the reference interpreter cannot run model '{self.name}': {str(exc).strip()[:500]}",
+                                 hint="run it on backend='onnxruntime'") from exc
         self._lock = threading.Lock()
 
     def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -66,7 +70,7 @@ class ReferenceBackend:
     name = "reference"
 
     def supports(self, node: ir.Node) -> bool:
-        return True
+        return node.domain != ONNXRUNTIME_DOMAIN
 
     def compile(self, model: ir.Model, *, alone: bool = True) -> ReferenceExecutable:
         return ReferenceExecutable(model)

@@ -112,7 +112,10 @@ class MicrosoftGelu(pattern.RewriteRuleClassBase):
         return result
 
     def rewrite(self, op, x, bias=None):
-        source = op.Add(x, bias) if self._biased else x
+        source = x
+        if self._biased:
+            source = op.Add(x, bias)
+            source.dtype, source.shape = x.dtype, x.shape  # the decomposition reads the dtype
         return op.Gelu(source, _domain=D, approximate="tanh" if self._op_type == "FastGelu" else "none")
 
 

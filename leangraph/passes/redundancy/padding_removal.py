@@ -454,6 +454,15 @@ def _padding_mask_of(model: ir.Model, node: ir.Node) -> tuple[ir.Value, bool] | 
         verdicts = {None} if computed is None else {_classify(c, p) for c, p in zip(computed, probes)}
         if len(verdicts) == 1 and None not in verdicts:
             return mask, verdicts.pop()
+    right_padded = [np.arange(seq)[None, :] < np.array(lengths)[:, None] for seq, lengths in ((5, (5, 3, 1)), (7, (4, 7)))]
+    for mask in candidates:
+        try:
+            computed = _evaluate(model, inputs, attention_mask, mask, [m.astype(np.int64) for m in right_padded])
+        except Exception:
+            continue
+        if computed is not None and None not in {_classify(c, p) for c, p in zip(computed, right_padded)}:
+            return (f"its mask (from '{mask.name}') hides keys by position (sequence lengths, as ONNX Runtime's "
+                    "Attention mask_index does), not by the padding mask: the same only for right-padded inputs")
     return f"its mask (from {[v.name for v in candidates]}) does not hide exactly the padded keys"
 
 
