@@ -142,6 +142,7 @@ def build_runners(encoder, batches, tmp: Path, skip: set[str], from_onnx: bool =
         "leangraph ORT, padding removal alone (exact)": ("onnxruntime", "default", False),
         "leangraph ORT, int8 alone": ("onnxruntime", without_padding_removal, True),
         HEADLINE: ("onnxruntime", "default", True),
+        DEFAULTS: ("auto", "default", True),
         "leangraph TVM, padding removal alone (exact)": ("tvm", "default", False),
         "leangraph TVM, no padding removal (exact)": ("tvm", without_padding_removal, False),
         "leangraph TVM, reduced precision alone": ("tvm", without_padding_removal, True),
@@ -177,6 +178,8 @@ TUNED_ORT = "ONNX Runtime dynamic int8, SkipLayerNorm fusion off"
 off (backends.onnxruntime.DISABLED_FUSIONS; SkipLayerNormalization is slower than Add + LayerNormalization
 on CPU), i.e. ORT tuned with what leangraph knows."""
 HEADLINE = "leangraph ORT, padding removal + int8"
+DEFAULTS = "leangraph defaults (backend auto) + budget"
+"""optimize() with nothing but the budget: the fast path must be the default."""
 HEADLINE_DEFAULT_SESSION = "leangraph ORT, padding removal + int8, in ORT's default session"
 """The headline graph run as the baselines run (no fusion left off): whether leangraph's lead over ORT's
 defaults needs its session setting at all."""

@@ -365,6 +365,41 @@ def test_rms_norm_without_scale_fuses():
     assert record.fired == {"rms_norm_no_scale_div": 1} and record.verified
 
 
+def test_rms_norm_in_torchscripts_rsqrt_form_fuses():
+    # TorchScript writes torch.rsqrt as Div(1, Sqrt(...)): x * (1 / sqrt(mean(x^2) + eps)) * scale
+    model, record = run_pass("fuse_rms_norm", model_from_text(graph(X, "float[2,5,8] y", """
+        two = Constant<value = float {2.0}>()
+        one = Constant<value = float {1.0}>()
+        ax = Constant<value = int64[1] {-1}>()
+        eps = Constant<value = float {1e-6}>()
+        y = Mul(scale, Mul(x, Div(one, Sqrt(Add(ReduceMean<keepdims=1>(Pow(x, two), ax), eps)))))"""), W),
+        _input("erf_gelu"))
+    assert record.fired == {"rms_norm_scale_first_one_div": 1} and record.verified
+
+
+def test_onnx_rms_normalization_fuses():
+    header = HEADER.replace('opset_import: ["" : 20', 'opset_import: ["" : 23')
+    assert header != HEADER
+    text = header + f"g ({X}) => (float[2,5,8] y) {{ y = RMSNormalization<axis=-1, epsilon=1e-6>(x, scale) }}"
+    model, record = run_pass("fuse_rms_norm", model_from_text(text, W), _input("erf_gelu"))
+    assert record.fired == {"onnx_rms_normalization": 1} and record.verified
+
+
+def test_t5_attention_with_a_position_bias_fuses():
+    # T5: no scale, the position bias and the mask added to the scores in turn
+    text = graph("float[2,4,5,8] q, float[2,4,5,8] k, float[2,4,5,8] v, float[1,4,5,5] bias, float[2,1,1,5] mask",
+                 "float[2,4,5,8] y", """
+        kt = Transpose<perm=[0,1,3,2]>(k)
+        p = Softmax<axis=-1>(Add(Add(MatMul(q, kt), bias), mask))
+        y = MatMul(p, v)""")
+    g = np.random.default_rng(4)
+    inputs = _attention_inputs()[:3] + [g.standard_normal((1, 4, 5, 5)).astype(np.float32),
+                                        np.where(g.random((2, 1, 1, 5)) < 0.3, -3.4e38, 0.0).astype(np.float32)]
+    model, record = run_pass("fuse_attention", model_from_text(text), inputs)
+    assert any(name.startswith("sdpa_none_scale_add_bias_mask") for name in record.fired), record.fired
+    assert record.verified
+
+
 def test_attention_not_fused_when_softmax_axis_is_not_the_scores_last():
     # k has rank 3, q rank 4: the scores have rank 4, and axis 2 (the key's last axis) is not theirs
     text = graph("float[2,4,5,8] q, float[4,5,8] k, float[2,4,5,8] v", "float[2,4,5,8] y", """

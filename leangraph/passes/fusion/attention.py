@@ -12,7 +12,8 @@ forms torch's exporter writes:
   or without it (HF's eager attention, whisper: such rows stay NaN, ``zero_nan_rows`` = 0). Either
   way the op computes what the graph did, whatever the mask's values (finite as ``finfo.min`` or
   -1e4, or -inf);
-- the mask as an addend, or as ``Where(keep, scores, fill)``: with fill = -inf the boolean ``keep``
+- the mask as an addend (T5: two, a position bias and the mask, which become one mask input,
+  their sum: exact up to round-off), or as ``Where(keep, scores, fill)``: with fill = -inf the boolean ``keep``
   is the op's mask (exact); a finite fill (``finfo.min``) becomes the additive mask
   ``Where(keep, 0, fill)``, exact as long as |scores| < 2^103 (``fill + s`` rounds to ``fill``).
 
@@ -55,7 +56,7 @@ class AttentionFusion(pattern.RewriteRuleClassBase):
     def _masked(self) -> bool:
         return self._mask_style is not None
 
-    def pattern(self, op, q, k_source, v, mask, s1, s2, zero, fill):
+    def pattern(self, op, q, k_source, v, mask, s1, s2, zero, fill, bias):
         kt = op.Transpose(k_source, _allow_other_attributes=True, _outputs=["kt"])
         if self._scale_style == "split":
             scores = op.MatMul(op.Mul(q, s1), op.Mul(kt, s2), _outputs=["qk"])
@@ -67,12 +68,14 @@ class AttentionFusion(pattern.RewriteRuleClassBase):
             scores = op.MatMul(q, kt, _outputs=["qk"])
         if self._mask_style == "add":
             scores = op.Add(scores, mask)
+        elif self._mask_style == "add_bias":  # T5: a position bias, then the mask
+            scores = op.Add(op.Add(scores, bias), mask)
         elif self._mask_style == "where":
             scores = op.Where(mask, scores, fill)
         probs = op.Softmax(scores, _allow_other_attributes=True, _outputs=["probs"])
         return op.MatMul(op.Where(op.IsNaN(probs), zero, probs) if self._guarded else probs, v)
 
-    def check(self, context, q, k_source, v, mask=None, s1=None, s2=None, zero=None, fill=None, kt=None,
+    def check(self, context, q, k_source, v, mask=None, s1=None, s2=None, zero=None, fill=None, bias=None, kt=None,
               probs=None, qk=None):
         result = pattern.MatchResult()
         k_rank = rank(k_source)
@@ -115,7 +118,7 @@ class AttentionFusion(pattern.RewriteRuleClassBase):
         self._scale = scale
         return result
 
-    def rewrite(self, op, q, k_source, v, mask=None, s1=None, s2=None, zero=None, fill=None, kt=None,
+    def rewrite(self, op, q, k_source, v, mask=None, s1=None, s2=None, zero=None, fill=None, bias=None, kt=None,
                 probs=None, qk=None):
         identity = self._key_perm == list(range(len(self._key_perm)))
         k = k_source if identity else op.Transpose(k_source, perm=self._key_perm)
@@ -128,6 +131,10 @@ class AttentionFusion(pattern.RewriteRuleClassBase):
                                 op.Constant(value=ir.tensor(np.asarray(self._fill, dtype))))
             additive.dtype, additive.shape = probs.dtype, mask.shape
             mask = additive
+        if self._mask_style == "add_bias":
+            combined = op.Add(bias, mask)
+            combined.dtype, combined.shape = probs.dtype, None
+            mask = combined
         inputs = [q, k, v] + ([mask] if self._masked else [])
         return op.Attention(*inputs, _domain=D, scale=self._scale, causal=0, zero_nan_rows=int(self._guarded))
 
@@ -209,6 +216,10 @@ def _rules():
         name = (f"sdpa_{style}_scale" + (f"_{mask}_mask" if mask else "") + ("_nan_guard" if guarded else ""))
         rule = AttentionFusion.rule(name, style, mask, guarded)
         yield from (rule.commute() if mask == "add" else [rule])
+    for guarded in (True, False):  # T5: no scale, a position bias and the mask
+        rule = AttentionFusion.rule("sdpa_none_scale_add_bias_mask" + ("_nan_guard" if guarded else ""), "none",
+                                    "add_bias", guarded)
+        yield from rule.commute()
 
 
 FUSE_ATTENTION = RulePass(

@@ -1,11 +1,12 @@
 """RMS norm -> leangraph::RMSNorm.
 
 Rewrites ``scale * (x * 1/sqrt(mean(x^2) + eps))`` over the last axis, as Llama, Qwen and T5
-compute it (with Reciprocal(Sqrt) or Div), in either multiplication order, or without the scale
+compute it (with Reciprocal(Sqrt), Div, or ``Div(1, Sqrt)``: TorchScript's rsqrt), in either
+multiplication order, or without the scale
 (a scale of ones, which the algebraic pass removes as a multiplication by 1), float32: the square is
 ``Pow(x, 2)`` with exactly 2, ``eps`` a one-element constant captured as the op's epsilon (adding
 no dims), ``scale`` a constant of shape [D] (D the static last dim) or a scalar, broadcast to [D].
-Exact up to round-off.
+ONNX's RMSNormalization (opset 23) over the last axis becomes the op too. Exact up to round-off.
 """
 
 from __future__ import annotations
@@ -22,21 +23,25 @@ D = "leangraph"
 
 
 class RMSNormFusion(pattern.RewriteRuleClassBase):
-    def __init__(self, name: str, scale: str, reciprocal: bool):
+    def __init__(self, name: str, scale: str, inverse: str):
         super().__init__(name)
-        self._scale_at, self._reciprocal = scale, reciprocal  # scale: "first", "last" or "none"
+        # scale: "first", "last" or "none"; inverse: "reciprocal", "div" (x / rms) or "one_div" (x * (1 / rms))
+        self._scale_at, self._inverse = scale, inverse
 
-    def pattern(self, op, x, two, axes, eps, scale):
+    def pattern(self, op, x, two, axes, eps, scale, one):
         rms = op.Sqrt(op.Add(op.ReduceMean(op.Pow(x, two), axes, keepdims=1, _allow_other_attributes=True), eps))
-        normalized = op.Mul(x, op.Reciprocal(rms)) if self._reciprocal else op.Div(x, rms)
+        normalized = {"reciprocal": lambda: op.Mul(x, op.Reciprocal(rms)), "div": lambda: op.Div(x, rms),
+                      "one_div": lambda: op.Mul(x, op.Div(one, rms))}[self._inverse]()
         if self._scale_at == "none":
             return normalized
         return op.Mul(scale, normalized) if self._scale_at == "first" else op.Mul(normalized, scale)
 
-    def check(self, context, x, two, axes, eps, scale=None):
+    def check(self, context, x, two, axes, eps, scale=None, one=None):
         result = pattern.MatchResult()
         if not is_float32(x) or not is_exactly(two, 2.0):
             return result.fail("needs float32 x and a square (Pow with exactly 2)")
+        if self._inverse == "one_div" and not (is_exactly(one, 1.0) and fits_into(one, x)):
+            return result.fail("1 / rms with another numerator than a scalar 1")
         if (array := constant(axes)) is None or array.reshape(-1).tolist() != [-1]:
             return result.fail("normalizes over other axes than the last")
         if scalar(eps) is None or not fits_into(eps, x):
@@ -50,9 +55,33 @@ class RMSNormFusion(pattern.RewriteRuleClassBase):
         self._eps = scalar(eps)
         return result
 
-    def rewrite(self, op, x, two, axes, eps, scale=None):
+    def rewrite(self, op, x, two, axes, eps, scale=None, one=None):
         scale = op.Constant(value=ir.tensor(self._scale)) if scale is None else as_row(op, scale, self._scale)
         return op.RMSNorm(x, scale, _domain=D, axis=-1, epsilon=self._eps)
+
+
+class FromOnnxRMSNormalization(pattern.RewriteRuleClassBase):
+    """ONNX's own RMSNormalization (opset 23) over the last axis, float32 computed in float32."""
+
+    def pattern(self, op, x, scale):
+        return op.RMSNormalization(x, scale, _allow_other_attributes=True, _outputs=["y"])
+
+    def check(self, context, x, scale, y):
+        result = pattern.MatchResult()
+        attrs = y.producer().attributes
+        axis, width = attrs.get_int("axis", -1), last_dim(x)
+        if not is_float32(x) or rank(x) is None or axis not in (-1, rank(x) - 1):
+            return result.fail("not float32 normalized over its last axis")
+        if attrs.get_int("stash_type", 1) != ir.DataType.FLOAT:
+            return result.fail("stash_type is not float32")
+        self._scale = row_vector(scale, width, rank(x))
+        if self._scale is None:
+            return result.fail("scale must be a constant of shape [D] or a scalar (D: x's static last dim)")
+        self._eps = attrs.get_float("epsilon", 1e-5)
+        return result
+
+    def rewrite(self, op, x, scale, y):
+        return op.RMSNorm(x, as_row(op, scale, self._scale), _domain=D, axis=-1, epsilon=self._eps)
 
 
 _SCALE_NAMES = {"first": "scale_first", "last": "scale_last", "none": "no_scale"}
@@ -60,9 +89,9 @@ _SCALE_NAMES = {"first": "scale_first", "last": "scale_last", "none": "no_scale"
 FUSE_RMS_NORM = RulePass(
     "fuse_rms_norm",
     [
-        RMSNormFusion.rule(f"rms_norm_{_SCALE_NAMES[s]}_{'reciprocal' if r else 'div'}", s, r)
+        RMSNormFusion.rule(f"rms_norm_{_SCALE_NAMES[s]}_{inverse}", s, inverse)
         for s in ("first", "last", "none")
-        for r in (True, False)
-    ],
+        for inverse in ("reciprocal", "div", "one_div")
+    ] + [FromOnnxRMSNormalization.rule("onnx_rms_normalization")],
     __doc__,
 ).as_pass()
