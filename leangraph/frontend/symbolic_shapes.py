@@ -19,8 +19,12 @@ The merge: a value takes the symbolic shape only where it agrees with ONNX's (sa
 static dims), and from it only the names of dims ONNX left unknown. Its static sizes are not
 taken: its Slice arithmetic is wrong on some graphs (ONNX's RotaryEmbedding function body: a
 [2, 3, 1, 2] where the model computes [2, 3, 1, 4]), and ONNX Runtime refuses a model whose
-recorded shapes contradict its own inference. A wrong name can at worst make a pass see two dims
-as one; verification on the example inputs catches what that breaks. Values ONNX could not type
+recorded shapes contradict its own inference. The one static size taken is 1 where ONNX has
+no size: a dim that broadcasts (BERT's position embeddings, [1, seq, hidden] gathered by the
+[1, seq] position ids of a TorchScript file) must be known to be 1 by a backend that compiles
+shapes: TVM's Relax takes two differently named dims of an Add for equal, and the position
+embeddings' unknown dim became the batch at run time ("Mismatched shape[0]"). A wrong name can at
+worst make a pass see two dims as one; verification on the example inputs catches what that breaks. Values ONNX could not type
 at all (downstream of an ONNX Runtime contrib op, which it has no schema for) take the symbolic
 type and shape whole.
 """
@@ -76,8 +80,13 @@ def symbolic_shapes(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None
         if symbolic is None or not _agrees(info, symbolic):
             continue
         for dim, theirs in zip(info.type.tensor_type.shape.dim, symbolic.type.tensor_type.shape.dim):
-            if not dim.HasField("dim_value") and theirs.HasField("dim_param") and theirs.dim_param:
+            if dim.HasField("dim_value"):
+                continue
+            if theirs.HasField("dim_param") and theirs.dim_param:
                 dim.dim_param = theirs.dim_param
+                taken += 1
+            elif theirs.HasField("dim_value") and theirs.dim_value == 1:
+                dim.dim_value = 1  # a broadcast dim (BERT's [1, seq] position ids): see the module doc
                 taken += 1
     # values ONNX's inference could not type at all (after an ONNX Runtime contrib op, which it has
     # no schema for) take the symbolic type and shape whole: there is nothing of ONNX's to disagree with

@@ -279,3 +279,26 @@ def test_fp32_linear_libraries_match_a_float64_product(library_name, with_bias):
     expected = x.double() @ weight.double() + (bias.double() if with_bias else 0)
     torch.testing.assert_close(out, expected.float(), rtol=1e-5, atol=1e-5)
     assert library.fp32_linear()[0] in ("MKL", "oneDNN")
+
+
+@pytest.mark.slow
+def test_a_torchscript_exported_bert_runs_on_tvm(tmp_path):
+    # TorchScript's BERT gathers the position embeddings with [1, seq] ids: ONNX's inference leaves
+    # that 1 unknown, and Relax took the unknown dim of the embeddings' Add for the batch
+    # ("Mismatched shape[0]" at run time). The frontend now knows it is 1.
+    import torch
+
+    from leangraph.demo import sentence_encoder
+
+    bert = ZOO["bert"]
+    module = sentence_encoder(bert.build())
+    path = tmp_path / "bert.onnx"
+    torch.onnx.export(module, bert.inputs(2, 7), str(path), dynamo=False, opset_version=17,
+                      input_names=["input_ids", "attention_mask"], output_names=["embedding"],
+                      dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"}})
+    compiled = leangraph.optimize(str(path), tuple(x.numpy() for x in bert.inputs(2, 7)), backend="tvm")
+    assert any(r.name == "remove_padding" and r.changed for r in compiled.report.records)
+    ids, mask = bert.inputs(3, 11)
+    with torch.no_grad():
+        expected = module(ids, mask).numpy()
+    np.testing.assert_allclose(compiled(ids.numpy(), mask.numpy()), expected, rtol=1e-4, atol=1e-5)
