@@ -225,8 +225,9 @@ def _plan(model: ir.Model, padded_outputs: str) -> _Plan | str:
                     region.add(consumer)
                     work.append(consumer)
 
+    in_order = [node for node in graph if node in region]  # a set's order would vary from run to run
     packed_inputs: list[ir.Value] = []
-    for node in region:
+    for node in in_order:
         mha_mask = node.inputs[3] if node in attention else None
         for value in node.inputs:
             if (value is not None and value is not mha_mask and token_layout(value)
@@ -234,7 +235,7 @@ def _plan(model: ir.Model, padded_outputs: str) -> _Plan | str:
                 packed_inputs.append(value)
     graph_outputs = set(graph.outputs)
     exits, zeroed, into_islands = [], [], []
-    for node in region:
+    for node in in_order:
         for value in node.outputs:
             outside = [c for c in value.consumers() if c not in region]
             if not outside and value not in graph_outputs:
