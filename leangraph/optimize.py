@@ -291,12 +291,11 @@ def _fastest_reduced_precision(graph: ir.Model, backends: Sequence[str], kernel_
     candidates = [name for name in backends if name in BACKEND_KERNELS]
     if len(candidates) < 2:
         return candidates[0] if candidates else backends[0]
-    weights = {tuple(node.inputs[1].const_value.shape): node.inputs[1].const_value.numpy()
-               for node in candidate_layers(graph)}
-    shapes = [tuple(node.inputs[1].const_value.shape) for node in candidate_layers(graph)]
-    if not shapes:
+    weights = [node.inputs[1].const_value for node in candidate_layers(graph)]
+    if not weights:
         return candidates[0]
-    timings = {shape: kernel_seconds(weight) for shape, weight in weights.items()}
+    shapes = [tuple(weight.shape) for weight in weights]
+    timings = {tuple(weight.shape): kernel_seconds(weight.numpy()) for weight in weights}
     predicted = {name: sum(min(timings[shape][kernel] for kernel in
                                [BACKEND_KERNELS[name]["fp32"], *BACKEND_KERNELS[name]["reduced"]]) for shape in shapes)
                  for name in candidates}
@@ -379,11 +378,13 @@ def _instruments(graph, input_sets, tolerance: Tolerance, report: Report):
         return instruments
     executor = ReferenceExecutable
     try:
-        expected = [ReferenceExecutable(graph)(inputs) for inputs in input_sets]
+        oracle = ReferenceExecutable(graph)
+        expected = [oracle(inputs) for inputs in input_sets]
     except ExecutionError as exc:
         # onnx.reference lacks some ops and old-opset forms (Scan-8); ONNX Runtime is the oracle then
         executor = _onnxruntime_oracle
-        expected = [_onnxruntime_oracle(graph)(inputs) for inputs in input_sets]
+        oracle = _onnxruntime_oracle(graph)
+        expected = [oracle(inputs) for inputs in input_sets]
         report.notes.append(f"passes verified on ONNX Runtime: the reference interpreter cannot run the model "
                             f"({exc.message[:200]})")
     instruments.append(VerifyInstrument(input_sets, expected, tolerance, executor))

@@ -110,7 +110,7 @@ def _default_opset(proto: onnx.ModelProto) -> int | None:
     return None
 
 
-def _convert_opset(proto: onnx.ModelProto, target_opset: int) -> tuple[onnx.ModelProto, str | None]:
+def _convert_opset(proto: onnx.ModelProto, label: str, target_opset: int) -> tuple[onnx.ModelProto, str | None]:
     """Up to ``target_opset`` (a later opset is kept, see the module doc), and None; or the model as
     it is and why it was not converted: ONNX's converter cannot, or its result has another
     signature (Scan-8's batch axis is dropped by the 8 -> 9 adapter: the caller's inputs would no
@@ -122,7 +122,7 @@ def _convert_opset(proto: onnx.ModelProto, target_opset: int) -> tuple[onnx.Mode
             return onnx.version_converter.convert_version(proto, newest_opset()), None
         except Exception as exc:
             raise InvalidGraphError(
-                f"model '{_label_of(proto)}' is at ONNX opset {current}, newer than ONNX Runtime runs "
+                f"model '{label}' is at ONNX opset {current}, newer than ONNX Runtime runs "
                 f"({newest_opset()}), and could not be converted to it: {str(exc).strip().splitlines()[0][:200]}",
                 hint=f"export the model at opset {newest_opset()} or below") from None
     if current is None or current >= target_opset:
@@ -136,10 +136,6 @@ def _convert_opset(proto: onnx.ModelProto, target_opset: int) -> tuple[onnx.Mode
     if _signature_of(converted) != _signature_of(proto):
         return proto, f"kept at opset {current}: converted to {target_opset} its inputs or outputs change"
     return converted, None
-
-
-def _label_of(proto: onnx.ModelProto) -> str:
-    return proto.graph.name or "model"
 
 
 def _signature_of(proto: onnx.ModelProto) -> list[str]:
@@ -187,7 +183,7 @@ def load_onnx(source: Source, *, target_opset: int = TARGET_OPSET) -> ir.Model:
         ) from None
     # ONNX's inference has no schema for our domain: models holding leangraph ops are not strict
     strict = not any(node.domain == DOMAIN for node in proto.graph.node)
-    converted, opset_note = _convert_opset(proto, target_opset)
+    converted, opset_note = _convert_opset(proto, label, target_opset)
     try:
         try:
             proto = _infer_shapes(converted, strict)

@@ -24,9 +24,9 @@ no size: a dim that broadcasts (BERT's position embeddings, [1, seq, hidden] gat
 [1, seq] position ids of a TorchScript file) must be known to be 1 by a backend that compiles
 shapes: TVM's Relax takes two differently named dims of an Add for equal, and the position
 embeddings' unknown dim became the batch at run time ("Mismatched shape[0]"). A wrong name can at
-worst make a pass see two dims as one; verification on the example inputs catches what that breaks. Values ONNX could not type
-at all (downstream of an ONNX Runtime contrib op, which it has no schema for) take the symbolic
-type and shape whole.
+worst make a pass see two dims as one; verification on the example inputs catches what that
+breaks. Values ONNX could not type at all (downstream of an ONNX Runtime contrib op, which it has
+no schema for) take the symbolic type and shape whole.
 """
 
 from __future__ import annotations
@@ -53,29 +53,31 @@ def _inference_class():
 
 
 def symbolic_shapes(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
-    """``proto`` (shapes inferred by ONNX) with the symbolic shapes merged in, and a note when
-    none could be used (why), else None."""
+    """``proto`` (shapes inferred by ONNX; changed in place) with the symbolic shapes merged in,
+    and a note when none could be used (why), else None. The inference copies the model once (its
+    ``_preprocess``); nothing here copies it again: only the value infos are set aside."""
     try:
         inference_class = _inference_class()
     except ImportError as exc:
         return proto, f"not used: onnxruntime's symbolic_shape_infer is not importable ({exc})"
     logging.getLogger("onnxruntime.tools.symbolic_shape_infer").setLevel(logging.CRITICAL)
-    bare = onnx.ModelProto()
-    bare.CopyFrom(proto)
-    del bare.graph.value_info[:]  # it would start from ONNX's unknown dims and keep them
+    onnx_infos = [onnx.ValueInfoProto() for _ in proto.graph.value_info]
+    for copy, info in zip(onnx_infos, proto.graph.value_info):
+        copy.CopyFrom(info)
+    del proto.graph.value_info[:]  # it would start from ONNX's unknown dims and keep them
     try:
         inference = inference_class(2**31 - 1, True, False, 0)  # int_max, auto_merge, guess_output_rank, verbose
-        inference._preprocess(bare)
+        inference._preprocess(proto)
         while inference.run_:
             inference._infer_impl()
         known = inference.known_vi_
     except Exception as exc:  # an op it has no rule for, or algebra sympy cannot follow
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         return proto, f"not used: ONNX Runtime's symbolic inference failed ({reason})"
-    merged = onnx.ModelProto()
-    merged.CopyFrom(proto)
+    finally:
+        proto.graph.value_info.extend(onnx_infos)
     taken = 0
-    for info in (*merged.graph.value_info, *merged.graph.output):
+    for info in (*proto.graph.value_info, *proto.graph.output):
         symbolic = known.get(info.name)
         if symbolic is None or not _agrees(info, symbolic):
             continue
@@ -90,17 +92,17 @@ def symbolic_shapes(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None
                 taken += 1
     # values ONNX's inference could not type at all (after an ONNX Runtime contrib op, which it has
     # no schema for) take the symbolic type and shape whole: there is nothing of ONNX's to disagree with
-    typed = {info.name for info in (*merged.graph.value_info, *merged.graph.input, *merged.graph.output)}
-    typed |= {init.name for init in merged.graph.initializer}
-    for node in merged.graph.node:
+    typed = {info.name for info in (*proto.graph.value_info, *proto.graph.input, *proto.graph.output)}
+    typed |= {init.name for init in proto.graph.initializer}
+    for node in proto.graph.node:
         for name in node.output:
             symbolic = known.get(name)
             if name and name not in typed and symbolic is not None and symbolic.type.HasField("tensor_type") \
                     and symbolic.type.tensor_type.elem_type:
-                merged.graph.value_info.append(symbolic)
+                proto.graph.value_info.append(symbolic)
                 typed.add(name)
                 taken += 1
-    return merged, None if taken else "not used: ONNX Runtime's symbolic inference added nothing"
+    return proto, None if taken else "not used: ONNX Runtime's symbolic inference added nothing"
 
 
 def _dims(info: onnx.ValueInfoProto) -> list | None:

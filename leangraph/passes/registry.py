@@ -43,9 +43,10 @@ def cleanup(name: str = "cleanup") -> FixedPoint:
 
 def default_pipeline() -> list[PipelineItem]:
     """ONNX Runtime's contrib ops (a file its optimizer wrote) read back into ours (first: cleanup
-    then merges the mask computations it writes per layer), cleanup to a fixed point, the fusions (norms and GELU before the linear layers that absorb
-    activations; attention again after the linear layers, whose fusion uncovers head merges that
-    went through a flattened linear layer, as in GPT-2), padding removal (it needs the fused
+    then merges the mask computations it writes per layer), cleanup to a fixed point, the fusions
+    (norms and GELU before the linear layers that absorb activations; attention again after the
+    linear layers, whose fusion uncovers head merges that went through a flattened linear layer, as
+    in GPT-2), padding removal (it needs the fused
     attention), sibling linear layers merged (last: the attention patterns read Q, K and V apart),
     then cleanup again."""
     fusions = ["fuse_layer_norm", "fuse_rms_norm", "fuse_gelu", "fuse_attention", "fuse_matmul_bias",

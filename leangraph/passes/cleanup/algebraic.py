@@ -173,7 +173,8 @@ class ReshapeToItsOwnShape(pattern.RewriteRuleClassBase):
 
     def check(self, context, x, shape, reshaped):
         result = pattern.MatchResult()
-        target = shape.const_value.numpy().tolist() if shape.const_value is not None and not shape.is_graph_input() else None
+        array = constant(shape)
+        target = None if array is None else array.reshape(-1).tolist()
         if target is None or x.shape is None or len(target) != len(x.shape):
             return result.fail("not a constant target of x's rank")
         allowzero = reshaped.producer().attributes.get_int("allowzero", 0)

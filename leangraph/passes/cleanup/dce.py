@@ -11,6 +11,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from leangraph.ir import node_count
+from leangraph.ir.verify import all_graphs
 from leangraph.passes.base import graph_pass
 
 
@@ -22,19 +23,9 @@ def dce(model: ir.Model) -> bool:
     common.IdentityEliminationPass()(model)
     common.RemoveUnusedNodesPass()(model)
     common.RemoveUnusedFunctionsPass()(model)
-    for graph in list(_graphs(model.graph)):
+    for graph in list(all_graphs(model.graph)):
         _return_each_value_once(graph)
     return (node_count(model), len(model.graph.initializers), len(model.functions)) != (nodes, initializers, functions)
-
-
-def _graphs(graph: ir.Graph):
-    yield graph
-    for node in ir.traversal.RecursiveGraphIterator(graph):
-        for attr in node.attributes.values():
-            if attr.type == ir.AttributeType.GRAPH:
-                yield attr.as_graph()
-            elif attr.type == ir.AttributeType.GRAPHS:
-                yield from attr.as_graphs()
 
 
 def _return_each_value_once(graph: ir.Graph) -> None:

@@ -448,23 +448,27 @@ def _padding_mask_of(model: ir.Model, node: ir.Node) -> tuple[ir.Value, bool] | 
         return f"its mask is computed from {[v.name for v in inputs]}, none of them a [batch, seq] input"
     probes = list(_probe_masks(np.random.default_rng(0)))
     for mask in candidates:  # the others (e.g. input_ids read for its shape) get zeros
-        try:
-            computed = _evaluate(model, inputs, attention_mask, mask, probes)
-        except Exception:  # an input the probe cannot fake: not a mask we understand
-            computed = None
-        verdicts = {None} if computed is None else {_classify(c, p) for c, p in zip(computed, probes)}
+        verdicts = _verdicts(model, inputs, attention_mask, mask, probes)
         if len(verdicts) == 1 and None not in verdicts:
             return mask, verdicts.pop()
-    right_padded = [np.arange(seq)[None, :] < np.array(lengths)[:, None] for seq, lengths in ((5, (5, 3, 1)), (7, (4, 7)))]
+    right_padded = [(np.arange(seq)[None, :] < np.array(lengths)[:, None]).astype(np.int64)
+                    for seq, lengths in ((5, (5, 3, 1)), (7, (4, 7)))]
     for mask in candidates:
-        try:
-            computed = _evaluate(model, inputs, attention_mask, mask, [m.astype(np.int64) for m in right_padded])
-        except Exception:
-            continue
-        if computed is not None and None not in {_classify(c, p) for c, p in zip(computed, right_padded)}:
+        if None not in _verdicts(model, inputs, attention_mask, mask, right_padded):
             return (f"its mask (from '{mask.name}') hides keys by position (sequence lengths, as ONNX Runtime's "
                     "Attention mask_index does), not by the padding mask: the same only for right-padded inputs")
     return f"its mask (from {[v.name for v in candidates]}) does not hide exactly the padded keys"
+
+
+def _verdicts(model: ir.Model, inputs: list[ir.Value], attention_mask: ir.Value, mask: ir.Value,
+              probes: list[np.ndarray]) -> set[bool | None]:
+    """_classify of the attention mask computed from each probe given as ``mask``; {None} when it
+    cannot be computed that way."""
+    try:
+        computed = _evaluate(model, inputs, attention_mask, mask, probes)
+    except Exception:  # an input the probe cannot fake: not a mask we understand
+        computed = None
+    return {None} if computed is None else {_classify(c, p) for c, p in zip(computed, probes)}
 
 
 def _classify(computed: np.ndarray, padding: np.ndarray) -> bool | None:
