@@ -349,6 +349,34 @@ def test_layer_norm_scalar_scale_and_bias_become_rows():
     assert record.fired and record.verified
 
 
+def test_layer_norm_fuses_with_keepdims_left_out_and_not_with_keepdims_0():
+    # the TorchScript exporter below opset 18 writes ReduceMean without keepdims (its default is 1)
+    text = _decomposed_layer_norm("float {1e-5}")
+    _, record = run_pass("fuse_layer_norm", model_from_text(text.replace("<keepdims=1>", ""), W),
+                         _input("decomposed_layer_norm"))
+    assert record.fired == {"decomposed_layer_norm": 1} and record.verified
+    # keepdims=0 on the variance's mean: [2,5] broadcast against [2,5,8] is not a layer norm
+    dropped = text.replace("v = ReduceMean<keepdims=1>", "v = ReduceMean<keepdims=0>").replace(
+        "float[2,5,8] x", "float[5,5,5] x").replace("float[2,5,8] y", "float[5,5,5] y")
+    x = np.random.default_rng(0).standard_normal((5, 5, 5)).astype(np.float32)
+    inits = {"scale": np.ones(5, np.float32), "bias": np.zeros(5, np.float32)}
+    _, record = run_pass("fuse_layer_norm", model_from_text(dropped, inits), [x])
+    assert not record.fired, record.fired
+
+
+@pytest.mark.parametrize("keepdims, fires", [("", True), ("<keepdims=0>", False)])
+def test_rms_norm_reads_keepdims_default(keepdims, fires):
+    # [5,5,5]: with keepdims=0 the [5,5] mean still broadcasts, but over the wrong axes
+    text = graph("float[5,5,5] x", "float[5,5,5] y", f"""
+        two = Constant<value = float {{2.0}}>()
+        ax = Constant<value = int64[1] {{-1}}>()
+        eps = Constant<value = float {{1e-6}}>()
+        y = Div(x, Sqrt(Add(ReduceMean{keepdims}(Pow(x, two), ax), eps)))""")
+    x = np.random.default_rng(0).standard_normal((5, 5, 5)).astype(np.float32)
+    _, record = run_pass("fuse_rms_norm", model_from_text(text, {}), [x])
+    assert bool(record.fired) == fires and (not fires or record.verified), record.fired
+
+
 def test_rms_norm_not_fused_with_a_power_near_two():
     text = CASES["rms_norm_scale_first_reciprocal"][3].replace("{1}", "{-1}").replace("{2.0}", "{2.0001}")
     _, record = run_pass("fuse_rms_norm", model_from_text(graph(X, "float[2,5,8] y", text), W), _input("erf_gelu"))

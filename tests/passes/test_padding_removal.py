@@ -196,3 +196,72 @@ def test_attention_island_reading_padded_positions_is_refused():
     note = record(cm, "remove_padding").notes[0]
     assert note.startswith("skipped: the attention run padded between the packed layers"), note
     assert "depends on padded ones" in note
+
+
+class Pooled(torch.nn.Module):
+    """A small BERT with the poolings sentence encoders use, and optionally its padding mask computed
+    from input_ids (`input_ids != pad_id`) instead of given."""
+
+    def __init__(self, pooling: str, pad_id: int | None = None):
+        super().__init__()
+        self.model, self.pooling, self.pad_id = ZOO["bert"].build().eval(), pooling, pad_id
+
+    def forward(self, input_ids, attention_mask=None):
+        if self.pad_id is not None:
+            attention_mask = (input_ids != self.pad_id).to(torch.int64)
+        hidden = self.model(input_ids, attention_mask).last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        if self.pooling == "max":  # sentence-transformers: padded positions set to -1e9
+            expanded = attention_mask.unsqueeze(-1).expand(hidden.shape)
+            return torch.where(expanded == 0, torch.full_like(hidden, -1e9), hidden).max(dim=1).values
+        if self.pooling == "last":  # last-token pooling of right-padded batches
+            lengths = attention_mask.sum(dim=1) - 1
+            return hidden[torch.arange(hidden.shape[0]), lengths]
+        if self.pooling == "final":  # position -1: the last token of left-padded batches
+            return hidden[:, -1]
+        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+
+
+MASKED_DYNAMIC_IDS = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}
+
+
+def _right_padded(lengths, seq, pad_id=0):
+    ids = torch.randint(2, 100, (len(lengths), seq), generator=torch.Generator().manual_seed(seq))
+    mask = (torch.arange(seq)[None, :] < torch.tensor(lengths)[:, None]).to(torch.int64)
+    return ids.masked_fill(mask == 0, pad_id), mask
+
+
+@pytest.mark.parametrize("pooling, padding", [("cls", "right"), ("max", "any"), ("last", "right"),
+                                              ("final", "left"), ("mean", "any")])
+def test_poolings_are_packed_and_exact(pooling, padding):
+    model = Pooled(pooling)
+    example = _right_padded([6, 3, 5], 6)
+    if padding == "left":
+        example = tuple(t.flip(1) for t in example)
+    cm = leangraph.optimize(model, example, dynamic_shapes=MASKED_DYNAMIC_IDS, backend="onnxruntime")
+    note = record(cm, "remove_padding").notes[0]
+    assert record(cm, "remove_padding").changed and record(cm, "remove_padding").verified, str(cm.report)
+    assert (f"only {padding}-padded batches keep valid" in note) == (padding != "any"), note
+    other = _right_padded([2, 7, 4, 1], 7)
+    if padding == "left":
+        other = tuple(t.flip(1) for t in other)
+    with torch.inference_mode():
+        expected = model(*other).numpy()
+    np.testing.assert_allclose(cm(*other).numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+
+@pytest.mark.parametrize("pad_id", [0, 1])
+def test_padding_mask_computed_from_input_ids_is_found(pad_id):
+    model = Pooled("mean", pad_id=pad_id)
+    example = _right_padded([6, 3, 5], 6, pad_id)[:1]
+    cm = leangraph.optimize(model, example, dynamic_shapes={"input_ids": {0: "batch", 1: "seq"}},
+                            backend="onnxruntime")
+    padding = record(cm, "remove_padding")
+    assert padding.changed and padding.verified, str(cm.report)
+    other = _right_padded([2, 7, 4, 1], 7, pad_id)[:1]
+    with torch.inference_mode():
+        expected = model(*other).numpy()
+    np.testing.assert_allclose(cm(*other).numpy(), expected, rtol=1e-4, atol=1e-5)

@@ -78,6 +78,12 @@ def single_use(value: ir.Value) -> bool:
     return len(value.uses()) == 1 and not value.is_graph_output()
 
 
+def keeps_dims(reduced: ir.Value) -> bool:
+    """Whether the reduce op producing ``reduced`` keeps the reduced dims: its ``keepdims``, which
+    defaults to 1 and which the TorchScript exporter leaves out at opsets below 18."""
+    return reduced.producer().attributes.get_int("keepdims", 1) == 1
+
+
 def rank(value: ir.Value | None) -> int | None:
     return None if value is None or value.shape is None else len(value.shape)
 

@@ -3,7 +3,8 @@
 Rewrites ONNX ``LayerNormalization`` (what torch's exporter emits for nn.LayerNorm) on float32
 inputs with float32 statistics (stash_type=1), and the decomposed form
 ``(x - mean(x)) / sqrt(var(x) + eps) * scale + bias`` over the last axis, float32, where the square
-is ``Pow(x - mean, 2)`` with exactly 2 and ``eps`` is a one-element constant, captured as the op's
+is ``Pow(x - mean, 2)`` with exactly 2, the means keep their dim (``keepdims`` given as 1 or left
+out, as the TorchScript exporter does below opset 18) and ``eps`` is a one-element constant, captured as the op's
 epsilon whatever its size (BERT's 1e-12 included: leaving it out turns a constant row into NaN).
 ``scale`` and ``bias`` are constants of shape [D] (D the static last dim) or scalars, broadcast to
 [D]; either may be missing (a scale of ones is removed by the algebraic pass as a multiplication by
@@ -17,8 +18,8 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 from leangraph.passes.base import RulePass
-from leangraph.passes.fusion._checks import (as_row, constant, fits_into, is_exactly, is_float32, last_dim, rank,
-                                             row_vector, scalar)
+from leangraph.passes.fusion._checks import (as_row, constant, fits_into, is_exactly, is_float32, keeps_dims,
+                                             last_dim, rank, row_vector, scalar)
 
 D = "leangraph"
 
@@ -47,15 +48,17 @@ class DecomposedLayerNorm(pattern.RewriteRuleClassBase):
         self._scaled, self._biased = scaled, biased
 
     def pattern(self, op, x, axes, axes2, two, eps, scale, bias):
-        centered = op.Sub(x, op.ReduceMean(x, axes, keepdims=1, _allow_other_attributes=True))
-        var = op.ReduceMean(op.Pow(centered, two), axes2, keepdims=1, _allow_other_attributes=True)
+        centered = op.Sub(x, op.ReduceMean(x, axes, _allow_other_attributes=True, _outputs=["mean"]))
+        var = op.ReduceMean(op.Pow(centered, two), axes2, _allow_other_attributes=True, _outputs=["var"])
         y = op.Div(centered, op.Sqrt(op.Add(var, eps)))
         if self._scaled:
             y = op.Mul(y, scale)
         return op.Add(y, bias) if self._biased else y
 
-    def check(self, context, x, axes, axes2, two, eps, scale=None, bias=None):
+    def check(self, context, x, axes, axes2, two, eps, mean, var, scale=None, bias=None):
         result = pattern.MatchResult()
+        if not (keeps_dims(mean) and keeps_dims(var)):
+            return result.fail("a ReduceMean drops the reduced dim (keepdims=0)")
         if not is_float32(x) or not is_exactly(two, 2.0):
             return result.fail("needs float32 x and a square (Pow with exactly 2)")
         for a in (axes, axes2):
@@ -73,7 +76,7 @@ class DecomposedLayerNorm(pattern.RewriteRuleClassBase):
         self._eps = scalar(eps)
         return result
 
-    def rewrite(self, op, x, axes, axes2, two, eps, scale=None, bias=None):
+    def rewrite(self, op, x, axes, axes2, two, eps, mean, var, scale=None, bias=None):
         scale = op.Constant(value=ir.tensor(self._scale)) if scale is None else as_row(op, scale, self._scale)
         bias = op.Constant(value=ir.tensor(self._bias)) if bias is None else as_row(op, bias, self._bias)
         return op.LayerNorm(x, scale, bias, _domain=D, axis=-1, epsilon=self._eps)

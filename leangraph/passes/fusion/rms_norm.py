@@ -4,7 +4,7 @@ Rewrites ``scale * (x * 1/sqrt(mean(x^2) + eps))`` over the last axis, as Llama,
 compute it (with Reciprocal(Sqrt), Div, or ``Div(1, Sqrt)``: TorchScript's rsqrt), in either
 multiplication order, or without the scale
 (a scale of ones, which the algebraic pass removes as a multiplication by 1), float32: the square is
-``Pow(x, 2)`` with exactly 2, ``eps`` a one-element constant captured as the op's epsilon (adding
+``Pow(x, 2)`` with exactly 2, the mean keeping its dim (``keepdims`` 1 or left out), ``eps`` a one-element constant captured as the op's epsilon (adding
 no dims), ``scale`` a constant of shape [D] (D the static last dim) or a scalar, broadcast to [D].
 ONNX's RMSNormalization (opset 23) over the last axis becomes the op too. Exact up to round-off.
 """
@@ -16,8 +16,8 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 from leangraph.passes.base import RulePass
-from leangraph.passes.fusion._checks import (as_row, constant, fits_into, is_exactly, is_float32, last_dim, rank,
-                                             row_vector, scalar)
+from leangraph.passes.fusion._checks import (as_row, constant, fits_into, is_exactly, is_float32, keeps_dims,
+                                             last_dim, rank, row_vector, scalar)
 
 D = "leangraph"
 
@@ -29,15 +29,17 @@ class RMSNormFusion(pattern.RewriteRuleClassBase):
         self._scale_at, self._inverse = scale, inverse
 
     def pattern(self, op, x, two, axes, eps, scale, one):
-        rms = op.Sqrt(op.Add(op.ReduceMean(op.Pow(x, two), axes, keepdims=1, _allow_other_attributes=True), eps))
+        rms = op.Sqrt(op.Add(op.ReduceMean(op.Pow(x, two), axes, _allow_other_attributes=True, _outputs=["mean"]), eps))
         normalized = {"reciprocal": lambda: op.Mul(x, op.Reciprocal(rms)), "div": lambda: op.Div(x, rms),
                       "one_div": lambda: op.Mul(x, op.Div(one, rms))}[self._inverse]()
         if self._scale_at == "none":
             return normalized
         return op.Mul(scale, normalized) if self._scale_at == "first" else op.Mul(normalized, scale)
 
-    def check(self, context, x, two, axes, eps, scale=None, one=None):
+    def check(self, context, x, two, axes, eps, mean, scale=None, one=None):
         result = pattern.MatchResult()
+        if not keeps_dims(mean):
+            return result.fail("the ReduceMean drops the reduced dim (keepdims=0)")
         if not is_float32(x) or not is_exactly(two, 2.0):
             return result.fail("needs float32 x and a square (Pow with exactly 2)")
         if self._inverse == "one_div" and not (is_exactly(one, 1.0) and fits_into(one, x)):
@@ -55,7 +57,7 @@ class RMSNormFusion(pattern.RewriteRuleClassBase):
         self._eps = scalar(eps)
         return result
 
-    def rewrite(self, op, x, two, axes, eps, scale=None, one=None):
+    def rewrite(self, op, x, two, axes, eps, mean, scale=None, one=None):
         scale = op.Constant(value=ir.tensor(self._scale)) if scale is None else as_row(op, scale, self._scale)
         return op.RMSNorm(x, scale, _domain=D, axis=-1, epsilon=self._eps)
 

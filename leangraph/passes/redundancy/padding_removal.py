@@ -97,6 +97,8 @@ class _Plan:
     padded_attention: int = 0
     """Attention nodes over [batch, heads, seq, size] left padded between unpack and pack (rotary
     embeddings or grouped KV heads sit between the head split and attention: no MultiHeadAttention)."""
+    assumed: list[str] = dataclasses.field(default_factory=list)
+    """Readers of unpacked values that are exact for right- (or left-) padded batches only."""
 
     @property
     def summary(self) -> str:
@@ -107,7 +109,8 @@ class _Plan:
         return (f"packed by '{self.mask.name}': {len(self.region)} nodes on valid tokens only, "
                 f"{', '.join(attention)}, {len(self.packed_inputs)} values packed, "
                 f"{len(self.exits)} unpacked" + (f", padded positions of {[v.name for v in self.zeroed_outputs]} "
-                                                  "zeroed" if self.zeroed_outputs else ""))
+                                                  "zeroed" if self.zeroed_outputs else "")
+                + "".join(f"; {a}" for a in self.assumed))
 
 
 def _plan(model: ir.Model, padded_outputs: str) -> _Plan | str:
@@ -225,41 +228,69 @@ def _plan(model: ir.Model, padded_outputs: str) -> _Plan | str:
                     region.add(consumer)
                     work.append(consumer)
 
-    in_order = [node for node in graph if node in region]  # a set's order would vary from run to run
-    packed_inputs: list[ir.Value] = []
-    for node in in_order:
-        mha_mask = node.inputs[3] if node in attention else None
-        for value in node.inputs:
-            if (value is not None and value is not mha_mask and token_layout(value)
-                    and value.producer() not in region and value not in packed_inputs):
-                packed_inputs.append(value)
     graph_outputs = set(graph.outputs)
-    exits, zeroed, into_islands = [], [], []
-    for node in in_order:
-        for value in node.outputs:
-            outside = [c for c in value.consumers() if c not in region]
-            if not outside and value not in graph_outputs:
-                continue
-            if not token_layout(value, full_batch=True):
-                return f"skipped: '{value.name}' leaves the token-wise region with shape {value.shape}"
-            shape_only = value not in graph_outputs and all(_value_blind(c) for c in outside)
-            if value not in graph_outputs and any(c in island for c in outside) and all(
-                    c in island or _value_blind(c) for c in outside):
-                into_islands.append(value)
-            elif not shape_only and not _zero_where_padded(model, value, mask):
-                if outside or padded_outputs != "zero":
-                    readers = ", ".join(f"'{c.name}' ({c.op_type})" for c in outside) or "the graph output"
-                    return (f"skipped: '{value.name}' holds padded positions and is read by {readers}; "
-                            + ("its padded positions are not known to be unused"
-                               if outside else "use remove_padding_pass(padded_outputs='zero') to zero them"))
-                zeroed.append(value)
-            exits.append(value)
+
+    def boundary() -> tuple | str | ir.Node:
+        """The region's packed inputs and exits (and what the exits need); a skip reason; or the
+        node to leave out of the region because its result holds something else than the model's
+        values at padded positions that its readers depend on (masked max pooling's -1e9)."""
+        in_order = [node for node in graph if node in region]  # a set's order would vary from run to run
+        packed_inputs: list[ir.Value] = []
+        for node in in_order:
+            mha_mask = node.inputs[3] if node in attention else None
+            for value in node.inputs:
+                if (value is not None and value is not mha_mask and token_layout(value)
+                        and value.producer() not in region and value not in packed_inputs):
+                    packed_inputs.append(value)
+        exits, zeroed, into_islands, assumed = [], [], [], []
+        for node in in_order:
+            for value in node.outputs:
+                outside = [c for c in value.consumers() if c not in region]
+                is_output = value in graph_outputs
+                if not outside and not is_output:
+                    continue
+                if not token_layout(value, full_batch=True):
+                    return f"skipped: '{value.name}' leaves the token-wise region with shape {value.shape}"
+                exits.append(value)
+                if any(c in island for c in outside):
+                    into_islands.append(value)  # probed with the island below
+                readers = [c for c in outside if c not in island and not _value_blind(c)]
+                if not (readers or is_output) or _zero_where_padded(model, value, mask):
+                    continue
+                if readers:  # pooling reads some positions only (CLS, last token) or masks the rest (max)
+                    names = ", ".join(f"'{c.name}' ({c.op_type})" for c in readers)
+                    padding = _readers_ignore_padded_positions(model, value, readers, mask)
+                    if padding is None:
+                        if node not in attention and node.domain in ("", "ai.onnx") and not is_output:
+                            return node
+                        return (f"skipped: '{value.name}' holds padded positions and is read by {names}; its "
+                                "padded positions are not known to be unused (what its readers compute changes "
+                                "with them)")
+                    if padding != "any":
+                        assumed.append(f"{names} read positions of '{value.name}' that only {padding}-padded "
+                                       "batches keep valid (exact for those; the original reads padded tokens "
+                                       "otherwise)")
+                if is_output:
+                    if padded_outputs != "zero":
+                        return (f"skipped: '{value.name}' holds padded positions and is the graph output; "
+                                "use remove_padding_pass(padded_outputs='zero') to zero them")
+                    zeroed.append(value)
+        return packed_inputs, exits, zeroed, into_islands, assumed
+
+    for _ in range(_MAX_LEFT_OUT + 1):
+        found = boundary()
+        if not isinstance(found, ir.Node):
+            break
+        region.discard(found)  # its inputs leave the region instead, read by it
+    if isinstance(found, (str, ir.Node)):
+        return found if isinstance(found, str) else f"skipped: '{found.name}' and its neighbours read padded positions"
+    packed_inputs, exits, zeroed, into_islands, assumed = found
     if island:
         island_outputs = [v for v in packed_inputs if v.producer() in island]
         unsafe = _island_reads_padded_positions(model, into_islands, island_outputs, mask)
         if unsafe:
             return f"skipped: the attention run padded between the packed layers {unsafe}"
-    return _Plan(mask, attention, region, packed_inputs, exits, zeroed, len(head_layout))
+    return _Plan(mask, attention, region, packed_inputs, exits, zeroed, len(head_layout), assumed)
 
 
 def _value_blind(node: ir.Node) -> bool:
@@ -301,8 +332,8 @@ def _island_reads_padded_positions(model: ir.Model, entries: list[ir.Value], out
 
     if not outputs:
         return "(it gives nothing back to them)"
-    reachable = set(_ancestor_inputs(*outputs))
-    sources = [v for v in model.graph.inputs if v in reachable]
+    reachable = _ancestor_inputs(*outputs, stop=[mask, *entries])
+    sources = [v for v in reachable if v.is_graph_input() or v is mask]
     if any(rank_of(v) != 2 for v in sources if v is not mask) or any(
             v.shape is None or not all(isinstance(d, int) for d in v.shape[2:]) for v in entries):
         return "(its inputs have shapes the probe cannot make up)"
@@ -326,6 +357,82 @@ def _island_reads_padded_positions(model: ir.Model, entries: list[ir.Value], out
             if not np.array_equal(a[valid], b[valid]):
                 return f"(its output '{value.name}' at valid positions depends on padded ones)"
     return None
+
+
+_MAX_LEFT_OUT = 8
+"""How many token-wise nodes at the region's edge may be left out (run padded, after unpacking)
+because their readers depend on what they hold at padded positions."""
+
+_READER_DEPTH = 4
+"""How many nodes past a reader the probe follows a result that still holds padded positions
+(a Transpose or Reshape before the pooling Gather)."""
+
+
+def _readers_ignore_padded_positions(model: ir.Model, value: ir.Value, readers: list[ir.Node],
+                                     mask: ir.Value) -> str | None:
+    """Whether what ``readers`` compute from ``value`` is the same whatever ``value`` holds at padded
+    positions (the unpacked value holds zeros there): "any" for every padding, "right" or "left" when
+    so only for right- or left-padded batches (CLS pooling reads position 0, last-token pooling
+    ``[:, -1]``), None when not (or when it cannot be probed).
+
+    Probed as the attention islands are: the readers (and up to _READER_DEPTH nodes after them,
+    while a result still depends on the padded positions) run twice on probe masks with values
+    that differ only at padded positions. Masked max pooling (padded positions set to -1e9) is
+    "any"; a sum over all positions is None."""
+    from leangraph.backends.reference import ReferenceExecutable
+
+    if value.shape is None or not all(isinstance(d, int) for d in value.shape[2:]):
+        return None
+    rng = np.random.default_rng(3)
+    random_holes = list(_probe_masks(rng))
+    holes = [np.array(rows, dtype=bool) for rows in (([1, 1, 1, 1, 1], [1, 0, 0, 1, 1], [0, 1, 1, 0, 1]),
+                                                     ([1, 0, 1, 0, 1, 0, 1], [0, 0, 1, 1, 1, 0, 1]))]
+    right = [np.arange(seq)[None, :] < np.array(lengths)[:, None] for seq, lengths in _LENGTHS]
+    left = [np.arange(seq)[None, :] >= seq - np.array(lengths)[:, None] for seq, lengths in _LENGTHS]
+    by_padding = {"any": [*random_holes, *holes, *right, *left], "right": right, "left": left}
+    frontier = [out for node in readers for out in node.outputs if out is not None]
+    for _ in range(_READER_DEPTH):
+        sources = [v for v in _ancestor_inputs(*frontier, stop=[mask, value]) if v is not value]
+        if any(v is not mask and (rank_of(v) != 2 or v.dtype is None) for v in sources):
+            return None
+        try:
+            graph = ir.convenience.extract(model.graph, [*sources, value], frontier)
+            run = ReferenceExecutable(ir.Model(graph, ir_version=model.ir_version))
+        except Exception:  # a subgraph the probe cannot cut out: not something we can vouch for
+            return None
+        dependent = {}
+        for padding, probes in by_padding.items():
+            dependent[padding] = set()
+            for probe in probes:
+                feeds = [probe.astype(v.dtype.numpy()) if v is mask else np.zeros(probe.shape, v.dtype.numpy())
+                         for v in sources]
+                first = rng.standard_normal((*probe.shape, *value.shape[2:])).astype(value.dtype.numpy())
+                valid = probe.reshape(probe.shape + (1,) * (first.ndim - 2)) != 0
+                second = np.where(valid, first, 1e3 * rng.standard_normal(first.shape)).astype(first.dtype)
+                try:
+                    one, two = run([*feeds, first]), run([*feeds, second])
+                except Exception:
+                    return None
+                dependent[padding] |= {i for i, (a, b) in enumerate(zip(one, two)) if not _same(a, b)}
+            if not dependent[padding]:
+                return padding
+        # follow the results that still depend on padded positions one node further
+        still = {frontier[i] for i in set.intersection(*dependent.values())}
+        if any(v.is_graph_output() or not v.consumers() for v in still):
+            return None
+        frontier = [v for v in frontier if v not in still] + [
+            out for v in still for consumer in v.consumers() for out in consumer.outputs if out is not None]
+        frontier = list(dict.fromkeys(frontier))
+    return None
+
+
+_LENGTHS = ((5, (5, 3, 1)), (7, (4, 7)))
+"""Sequence lengths of the right- and left-padded probe masks."""
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
 
 
 def _rewrite(model: ir.Model, plan: _Plan) -> None:
@@ -387,29 +494,48 @@ def _rewrite(model: ir.Model, plan: _Plan) -> None:
 
 # --- which graph input is the padding mask, by probing ---------------------------------------
 
-def _ancestor_inputs(*values: ir.Value) -> list[ir.Value]:
-    """The graph inputs the values are computed from (one walk for all of them)."""
+def _ancestor_inputs(*values: ir.Value, stop: Iterable[ir.Value] = ()) -> list[ir.Value]:
+    """The graph inputs the values are computed from (one walk for all of them); a value in
+    ``stop`` (a padding mask computed inside the graph) counts as an input and is not walked through."""
+    stop_ids = {id(v) for v in stop}
     seen, stack, found = set(), list(values), []
     while stack:
         v = stack.pop()
         if v is None or id(v) in seen:
             continue
         seen.add(id(v))
-        if v.is_graph_input():
+        if v.is_graph_input() or id(v) in stop_ids:
             found.append(v)
+            continue
         producer = v.producer()
         if producer is not None:
             stack.extend(producer.inputs)
     return found
 
 
+def _ancestor_values(value: ir.Value) -> set[ir.Value]:
+    """Every value ``value`` is computed from, itself included."""
+    seen, stack = set(), [value]
+    while stack:
+        v = stack.pop()
+        if v is None or v in seen:
+            continue
+        seen.add(v)
+        if v.producer() is not None:
+            stack.extend(v.producer().inputs)
+    return seen
+
+
 def _probe_masks(rng: np.random.Generator) -> Iterable[np.ndarray]:
-    """Padding masks of a few shapes: an all-valid row, right padding, random holes."""
+    """Padding masks of a few shapes: an all-valid row, right padding, random holes (and, at batch
+    3, a row padded at both ends: reads of the first or last position are seen to depend on padding)."""
     for batch, seq in ((3, 5), (2, 7)):
         for _ in range(2):
             mask = (rng.random((batch, seq)) < 0.7).astype(np.int64)
             mask[0] = 1
             mask[-1] = np.arange(seq) < seq // 2
+            if batch > 2:
+                mask[1, [0, -1]], mask[1, 1] = 0, 1
             yield mask
 
 
@@ -441,23 +567,35 @@ def _padding_mask_of(model: ir.Model, node: ir.Node) -> tuple[ir.Value, bool] | 
                 query.shape[0] == key.shape[0] == value.shape[0] and query.shape[2] == key.shape[2] == value.shape[2]):
             return "not self-attention over [batch, heads, seq, size] inputs"
         batch, seq = query.shape[0], query.shape[2]
-    inputs = _ancestor_inputs(attention_mask)
-    candidates = [v for v in inputs if rank_of(v) == 2 and v.shape[0] == batch and v.shape[1] == seq
-                  and v.dtype in (ir.DataType.INT64, ir.DataType.INT32, ir.DataType.BOOL, ir.DataType.FLOAT)]
+    graph_inputs = _ancestor_inputs(attention_mask)
+
+    def mask_like(v: ir.Value) -> bool:
+        return (rank_of(v) == 2 and v.shape[0] == batch and v.shape[1] == seq
+                and v.dtype in (ir.DataType.INT64, ir.DataType.INT32, ir.DataType.BOOL, ir.DataType.FLOAT))
+
+    # A padding mask is a graph input, or computed from one ([batch, seq] values such as
+    # `input_ids != pad_id`, tried in graph order after the inputs).
+    candidates = [v for v in graph_inputs if mask_like(v)]
+    computed_in_graph = _ancestor_values(attention_mask)
+    candidates += [
+        out for node in model.graph for out in node.outputs if out in computed_in_graph and mask_like(out)]
     if not candidates:
-        return f"its mask is computed from {[v.name for v in inputs]}, none of them a [batch, seq] input"
+        return f"its mask is computed from {[v.name for v in graph_inputs]}, none of them a [batch, seq] input"
     probes = list(_probe_masks(np.random.default_rng(0)))
     for mask in candidates:  # the others (e.g. input_ids read for its shape) get zeros
+        inputs = _ancestor_inputs(attention_mask, stop=[mask])
         verdicts = _verdicts(model, inputs, attention_mask, mask, probes)
         if len(verdicts) == 1 and None not in verdicts:
             return mask, verdicts.pop()
     right_padded = [(np.arange(seq)[None, :] < np.array(lengths)[:, None]).astype(np.int64)
-                    for seq, lengths in ((5, (5, 3, 1)), (7, (4, 7)))]
+                    for seq, lengths in _LENGTHS]
     for mask in candidates:
-        if None not in _verdicts(model, inputs, attention_mask, mask, right_padded):
+        if None not in _verdicts(model, _ancestor_inputs(attention_mask, stop=[mask]), attention_mask, mask,
+                                 right_padded):
             return (f"its mask (from '{mask.name}') hides keys by position (sequence lengths, as ONNX Runtime's "
                     "Attention mask_index does), not by the padding mask: the same only for right-padded inputs")
-    return f"its mask (from {[v.name for v in candidates]}) does not hide exactly the padded keys"
+    names = [v.name for v in candidates[:4]] + (["..."] if len(candidates) > 4 else [])
+    return f"its mask (from {names}) does not hide exactly the padded keys"
 
 
 def _verdicts(model: ir.Model, inputs: list[ir.Value], attention_mask: ir.Value, mask: ir.Value,
@@ -505,7 +643,7 @@ def _zero_where_padded(model: ir.Model, value: ir.Value, mask: ir.Value) -> bool
     if producer is None or producer.op_type != "Mul" or producer.domain not in ("", "ai.onnx"):
         return False
     for factor in producer.inputs:
-        inputs = _ancestor_inputs(factor)
+        inputs = _ancestor_inputs(factor, stop=[mask]) if factor is not None else []
         if factor is None or mask not in inputs or rank_of(factor) is None:
             continue
         probes = list(_probe_masks(np.random.default_rng(1)))
