@@ -96,7 +96,8 @@ padded), backend `onnxruntime`, the default pass pipeline. torch {torch}, transf
 Capture paths: **module**: `leangraph.optimize(module, ...)` (torch.onnx dynamo capture inside);
 **torchscript**: `torch.onnx.export(..., dynamo=False, opset_version=17, dynamic_axes=...)`, the
 file optimized; **dynamo**: `torch.onnx.export(..., dynamo=True, dynamic_shapes=...)`, the file
-optimized; **optimum**: optimum's exporter, where optimum is installed beside torch.
+optimized; **optimum**: optimum's exporter, where it runs beside this venv (optimum's own export
+calls `torch.onnx.export(dynamo=False)`: the torchscript column's path).
 
 Legend: {legend}; PAD0 = padding removal applies with
 `remove_padding_pass(padded_outputs='zero')` (decoders: their output, the last hidden state, holds

@@ -209,9 +209,21 @@ def cell_id(arch: str, attention: str, capture: str) -> str:
     return f"{arch}-{attention}-{capture}"
 
 
+OPTIMUM_BLOCKED = (
+    "not run: optimum's ONNX exporter (optimum-onnx, newest 0.1.0) requires transformers<4.58 and does not "
+    "import beside this venv's transformers 5.23 (ImportError: get_parameter_dtype from "
+    "transformers.modeling_utils); optimum 2.x itself no longer exports"
+)
+
+
 def _skip_reason(capture: str) -> str:
-    if capture == "optimum" and importlib.util.find_spec("optimum") is None:
-        return "not run: optimum not installed"
+    if capture == "optimum":
+        if importlib.util.find_spec("optimum") is None:
+            return OPTIMUM_BLOCKED
+        try:
+            from optimum.exporters.onnx import main_export  # noqa: F401
+        except Exception as exc:  # installed, but not the exporter (or not for this transformers)
+            return f"not run: optimum is installed but its ONNX exporter does not import: {exc}"
     return ""
 
 
@@ -264,7 +276,8 @@ def _export(arch: Arch, module: torch.nn.Module, args: tuple, capture: str, work
 def _export_optimum(arch: Arch, module: torch.nn.Module, args: tuple, workdir: str) -> str:
     """optimum exports the bare transformers model with inputs of its own choosing (token_type_ids
     for BERT, no pooling); the cell needs its own inputs and reference before it can be compared.
-    Not written yet: optimum does not install beside torch 2.13 in this venv, so it could not be tried."""
+    Not written yet: optimum's exporter does not run beside this venv's transformers (OPTIMUM_BLOCKED),
+    so it could not be tried."""
     raise NotImplementedError(
         "optimum is installed, but the optimum cell is not written yet "
         "(tests/coverage/matrix.py: _export_optimum)"

@@ -6,10 +6,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 
 from leangraph.backends.reference import ReferenceExecutable
-from tests.passes._build import model_from_text, run_pass
+from tests.passes._build import model_from_text, ops, run_pass
 
 HEADER = '<ir_version: 10, opset_import: ["" : 20]>\n'
 rng = np.random.default_rng(0)
@@ -475,3 +476,46 @@ def test_attention_not_fused_when_the_mask_raises_the_scores_rank():
     inputs.append(g.standard_normal((3, 2, 5, 5)).astype(np.float32))
     _, record = run_pass("fuse_attention", model_from_text(text), inputs)
     assert not record.fired, record.fired
+
+
+_ONNX_ATTENTION = {
+    # name: (inputs, attributes, extra inputs after q, k, v, the op it becomes (None: left alone))
+    "plain": ("float[2,4,5,8] q, float[2,4,6,8] k, float[2,4,6,8] v", "", "", "Attention"),
+    "causal_bool_mask": ("float[2,4,5,8] q, float[2,4,5,8] k, float[2,4,5,8] v, bool[2,1,5,5] m",
+                         "<is_causal=1>", ", m", "Attention"),
+    "float_mask_scaled": ("float[2,4,5,8] q, float[2,4,6,8] k, float[2,4,6,8] v, float[2,1,1,6] m",
+                          "<scale=0.3>", ", m", "Attention"),
+    "grouped_kv_heads": ("float[2,4,5,8] q, float[2,2,5,8] k, float[2,2,5,8] v, bool[2,1,1,5] m", "", ", m",
+                         "Attention"),
+    "three_d": ("float[2,5,32] q, float[2,6,32] k, float[2,6,32] v, float[2,1,5,6] m",
+                "<q_num_heads=4, kv_num_heads=4>", ", m", "MultiHeadAttention"),
+    "softcap": ("float[2,4,5,8] q, float[2,4,6,8] k, float[2,4,6,8] v", "<softcap=2.0>", "", None),
+    "short_mask": ("float[2,4,5,8] q, float[2,4,6,8] k, float[2,4,6,8] v, float[2,1,5,4] m", "", ", m", None),
+    "kv_cache": ("float[2,4,5,8] q, float[2,4,5,8] k, float[2,4,5,8] v, float[2,4,3,8] pk, float[2,4,3,8] pv",
+                 "", ", , pk, pv", None),
+}
+
+
+@pytest.mark.parametrize("case", list(_ONNX_ATTENTION))
+def test_onnx_attention_becomes_ours_where_it_has_no_cache(case):
+    inputs, attrs, extra, becomes = _ONNX_ATTENTION[case]
+    out = "float[2,5,32] y" if case == "three_d" else "float[2,4,5,8] y"
+    header = HEADER.replace('opset_import: ["" : 20', 'opset_import: ["" : 23')
+    text = header + f"g ({inputs}) => ({out}) {{ y = Attention{attrs}(q, k, v{extra}) }}"
+    model = model_from_text(text)
+    rng = np.random.default_rng(4)
+    feeds = []
+    for value in model.graph.inputs:
+        shape = [d for d in value.shape]
+        feeds.append(rng.random(shape) < 0.7 if value.dtype == ir.DataType.BOOL else
+                     rng.standard_normal(shape).astype(np.float32))
+    if case == "causal_bool_mask":
+        feeds[3][1, 0, 2] = False  # a query row that sees no key: ONNX gives zeros
+        feeds[3][1, 0, 2, 3:] = True  # (only later keys visible, which causal hides)
+    model, record = run_pass("fuse_attention", model, feeds)
+    if becomes is None:
+        assert not record.fired, record.fired
+        assert "Attention" in ops(model)
+        return
+    assert record.fired == {"onnx_attention": 1} and record.verified, record.fired
+    assert [n.op_type for n in model.graph if n.domain == "leangraph"] == [becomes]

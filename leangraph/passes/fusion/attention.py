@@ -22,6 +22,13 @@ and v and merged back by ``Reshape(Transpose(out, [0, 2, 1, 3]), [0, 0, -1])``, 
 fold into ``leangraph::MultiHeadAttention(x_q, x_k, x_v, mask, num_heads=H)`` (rule
 ``attention_heads``).
 
+ONNX's own Attention (opset 23 on) becomes leangraph::Attention (4-D inputs; grouped KV heads are
+repeated, as ONNX does, with Unsqueeze/Expand/Reshape) or leangraph::MultiHeadAttention (3-D inputs
+with ``q_num_heads`` = ``kv_num_heads``) where it has no KV cache inputs, its other outputs are
+unused, no softcap or sliding window, float32 with the softmax in float32, and a mask as long as
+the keys (ONNX pads a shorter one with -inf); fully masked rows give 0 in ONNX, ``zero_nan_rows`` = 1
+(rule ``onnx_attention``). Exact up to round-off (ONNX scales q and k by sqrt(scale) each).
+
 ``k^T`` must be a Transpose (the algebraic pass turns the exporter's Reshape/Transpose/Reshape
 chain into one, often merged with the head-split Transpose): ``k`` is then the same input under the
 permutation with its last two entries swapped, which the rewrite emits unless it is the identity.
@@ -42,7 +49,7 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 from leangraph.passes.base import RulePass
-from leangraph.passes.fusion._checks import fits_into, rank, scalar
+from leangraph.passes.fusion._checks import fits_into, is_float32, rank, scalar
 
 D = "leangraph"
 
@@ -210,6 +217,74 @@ class HeadsFusion(pattern.RewriteRuleClassBase):
         return op.MultiHeadAttention(*inputs, _domain=D, **self._attrs)
 
 
+class FromOnnxAttention(pattern.RewriteRuleClassBase):
+    """ONNX's Attention (opset 23 on) without a KV cache -> leangraph::Attention or MultiHeadAttention."""
+
+    def pattern(self, op, q, k, v):
+        return op.Attention(q, k, v, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["y"])
+
+    def check(self, context, q, k, v, y):
+        result = pattern.MatchResult()
+        node = y.producer()
+        extra = list(node.inputs[3:])
+        self._mask = extra[0] if extra else None
+        if any(x is not None for x in extra[1:]):
+            return result.fail("it has KV cache inputs (past_key/past_value) or nonpad_kv_seqlen")
+        if any(out is not None and out.uses() for out in node.outputs[1:]):
+            return result.fail("its present_key/present_value or qk_matmul output is used")
+        attrs = node.attributes
+        if attrs.get_float("softcap", 0.0) != 0.0:
+            return result.fail("softcap is set")
+        if attrs.get_int("left_window_size", -1) != -1 or attrs.get_int("right_window_size", -1) != -1:
+            return result.fail("it has a sliding window")
+        if not all(is_float32(x) for x in (q, k, v)) or attrs.get_int("softmax_precision", 1) != ir.DataType.FLOAT:
+            return result.fail("only float32 attention with its softmax in float32")
+        mask = self._mask
+        if mask is not None:
+            keys = k.shape[-2] if rank(k) == 4 else k.shape[1] if rank(k) == 3 else None
+            if mask.dtype not in (ir.DataType.BOOL, ir.DataType.FLOAT):
+                return result.fail("its mask is neither boolean nor float")
+            if mask.shape is None or keys is None or mask.shape[-1] != keys:
+                return result.fail("its mask is not known to be as long as the keys (ONNX pads a shorter one "
+                                   "with -inf)")
+        self._attrs = {"scale": attrs.get_float("scale", 0.0), "causal": attrs.get_int("is_causal", 0),
+                       "zero_nan_rows": 1}  # ONNX: a fully masked row gives 0
+        self._repeat = 0
+        ranks = {rank(q), rank(k), rank(v)}
+        if ranks == {4}:
+            q_heads, kv_heads = q.shape[1], k.shape[1]
+            if kv_heads != v.shape[1]:
+                return result.fail("k and v have different numbers of heads")
+            if q_heads != kv_heads:
+                if not (isinstance(q_heads, int) and isinstance(kv_heads, int) and q_heads % kv_heads == 0
+                        and isinstance(k.shape[3], int) and isinstance(v.shape[3], int)):
+                    return result.fail("q's heads are not a static multiple of k's and v's")
+                self._repeat, self._q_heads = q_heads // kv_heads, q_heads
+            self._op = "Attention"
+        elif ranks == {3}:
+            heads = attrs.get_int("q_num_heads", 0)
+            if not heads or heads != attrs.get_int("kv_num_heads", 0):
+                return result.fail("3-D inputs with grouped KV heads (q_num_heads != kv_num_heads)")
+            self._attrs["num_heads"] = heads
+            self._op = "MultiHeadAttention"
+        else:
+            return result.fail("q, k and v are not all 4-D or all 3-D")
+        return result
+
+    def _repeat_heads(self, op, x):
+        """ONNX's (and HF's repeat_kv) order: each KV head repeated in place, [b, h, s, d] -> [b, h*r, s, d]."""
+        copies = op.Constant(value=ir.tensor(np.array([1, 1, self._repeat, 1, 1], dtype=np.int64)))
+        target = op.Constant(value=ir.tensor(np.array([0, self._q_heads, -1, x.shape[3]], dtype=np.int64)))
+        axis = op.Constant(value=ir.tensor(np.array([2], dtype=np.int64)))
+        return op.Reshape(op.Expand(op.Unsqueeze(x, axis), copies), target)
+
+    def rewrite(self, op, q, k, v, y):
+        if self._repeat:
+            k, v = self._repeat_heads(op, k), self._repeat_heads(op, v)
+        inputs = [q, k, v] + ([self._mask] if self._mask is not None else [])
+        return getattr(op, self._op)(*inputs, _domain=D, **self._attrs)
+
+
 def _rules():
     for style, mask, guarded in itertools.product(("split", "mul", "div", "none"), ("add", "where", None),
                                                   (True, False)):
@@ -224,6 +299,7 @@ def _rules():
 
 FUSE_ATTENTION = RulePass(
     "fuse_attention",
-    [*_rules(), HeadsFusion.rule("attention_heads_masked", True), HeadsFusion.rule("attention_heads", False)],
+    [*_rules(), FromOnnxAttention.rule(name="onnx_attention"), HeadsFusion.rule("attention_heads_masked", True),
+     HeadsFusion.rule("attention_heads", False)],
     __doc__,
 ).as_pass()
