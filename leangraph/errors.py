@@ -54,6 +54,13 @@ class ExecutionError(LeanGraphError):
     exit_code = 6
 
 
+class VerificationError(LeanGraphError):
+    """A rewrite leangraph cannot undo (one that changes the graph's signature, as KV-cache
+    introduction does) computes something else than the graph it came from."""
+
+    exit_code = 8
+
+
 class OptionError(LeanGraphError):
     """An argument of optimize() or a CLI flag has a value leangraph cannot use."""
 

@@ -26,6 +26,8 @@ from leangraph.passes import EXACT, PassManager, Report, Tolerance, resolve
 from leangraph.passes.manager import CountsInstrument, DiffInstrument, VerifyInstrument
 from leangraph.passes.verification import is_real_number
 from leangraph.runtime import CompiledModel, to_numpy
+from leangraph.runtime.generation import TextGenerator
+from leangraph.text_generation import build_generator, check_task
 
 
 def _resolve_backend(backend: Any) -> str:
@@ -149,13 +151,25 @@ def optimize(
     evaluate: Callable[[Any], float] | None = None,
     max_drop: float = 0.0,
     cache_dir: str | None = None,
-) -> CompiledModel:
+    task: str = "default",
+    cache_bytes: int | None = None,
+) -> CompiledModel | TextGenerator:
     """Capture ``model``, optimize it and compile it for ``backend``; see API.md for the contract.
+    ``task="text-generation"`` (a causal LM) returns a TextGenerator instead (text_generation.py).
 
     Every pass is verified against the reference interpreter on ``calibration`` (or
     ``example_inputs``) within ``tolerance`` (default: fp32 round-off); a pass that fails is
     reverted and the report says why.
     """
+    check_task(task)
+    if task == "text-generation":
+        if evaluate is not None or tolerance is not None or calibration is not None or passes != "default":
+            raise OptionError("task='text-generation' takes model, example_inputs, backend and cache_bytes only",
+                              hint="leave out passes, calibration, tolerance and evaluate")
+        return build_generator(model, example_inputs, backend=_resolve_backend(backend), cache_bytes=cache_bytes,
+                               optimize=optimize)
+    if cache_bytes is not None:
+        raise OptionError("cache_bytes is an option of task='text-generation'", hint="leave it out, or set the task")
     _check_options(tolerance, evaluate, max_drop)
     pipeline = resolve(passes)
     backend_name = _resolve_backend(backend)

@@ -125,7 +125,7 @@ def _plan(model: ir.Model, padded_outputs: str) -> _Plan | str:
         key = (id(node.inputs[3]) if len(node.inputs) > 3 else None,
                *(tuple(v.shape) if v is not None and v.shape is not None else None for v in node.inputs[:3]))
         if key not in verdicts:  # every layer reads the same mask value
-            verdicts[key] = _padding_mask_of(model, node)
+            verdicts[key] = padding_mask_of(model, node)
         found = verdicts[key]
         if isinstance(found, str):
             reasons.append(f"'{node.name}': {found}")
@@ -553,7 +553,7 @@ def _evaluate(model: ir.Model, inputs: list[ir.Value], output: ir.Value, mask_in
                  for v in inputs])[0] for mask in masks]
 
 
-def _padding_mask_of(model: ir.Model, node: ir.Node) -> tuple[ir.Value, bool] | str:
+def padding_mask_of(model: ir.Model, node: ir.Node) -> tuple[ir.Value, bool] | str:
     query, key, value = node.inputs[:3]
     attention_mask = node.inputs[3] if len(node.inputs) > 3 else None
     if attention_mask is None:

@@ -1,0 +1,1 @@
+"""KV reuse: KV-cache introduction (and, to come, shared-prefix attention)."""

@@ -1,0 +1,406 @@
+"""KV-cache introduction: a stateless causal decoder (``input_ids, attention_mask -> logits`` over
+the whole sequence) becomes one step graph that serves both prefill and decode.
+
+The step graph takes the new tokens ``input_ids`` [batch, new], the ``attention_mask`` of the
+whole sequence [batch, past + new] (other [batch, seq] inputs, such as position_ids, also over the
+whole sequence) and, per attention node, ``past_key_<i>`` / ``past_value_<i>`` (the keys and
+values of the ``past`` earlier positions, in the layout the attention reads: [batch, past, width]
+for leangraph::MultiHeadAttention, [batch, heads, past, size] for leangraph::Attention). It
+returns the logits of the last position only ([batch, 1, vocab]) and ``present_key_<i>`` /
+``present_value_<i>`` (past and new, to feed the next step). Prefill is the step with past = 0.
+
+How, without reading how the model computes positions or masks (every exporter spells that
+differently): the original graph still runs its position and mask arithmetic over the whole
+sequence (``input_ids`` there is the new tokens after ``past`` zeros, only read for its shape by
+that arithmetic), and the row-local part (embeddings, linear layers, norms, activations, head
+split and merge, rotary embeddings: every node whose outputs at a position depend on its inputs
+at that position only) runs on the new positions: the values entering it are sliced to positions
+``past`` on, attention masks to the new query rows; attention reads the past keys and values
+concatenated with the new ones. After the last attention only the last position is computed (the
+LM head on one row, not on the whole prompt).
+
+Where it applies: every attention node (leangraph::MultiHeadAttention or Attention, fused by
+fuse_attention) is masked by a causal + padding mask computed from one [batch, seq] input (found by
+probing, as padding removal finds it). When it does not apply, the result says why. Exact up to
+round-off; the driver verifies the step graph against the stateless one on probe prompts (prefill,
+single-token decode and a multi-token append).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+
+import numpy as np
+import onnx_ir as ir
+
+from leangraph.ir.registry import DOMAIN
+from leangraph.passes.fusion._checks import rank as rank_of
+from leangraph.passes.redundancy.padding_removal import padding_mask_of
+
+LAYOUT_KEY = "leangraph.kv_cache"
+"""Model metadata: JSON of the step graph's cache layout (``KVCacheLayout``)."""
+
+NEW, PAST, TOTAL = "new_tokens", "past", "total"
+
+_ELEMENTWISE = {
+    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Relu", "Erf", "Tanh", "Sigmoid", "Neg", "Sqrt",
+    "Exp", "Log", "Abs", "Cast", "Identity", "Softplus", "Reciprocal", "Gelu", "LeakyRelu", "Clip", "Equal",
+}
+_LAST_AXIS_OPS = {"LayerNorm", "RMSNorm", "Gelu", "MatMulBiasAct", "Softmax", "LayerNormalization"}
+_MAX = np.iinfo(np.int64).max
+
+
+@dataclasses.dataclass
+class KVCacheLayout:
+    """What the runtime needs to drive the step graph."""
+
+    tokens: str
+    """The new-tokens input."""
+    mask: str
+    """The whole-sequence padding mask input."""
+    past: list[tuple[str, str]]
+    """Per attention node: (past key input, past value input)."""
+    present: list[tuple[str, str]]
+    """Per attention node: (present key output, present value output)."""
+    seq_axis: list[int]
+    """Per attention node: the position axis of its cache tensors."""
+    logits: str
+    other_inputs: list[str] = dataclasses.field(default_factory=list)
+    """Other [batch, seq] inputs (position_ids): given over the whole sequence."""
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> KVCacheLayout:
+        data = json.loads(text)
+        data["past"] = [tuple(p) for p in data["past"]]
+        data["present"] = [tuple(p) for p in data["present"]]
+        return cls(**data)
+
+
+def introduce_kv_cache(model: ir.Model) -> KVCacheLayout | str:
+    """Rewrite ``model`` (in place) into its step graph; return its layout, or why not (then the
+    model is untouched)."""
+    graph = model.graph
+    attention = [n for n in graph if n.domain == DOMAIN and n.op_type in ("MultiHeadAttention", "Attention")]
+    if not attention:
+        return "skipped: no leangraph::MultiHeadAttention or Attention in the graph (run fuse_attention first)"
+    if len(graph.outputs) != 1:
+        return f"skipped: the decoder has {len(graph.outputs)} outputs; one (the logits) is expected"
+    mask = None
+    for node in attention:
+        if len(node.inputs) < 4 or node.inputs[3] is None:
+            return f"skipped: '{node.name}' has no mask (a causal mask built from the attention_mask is expected)"
+        if node.attributes.get_int("causal", 0):
+            return f"skipped: '{node.name}' is causal by attribute (top-left aligned); a mask is expected"
+        found = padding_mask_of(model, node)
+        if isinstance(found, str):
+            return f"skipped: '{node.name}': {found}"
+        node_mask, causal = found
+        if not causal:
+            return f"skipped: '{node.name}' is not causal: not a decoder's attention"
+        if mask is not None and node_mask is not mask:
+            return f"skipped: '{node.name}' is masked by '{node_mask.name}', another input than '{mask.name}'"
+        mask = node_mask
+    if not mask.is_graph_input():
+        return f"skipped: the padding mask '{mask.name}' is computed in the graph; an attention_mask input is expected"
+    batch, seq = mask.shape[0], mask.shape[1]
+    integer = (ir.DataType.INT64, ir.DataType.INT32)
+    token_inputs = [v for v in graph.inputs if v is not mask and rank_of(v) == 2 and v.dtype in integer
+                    and v.shape[0] == batch and v.shape[1] == seq]
+    if not token_inputs:
+        return "skipped: no [batch, seq] integer input besides the mask (input_ids is expected)"
+    tokens = next((v for v in token_inputs if v.name == "input_ids"), token_inputs[0])
+    others = [v for v in token_inputs if v is not tokens]
+
+    def seq_axes(value: ir.Value | None) -> list[int]:
+        if value is None or value.shape is None:
+            return []
+        return [i for i, d in enumerate(value.shape) if d == seq]
+
+    def token_axis(value: ir.Value | None) -> int | None:
+        axes = seq_axes(value)
+        return axes[0] if len(axes) == 1 else None
+
+    def row_local(node: ir.Node) -> bool:
+        """Whether each position of the node's outputs depends on the same position of its inputs only."""
+        if node in attention_set:
+            return True
+        outputs = [v for v in node.outputs if v is not None]
+        if not outputs or any(token_axis(v) is None for v in outputs):
+            return False
+        out_axis, out_rank = token_axis(outputs[0]), rank_of(outputs[0])
+        onnx = node.domain in ("", "ai.onnx")
+        inputs = [v for v in node.inputs if v is not None]
+        if onnx and node.op_type in _ELEMENTWISE:
+            # right-aligned broadcasting: a token input's position axis lines up with the output's;
+            # the others have size 1 (or no dim) there
+            for v in inputs:
+                axis, r = token_axis(v), rank_of(v)
+                if r is None:
+                    return False
+                aligned = out_axis - (out_rank - r)
+                if axis is not None and axis != aligned:
+                    return False
+                if axis is None and 0 <= aligned < r and v.shape[aligned] != 1:
+                    return False
+            return True
+        if onnx and node.op_type == "MatMul":
+            axis = token_axis(inputs[0])
+            return axis is not None and axis < rank_of(inputs[0]) - 1 and not seq_axes(inputs[1])
+        if onnx and node.op_type == "Gather":
+            data, indices = inputs
+            return (node.attributes.get_int("axis", 0) == 0 and not seq_axes(data)
+                    and token_axis(indices) is not None)
+        if onnx and node.op_type == "Transpose":
+            perm = node.attributes.get_ints("perm", None)
+            return perm is not None and token_axis(inputs[0]) == perm[out_axis]
+        if onnx and node.op_type == "Reshape":
+            return _regroups_around(inputs[0], outputs[0], token_axis(inputs[0]), out_axis)
+        if onnx and node.op_type in ("Split", "Concat", "Softmax"):
+            rank = rank_of(inputs[0])
+            axis = node.attributes.get_int("axis", 0 if node.op_type != "Softmax" else -1) % rank
+            return all(token_axis(v) == out_axis for v in inputs if seq_axes(v)) and axis != out_axis and all(
+                token_axis(v) is not None for v in (inputs if node.op_type == "Concat" else inputs[:1]))
+        if onnx and node.op_type == "Slice":
+            axes = inputs[3].const_value.numpy().tolist() if len(inputs) > 3 and inputs[3].const_value is not None \
+                else None
+            axis = token_axis(inputs[0])
+            return axes is not None and axis is not None and all(a % rank_of(inputs[0]) != axis for a in axes)
+        if onnx and node.op_type == "Expand":  # repeat_kv: only static dims of size 1 grow
+            source = inputs[0]
+            axis, r = token_axis(source), rank_of(source)
+            if axis is None or r is None or axis != out_axis - (out_rank - r):
+                return False
+            padded = [1] * (out_rank - r) + list(source.shape)
+            return all(d == o or (d == 1 and isinstance(o, int)) for d, o in zip(padded, outputs[0].shape))
+        if onnx and node.op_type in ("Unsqueeze", "Squeeze"):
+            return token_axis(inputs[0]) is not None
+        if node.domain == DOMAIN and node.op_type in _LAST_AXIS_OPS:
+            first = inputs[0]
+            axis = token_axis(first)
+            return (axis is not None and axis < rank_of(first) - 1 and node.attributes.get_int("axis", -1) in (-1, rank_of(first) - 1)
+                    and all(not seq_axes(v) for v in inputs[1:]))
+        return False
+
+    attention_set = set(attention)
+    # the row-local region: from the attention nodes and the token input's readers, grown both ways
+    region: set[ir.Node] = set(attention)
+    work = collections.deque(region)
+    for consumer in tokens.consumers():
+        if row_local(consumer):
+            region.add(consumer)
+            work.append(consumer)
+    while work:
+        node = work.popleft()
+        mask_input = node.inputs[3] if node in attention_set else None
+        for value in node.inputs:
+            producer = value.producer() if value is not None and value is not mask_input else None
+            if producer is not None and producer not in region and row_local(producer) and all(
+                    c in region or row_local(c) for out in producer.outputs for c in out.consumers()):
+                region.add(producer)
+                work.append(producer)
+        for value in node.outputs:
+            for consumer in value.consumers():
+                if consumer not in region and row_local(consumer):
+                    region.add(consumer)
+                    work.append(consumer)
+    logits = graph.outputs[0]
+    if logits.producer() not in region or token_axis(logits) != 1:
+        return f"skipped: the output '{logits.name}' is not computed per position from the decoder's layers"
+    # a row-local node whose result is also read by a node outside (which needs every position, as
+    # the rotary tables' position arithmetic does) stays outside too: its result enters sliced
+    shrinking = True
+    while shrinking:
+        shrinking = False
+        for node in list(region):
+            outside = [c for v in node.outputs for c in v.consumers()
+                       if c not in region and c.op_type not in ("Shape", "Size")]
+            if not outside:
+                continue
+            if node in attention_set:
+                return (f"skipped: the output of '{node.name}' is also read by '{outside[0].name}' "
+                        f"({outside[0].op_type}), which needs every position")
+            region.discard(node)
+            shrinking = True
+
+    # nodes after the last attention: they only need the last position
+    feeds_attention: set[ir.Node] = set()
+    stack = [v.producer() for node in attention for v in node.inputs if v is not None]
+    while stack:
+        node = stack.pop()
+        if node is None or node in feeds_attention:
+            continue
+        feeds_attention.add(node)
+        stack.extend(v.producer() for v in node.inputs if v is not None)
+    last_only = {n for n in region if n not in feeds_attention and n not in attention_set}
+
+    tokens_name = tokens.name
+    _rewrite(model, tokens, mask, others, attention, region, last_only, token_axis)
+    layout = KVCacheLayout(tokens=tokens_name, mask=mask.name,
+                           past=[(f"past_key_{i}", f"past_value_{i}") for i in range(len(attention))],
+                           present=[(f"present_key_{i}", f"present_value_{i}") for i in range(len(attention))],
+                           seq_axis=[1 if n.op_type == "MultiHeadAttention" else 2 for n in attention],
+                           logits=logits.name, other_inputs=[v.name for v in others])
+    model.metadata_props[LAYOUT_KEY] = layout.to_json()
+    return layout
+
+
+def _regroups_around(source: ir.Value, out: ir.Value, axis: int | None, out_axis: int) -> bool:
+    """Whether a Reshape keeps the position axis and regroups only the dims before it (static, or
+    a symbolic dim kept at its index: copied by 0) and after it (static): each position's values
+    stay that position's."""
+    if axis is None or source.shape is None or out.shape is None:
+        return False
+    before, out_before = list(source.shape[:axis]), list(out.shape[:out_axis])
+    kept = [d for i, d in enumerate(out_before) if not isinstance(d, int)]
+    if any(not isinstance(d, int) and (i >= len(before) or before[i] != d) for i, d in enumerate(out_before)):
+        return False
+    if [d for d in before if not isinstance(d, int)] != kept:
+        return False
+    if np.prod([d for d in before if isinstance(d, int)]) != np.prod([d for d in out_before if isinstance(d, int)]):
+        return False
+    after, out_after = list(source.shape[axis + 1:]), list(out.shape[out_axis + 1:])
+    return all(isinstance(d, int) for d in after + out_after) and np.prod(after) == np.prod(out_after)
+
+
+def _const(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    value = ir.Value(name=name, const_value=ir.tensor(array))
+    value.shape, value.type = ir.Shape(list(array.shape)), ir.TensorType(ir.DataType.from_numpy(array.dtype))
+    graph.register_initializer(value)
+    return value
+
+
+def _rewrite(model, tokens, mask, others, attention, region, last_only, token_axis) -> None:
+    graph = model.graph
+    batch = mask.shape[0]
+    new_dim, past_dim = ir.SymbolicDim(NEW), ir.SymbolicDim(PAST)
+    # shapes and axes before anything changes
+    axis_of = {v: token_axis(v) for node in region for v in [*node.inputs, *node.outputs] if v is not None}
+    first = next(iter(graph))
+
+    def add(node: ir.Node, before: ir.Node) -> ir.Value:
+        graph.insert_before(before, node)
+        return node.outputs[0]
+
+    # per attention node: past inputs, present outputs
+    presents = []
+    past_inputs = []
+    for index, node in enumerate(attention):
+        axis = 1 if node.op_type == "MultiHeadAttention" else 2
+        pair = []
+        for which, source in (("key", node.inputs[1]), ("value", node.inputs[2])):
+            shape = list(source.shape)
+            shape[axis] = past_dim
+            past = ir.Value(name=f"past_{which}_{index}", type=source.type, shape=ir.Shape(shape))
+            graph.inputs.append(past)
+            pair.append(past)
+        past_inputs.append((pair, axis))
+    # the past length, from the first past key
+    (first_past, _), first_axis = past_inputs[0]
+    shape_of = add(ir.Node("", "Shape", [first_past], attributes=[ir.AttrInt64("start", first_axis),
+                                                                    ir.AttrInt64("end", first_axis + 1)],
+                           name="kv_cache_past_length"), first)
+    past_len = shape_of  # [1] int64
+
+    # the new tokens input; the rest of the graph reads the whole sequence: zeros, then the new tokens
+    new_tokens = ir.Value(name=tokens.name, type=tokens.type, shape=ir.Shape([batch, new_dim]))
+    tokens.name = f"{tokens.name}_whole"
+    batch_len = add(ir.Node("", "Shape", [new_tokens], attributes=[ir.AttrInt64("start", 0), ir.AttrInt64("end", 1)],
+                            name="kv_cache_batch"), first)
+    zeros_shape = add(ir.Node("", "Concat", [batch_len, past_len], attributes=[ir.AttrInt64("axis", 0)],
+                              name="kv_cache_zeros_shape"), first)
+    zeros = add(ir.Node("", "ConstantOfShape", [zeros_shape],
+                        attributes=[ir.AttrTensor("value", ir.tensor(np.zeros(1, tokens.dtype.numpy())))],
+                        name="kv_cache_leading_zeros"), first)
+    whole = add(ir.Node("", "Concat", [zeros, new_tokens], attributes=[ir.AttrInt64("axis", 1)],
+                        name="kv_cache_whole_tokens"), first)
+    whole.shape, whole.type = ir.Shape([batch, mask.shape[1]]), tokens.type
+    position = graph.inputs.index(tokens)
+    tokens.replace_all_uses_with(whole)
+    axis_of[whole] = 1
+    graph.inputs[position] = new_tokens
+
+    end = _const(graph, "kv_cache_end", np.array([_MAX], np.int64))
+    minus_one = _const(graph, "kv_cache_minus_one", np.array([-1], np.int64))
+    sliced: dict[tuple[int, int, str], ir.Value] = {}
+
+    def rows(value: ir.Value, axis: int, start: ir.Value, tag: str, before: ir.Node) -> ir.Value:
+        key = (id(value), axis, tag)
+        if key not in sliced:
+            axes = _const(graph, f"{value.name}_{tag}_axis", np.array([axis], np.int64))
+            out = add(ir.Node("", "Slice", [value, start, end, axes], name=f"{value.name}_{tag}"), before)
+            out.type = value.type
+            if value.shape is not None:
+                dims = list(value.shape)
+                dims[axis] = new_dim if tag == "new" else 1
+                out.shape = ir.Shape(dims)
+            sliced[key] = out
+        return sliced[key]
+
+    order = list(graph)
+    for node in order:
+        if node not in region:
+            continue
+        mask_input = node.inputs[3] if node in attention else None
+        for index, value in enumerate(node.inputs):
+            if value is None:
+                continue
+            if value is mask_input:
+                rank = len(value.shape)
+                if value.shape[rank - 2] == mask.shape[1]:  # one row per query: keep the new ones
+                    node.replace_input_with(index, rows(value, rank - 2, past_len, "new", node))
+                continue
+            axis = axis_of.get(value)
+            if axis is None:
+                continue
+            producer = value.producer()
+            if producer not in region:  # entering: the new positions only
+                value_new = rows(value, axis, past_len, "new", node)
+                if node in last_only:
+                    value_new = rows(value_new, axis, minus_one, "last", node)
+                node.replace_input_with(index, value_new)
+            elif node in last_only and producer not in last_only:
+                node.replace_input_with(index, rows(value, axis, minus_one, "last", node))
+
+    for node in region:
+        # reshape and expand targets may hold the whole length (read from the inputs' shape): the
+        # dims up to the position axis are copied instead, the trailing ones are static
+        if node.domain in ("", "ai.onnx") and node.op_type == "Reshape":
+            out = node.outputs[0]
+            axis = axis_of[out]
+            target = np.array([d if isinstance(d, int) else 0 for d in out.shape[:axis]] + [-1]
+                              + list(out.shape[axis + 1:]), np.int64)
+            node.replace_input_with(1, _const(graph, f"{out.name}_kv_cache_target", target))
+            node.attributes["allowzero"] = ir.AttrInt64("allowzero", 0)
+        if node.domain in ("", "ai.onnx") and node.op_type == "Expand":
+            source, out = node.inputs[0], node.outputs[0]
+            padded = [1] * (len(out.shape) - len(source.shape)) + list(source.shape)
+            target = np.array([o if d == 1 and isinstance(o, int) else 1 for d, o in zip(padded, out.shape)], np.int64)
+            node.replace_input_with(1, _const(graph, f"{out.name}_kv_cache_target", target))
+    for node in region:
+        for value in node.outputs:
+            axis = axis_of.get(value)
+            if axis is not None and value.shape is not None:
+                dims = list(value.shape)
+                dims[axis] = 1 if node in last_only else new_dim
+                value.shape = ir.Shape(dims)
+
+    for index, node in enumerate(attention):
+        (past_key, past_value), axis = past_inputs[index]
+        for slot, past, which in ((1, past_key, "key"), (2, past_value, "value")):
+            current = node.inputs[slot]
+            present = ir.Node("", "Concat", [past, current], attributes=[ir.AttrInt64("axis", axis)],
+                              outputs=[ir.Value(name=f"present_{which}_{index}")], name=f"kv_cache_present_{which}_{index}")
+            graph.insert_before(node, present)
+            out = present.outputs[0]
+            out.type = current.type
+            dims = list(current.shape)
+            dims[axis] = ir.SymbolicDim(TOTAL)
+            out.shape = ir.Shape(dims)
+            node.replace_input_with(slot, out)
+            graph.outputs.append(out)
+    graph.sort()

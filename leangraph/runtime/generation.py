@@ -1,0 +1,433 @@
+"""Text generation on a KV-cache step graph (passes/kv_reuse/introduce_kv_cache.py).
+
+``TextGenerator.generate(prompts, ...)`` runs the requests as one batch that requests join (after
+their own prefill) and leave (at ``eos_token_id`` or ``max_new_tokens``) between decode steps:
+continuous batching. Sequences of different lengths share the step graph by left padding: the
+batch's keys and values are [batch, ..., longest, ...], a shorter sequence's leading positions
+are padding (attention_mask 0 there) and its position ids count its own tokens only, so each
+sequence computes what it computes alone.
+
+The prefix cache (``PrefixCache``) keeps the keys and values of finished requests in a radix tree
+over their tokens; a prompt that starts with a cached prefix prefills only the rest.
+
+Greedy decoding takes the argmax (the first of equal maxima, as torch does); sampling applies
+temperature, top-k and top-p (HF's order) and draws with a numpy Generator seeded per request from
+``seed`` (reproducible, independent of the batch a request runs in).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from leangraph.errors import InputMismatchError, OptionError
+
+
+@dataclasses.dataclass
+class CacheStats:
+    hits: int = 0
+    """Requests whose prompt started with a cached prefix."""
+    tokens_reused: int = 0
+    """Prompt tokens not prefilled because the cache held them."""
+    bytes_held: int = 0
+    evictions: int = 0
+    """Cached blocks dropped to stay under ``cache_bytes``."""
+
+
+class _Node:
+    __slots__ = ("tokens", "kv", "children", "parent", "refs", "last_used")
+
+    def __init__(self, tokens: tuple[int, ...], kv: list[tuple[np.ndarray, np.ndarray]] | None, parent) -> None:
+        self.tokens, self.kv, self.parent = tokens, kv, parent
+        self.children: dict[int, _Node] = {}
+        self.refs, self.last_used = 0, 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(k.nbytes + v.nbytes for k, v in self.kv) if self.kv else 0
+
+
+class PrefixCache:
+    """Radix tree over token sequences: each edge holds a run of tokens and their keys and values
+    (per layer, [1, ..., run, ...] along each layer's position axis). Lookup returns the longest
+    cached prefix of a prompt; insertion splits an edge where a new sequence diverges. Leaves not
+    in use (reference count 0) are evicted least recently used first while the bytes held exceed
+    ``capacity``."""
+
+    def __init__(self, capacity: int, axes: Sequence[int]) -> None:
+        self.capacity, self.axes = capacity, list(axes)
+        self.root = _Node((), None, None)
+        self.stats = CacheStats()
+        self._clock = 0
+        self._lock = threading.Lock()
+
+    def _tick(self) -> int:
+        self._clock += 1
+        return self._clock
+
+    def _slice(self, kv, start: int, stop: int):
+        out = []
+        for (k, v), axis in zip(kv, self.axes):
+            index = [slice(None)] * k.ndim
+            index[axis] = slice(start, stop)
+            out.append((k[tuple(index)], v[tuple(index)]))
+        return out
+
+    def _split(self, node: _Node, at: int) -> _Node:
+        """Split ``node``'s edge after ``at`` tokens; returns the upper half (the new parent)."""
+        upper = _Node(node.tokens[:at], self._slice(node.kv, 0, at), node.parent)
+        upper.refs, upper.last_used = node.refs, node.last_used
+        node.parent.children[node.tokens[0]] = upper
+        node.tokens, node.kv, node.parent = node.tokens[at:], self._slice(node.kv, at, len(node.tokens)), upper
+        upper.children[node.tokens[0]] = node
+        return upper
+
+    def lookup(self, tokens: Sequence[int]) -> tuple[list[_Node], int]:
+        """The path of nodes covering the longest cached prefix of ``tokens`` and its length (the
+        last node may be covered partly). The nodes are referenced until ``release``."""
+        with self._lock:
+            path, length, node = [], 0, self.root
+            while length < len(tokens) and tokens[length] in node.children:
+                child = node.children[tokens[length]]
+                run = child.tokens
+                common = 0
+                limit = min(len(run), len(tokens) - length)
+                while common < limit and run[common] == tokens[length + common]:
+                    common += 1
+                path.append(child)
+                length += common
+                if common < len(run):
+                    break
+                node = child
+            now = self._tick()
+            for n in path:
+                n.refs += 1
+                n.last_used = now
+            return path, length
+
+    def release(self, path: list[_Node]) -> None:
+        with self._lock:
+            for node in path:
+                node.refs -= 1
+
+    def gather(self, path: list[_Node], length: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The keys and values of the first ``length`` tokens along ``path``, per layer."""
+        pieces, covered = [], 0
+        for node in path:
+            take = min(len(node.tokens), length - covered)
+            if take <= 0:
+                break
+            pieces.append(self._slice(node.kv, 0, take))
+            covered += take
+        return [(np.concatenate([p[layer][0] for p in pieces], axis=axis),
+                 np.concatenate([p[layer][1] for p in pieces], axis=axis))
+                for layer, axis in enumerate(self.axes)]
+
+    def insert(self, tokens: Sequence[int], kv: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Cache ``tokens`` with their keys and values ([1, ..., len(tokens), ...] per layer)."""
+        tokens = tuple(int(t) for t in tokens)
+        with self._lock:
+            node, length = self.root, 0
+            while length < len(tokens):
+                child = node.children.get(tokens[length])
+                if child is None:
+                    own = self._slice(kv, length, len(tokens))
+                    own = [(np.ascontiguousarray(k), np.ascontiguousarray(v)) for k, v in own]
+                    leaf = _Node(tokens[length:], own, node)
+                    leaf.last_used = self._tick()
+                    node.children[tokens[length]] = leaf
+                    self.stats.bytes_held += leaf.nbytes
+                    break
+                common = 0
+                limit = min(len(child.tokens), len(tokens) - length)
+                while common < limit and child.tokens[common] == tokens[length + common]:
+                    common += 1
+                if common < len(child.tokens):
+                    child = self._split(child, common)
+                child.last_used = self._tick()
+                node, length = child, length + common
+            self._evict()
+
+    def _evict(self) -> None:
+        while self.stats.bytes_held > self.capacity:
+            leaves, stack = [], [self.root]
+            while stack:
+                node = stack.pop()
+                stack.extend(node.children.values())
+                if not node.children and node is not self.root and node.refs == 0:
+                    leaves.append(node)
+            if not leaves:
+                return  # everything left is in use
+            victim = min(leaves, key=lambda n: n.last_used)
+            del victim.parent.children[victim.tokens[0]]
+            self.stats.bytes_held -= victim.nbytes
+            self.stats.evictions += 1
+
+
+@dataclasses.dataclass(eq=False)
+class _Request:
+    index: int
+    prompt: list[int]
+    max_new: int
+    rng: np.random.Generator | None
+    tokens: list[int] = dataclasses.field(default_factory=list)
+    """Prompt and generated tokens whose keys and values are in ``kv``."""
+    new: list[int] = dataclasses.field(default_factory=list)
+    kv: list[tuple[np.ndarray, np.ndarray]] | None = None
+    pending: int | None = None
+    """The token generated last, whose keys and values the next step computes."""
+    done: bool = False
+
+
+class TextGenerator:
+    """What ``leangraph.optimize(model, ..., task="text-generation")`` returns (API.md)."""
+
+    def __init__(self, step, layout, *, vocab_size: int, max_positions: int | None, cache_bytes: int,
+                 kv_shapes: list[tuple[tuple[int | None, ...], tuple[int | None, ...]]], dtype: np.dtype,
+                 input_names: list[str], output_names: list[str], report: Any, max_batch: int = 16) -> None:
+        self._step, self.layout, self.report = step, layout, report
+        self.vocab_size, self.max_positions, self.max_batch = vocab_size, max_positions, max_batch
+        self._kv_shapes, self._dtype = kv_shapes, dtype
+        self._inputs, self._outputs = input_names, output_names
+        self._cache = PrefixCache(cache_bytes, layout.seq_axis)
+        self._lock = threading.Lock()
+        one_position = sum(self._kv_bytes(shape, 1) * 2 for shape, _ in kv_shapes)
+        if cache_bytes < one_position:
+            raise OptionError(f"cache_bytes={cache_bytes} cannot hold the keys and values of one position "
+                              f"({one_position} bytes)", hint="pass a larger cache_bytes, or None for the default")
+
+    def _kv_bytes(self, shape, length: int) -> int:
+        dims = [1 if d is None else d for d in shape]
+        return int(np.prod(dims)) * length * np.dtype(self._dtype).itemsize
+
+    @property
+    def cache_stats(self) -> CacheStats:
+        return dataclasses.replace(self._cache.stats)
+
+    # --- the public calls ------------------------------------------------------------------
+
+    def generate(self, prompts, max_new_tokens: int = 32, eos_token_id: int | None = None, do_sample: bool = False,
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 seed: int | None = None) -> list[list[int]]:
+        """The new tokens of each prompt (API.md)."""
+        out = None
+        for out in self._run(prompts, max_new_tokens, eos_token_id, do_sample, temperature, top_k, top_p, seed):
+            pass
+        return out if out is not None else []
+
+    def stream(self, prompts, max_new_tokens: int = 32, eos_token_id: int | None = None, do_sample: bool = False,
+               temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+               seed: int | None = None) -> Iterator[tuple[int, int]]:
+        """(prompt index, token) as each token is made."""
+        seen = None
+        for state in self._run(prompts, max_new_tokens, eos_token_id, do_sample, temperature, top_k, top_p, seed):
+            seen = seen or [0] * len(state)
+            for index, tokens in enumerate(state):
+                for token in tokens[seen[index]:]:
+                    yield index, token
+                seen[index] = len(tokens)
+
+    # --- checks -----------------------------------------------------------------------------
+
+    def _prompts(self, prompts, max_new_tokens: int) -> list[list[int]]:
+        if isinstance(prompts, np.ndarray) and prompts.ndim == 1 or (
+                isinstance(prompts, Sequence) and prompts and isinstance(prompts[0], (int, np.integer))):
+            raise InputMismatchError("prompts must be a list of token sequences, got one sequence",
+                                     hint="wrap a single prompt in a list: generate([prompt])")
+        checked = []
+        for index, prompt in enumerate(prompts):
+            array = np.asarray(prompt.detach().cpu().numpy() if hasattr(prompt, "detach") else prompt)
+            if array.ndim != 1 or array.dtype.kind not in "iu":
+                raise InputMismatchError(f"prompt {index} is not a 1-D sequence of integer token ids "
+                                         f"(shape {list(array.shape)}, dtype {array.dtype})")
+            if array.size == 0:
+                raise InputMismatchError(f"prompt {index} is empty", hint="give at least one token (e.g. BOS)")
+            if array.min() < 0 or array.max() >= self.vocab_size:
+                bad = int(array[(array < 0) | (array >= self.vocab_size)][0])
+                raise InputMismatchError(f"prompt {index} holds token id {bad}, outside the vocabulary "
+                                         f"[0, {self.vocab_size})")
+            if self.max_positions is not None and array.size + max_new_tokens > self.max_positions:
+                raise InputMismatchError(
+                    f"prompt {index} has {array.size} tokens; with max_new_tokens={max_new_tokens} that is "
+                    f"{array.size + max_new_tokens} positions, more than the model's context of "
+                    f"{self.max_positions}", hint="shorten the prompt or ask for fewer new tokens")
+            checked.append([int(t) for t in array])
+        return checked
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def _run(self, prompts, max_new_tokens, eos_token_id, do_sample, temperature, top_k, top_p, seed):
+        if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+            raise OptionError(f"max_new_tokens must be a non-negative integer, not {max_new_tokens!r}")
+        if do_sample and (temperature <= 0 or not 0 < top_p <= 1 or top_k < 0):
+            raise OptionError("sampling needs temperature > 0, 0 < top_p <= 1 and top_k >= 0")
+        prompts = self._prompts(prompts, max_new_tokens)
+        seeds = np.random.SeedSequence(seed).spawn(len(prompts)) if do_sample else [None] * len(prompts)
+        requests = [_Request(i, p, max_new_tokens, np.random.default_rng(s) if s is not None else None)
+                    for (i, p), s in zip(enumerate(prompts), seeds)]
+        sampling = (do_sample, temperature, top_k, top_p)
+        with self._lock:  # one generation at a time: concurrent callers get what serial calls give
+            waiting = collections.deque(r for r in requests if r.max_new > 0)
+            active: list[_Request] = []
+            batch = None
+            while waiting or active:
+                while waiting and len(active) < self.max_batch:  # join: prefill, then decode with the batch
+                    request = waiting.popleft()
+                    self._prefill(request, sampling, eos_token_id)
+                    if request.done:
+                        self._cache.insert(request.tokens, request.kv)
+                        request.kv = None
+                    else:
+                        active.append(request)
+                    yield [r.new for r in requests]
+                if active:
+                    batch = self._decode(batch, active, sampling, eos_token_id)
+                    yield [r.new for r in requests]
+                for request in [r for r in active if r.done]:
+                    active.remove(request)
+                    self._cache.insert(request.tokens, request.kv)
+                    request.kv = None
+            yield [r.new for r in requests]
+
+    def _empty_kv(self, batch: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        out = []
+        for (key_shape, value_shape), axis in zip(self._kv_shapes, self.layout.seq_axis):
+            arrays = []
+            for shape in (key_shape, value_shape):
+                dims = [batch if i == 0 else (0 if i == axis else d) for i, d in enumerate(shape)]
+                arrays.append(np.zeros(dims, self._dtype))
+            out.append(tuple(arrays))
+        return out
+
+    def _feeds(self, tokens: np.ndarray, mask: np.ndarray, kv) -> list[np.ndarray]:
+        positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int64)
+        named = {self.layout.tokens: tokens, self.layout.mask: mask}
+        for name in self.layout.other_inputs:
+            named[name] = positions
+        for (key, value), (k, v) in zip(self.layout.past, kv):
+            named[key], named[value] = k, v
+        return [named[name] for name in self._inputs]
+
+    def _run_step(self, tokens, mask, kv):
+        outputs = dict(zip(self._outputs, self._step(self._feeds(tokens, mask, kv))))
+        present = [(outputs[k], outputs[v]) for k, v in self.layout.present]
+        return outputs[self.layout.logits][:, -1], present
+
+    def _prefill(self, request: _Request, sampling, eos_token_id) -> None:
+        prompt = request.prompt
+        path, cached = self._cache.lookup(prompt)
+        try:
+            reuse = min(cached, len(prompt) - 1)  # at least one token is computed: its logits are needed
+            kv = self._cache.gather(path, reuse) if reuse else self._empty_kv(1)
+        finally:
+            self._cache.release(path)
+        if reuse:
+            self._cache.stats.hits += 1
+            self._cache.stats.tokens_reused += reuse
+        rest = np.asarray([prompt[reuse:]], np.int64)
+        mask = np.ones((1, len(prompt)), np.int64)
+        logits, request.kv = self._run_step(rest, mask, kv)
+        request.tokens = list(prompt)
+        self._take(request, logits[0], sampling, eos_token_id)
+
+    def _take(self, request: _Request, logits: np.ndarray, sampling, eos_token_id) -> None:
+        token = _choose(logits, request.rng, *sampling)
+        request.new.append(token)
+        request.pending = token
+        if len(request.new) >= request.max_new or (eos_token_id is not None and token == eos_token_id):
+            request.done = True
+
+    def _decode(self, batch: _Batch | None, active: list[_Request], sampling, eos_token_id) -> _Batch:
+        """One decode step for ``active``; the batch's keys and values are reused as they are while
+        its members stay (no copy of the cache per step), rebuilt (left-padded) when they change."""
+        if batch is None or batch.members != active:
+            if batch is not None:
+                batch.release()
+            batch = _Batch.of(active, self.layout.seq_axis, self._dtype)
+        mask = np.zeros((len(active), batch.width + 1), np.int64)
+        for row, pad in enumerate(batch.pads):
+            mask[row, pad:] = 1
+        tokens = np.asarray([[r.pending] for r in active], np.int64)
+        logits, batch.kv = self._run_step(tokens, mask, batch.kv)
+        batch.width += 1
+        for row, request in enumerate(active):
+            request.tokens.append(request.pending)
+            self._take(request, logits[row], sampling, eos_token_id)
+            if request.done:
+                request.kv = batch.rows(row)
+        return batch
+
+
+@dataclasses.dataclass
+class _Batch:
+    """The decode batch: its members, their keys and values ([batch, ..., width, ...] per layer,
+    member ``i``'s own positions the last ``width - pads[i]``)."""
+
+    members: list[_Request]
+    kv: list[tuple[np.ndarray, np.ndarray]]
+    pads: list[int]
+    width: int
+    axes: list[int]
+
+    @classmethod
+    def of(cls, members: list[_Request], axes: list[int], dtype) -> _Batch:
+        width = max(len(r.tokens) for r in members)
+        kv = []
+        for layer, axis in enumerate(axes):
+            pair = []
+            for which in (0, 1):
+                parts = [r.kv[layer][which] for r in members]
+                if len(parts) == 1:
+                    pair.append(parts[0])
+                    continue
+                shape = list(parts[0].shape)
+                shape[0], shape[axis] = len(parts), width
+                stacked = np.zeros(shape, dtype)
+                for row, part in enumerate(parts):
+                    index = [row] + [slice(None)] * (len(shape) - 1)
+                    index[axis] = slice(width - part.shape[axis], width)
+                    stacked[tuple(index)] = part[0]
+                pair.append(stacked)
+            kv.append(tuple(pair))
+        return cls(list(members), kv, [width - len(r.tokens) for r in members], width, list(axes))
+
+    def rows(self, row: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Member ``row``'s own keys and values ([1, ..., its length, ...] views)."""
+        own = []
+        for (k, v), axis in zip(self.kv, self.axes):
+            index = [slice(row, row + 1)] + [slice(None)] * (k.ndim - 1)
+            index[axis] = slice(self.pads[row], self.width)
+            own.append((k[tuple(index)], v[tuple(index)]))
+        return own
+
+    def release(self) -> None:
+        """Hand each continuing member its own keys and values before the batch is rebuilt."""
+        for row, request in enumerate(self.members):
+            if not request.done:
+                request.kv = self.rows(row)
+
+
+def _choose(logits: np.ndarray, rng, do_sample: bool, temperature: float, top_k: int, top_p: float) -> int:
+    logits = logits.astype(np.float64)
+    if not do_sample:
+        return int(np.argmax(logits))
+    logits = logits / temperature
+    if top_k and top_k < logits.size:
+        threshold = np.sort(logits)[-top_k]
+        logits = np.where(logits < threshold, -np.inf, logits)
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    if top_p < 1.0:
+        order = np.argsort(-probs, kind="stable")
+        cumulative = np.cumsum(probs[order])
+        keep = cumulative - probs[order] < top_p  # the smallest set whose mass reaches top_p
+        mask = np.zeros_like(probs, dtype=bool)
+        mask[order[keep]] = True
+        probs = np.where(mask, probs, 0.0)
+        probs /= probs.sum()
+    return int(rng.choice(probs.size, p=probs))

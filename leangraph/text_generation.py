@@ -1,0 +1,152 @@
+"""``optimize(model, ..., task="text-generation")``: a causal LM -> a TextGenerator.
+
+capture the stateless decoder (a HF ``*ForCausalLM`` as ``input_ids, attention_mask, position_ids
+-> logits`` with its cache off, or an ONNX decoder file) -> the default pipeline without padding
+removal (verified as everywhere) -> ``introduce_kv_cache`` -> the step graph verified against the
+stateless graph on probe prompts (a left-padded batch: prefill, single-token decode steps, a
+multi-token append) -> compiled -> runtime/generation.py's TextGenerator.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from leangraph.backends import chain_for
+from leangraph.backends.partition import compile_partitioned
+from leangraph.errors import CaptureError, OptionError, VerificationError
+from leangraph.ir import clone_model
+from leangraph.passes.kv_reuse.introduce_kv_cache import KVCacheLayout, introduce_kv_cache
+from leangraph.runtime.generation import TextGenerator
+
+CACHE_FRACTION = 0.25
+"""Default ``cache_bytes``: this fraction of the memory available when the generator is made."""
+
+_TOLERANCE = (1e-4, 1e-5)
+
+
+def _stateless(model: Any):
+    """A HF causal LM as ``(input_ids, attention_mask, position_ids) -> logits`` with its cache off."""
+    import torch
+
+    class StatelessDecoder(torch.nn.Module):
+        def __init__(self, lm: torch.nn.Module) -> None:
+            super().__init__()
+            self.lm = lm
+
+        def forward(self, input_ids, attention_mask, position_ids):
+            out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=False)
+            return out.logits if hasattr(out, "logits") else out[0]
+
+    return StatelessDecoder(model).eval()
+
+
+def _context_length(model: Any) -> int | None:
+    config = getattr(model, "config", None)
+    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
+        if isinstance(getattr(config, name, None), int):
+            return getattr(config, name)
+    return None
+
+
+def _default_cache_bytes() -> int:
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * CACHE_FRACTION)
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: 1 GiB
+        return 1 << 30
+
+
+def build_generator(model: Any, example_inputs, *, backend: str, cache_bytes: int | None, optimize) -> TextGenerator:
+    import torch
+
+    start = time.perf_counter()
+    max_positions = None
+    if isinstance(model, torch.nn.Module):
+        max_positions = _context_length(model)
+        vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+        if example_inputs is None:
+            generator = torch.Generator().manual_seed(0)
+            ids = torch.randint(0, vocab or 100, (2, 8), generator=generator)
+            example_inputs = (ids,)
+        ids = torch.as_tensor(example_inputs[0])
+        mask = torch.as_tensor(example_inputs[1]) if len(example_inputs) > 1 else torch.ones_like(ids)
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        source = _stateless(model)
+        example = (ids, mask, positions)
+        dynamic = {name: {0: "batch", 1: "seq"} for name in ("input_ids", "attention_mask", "position_ids")}
+    else:
+        source, example, dynamic = model, example_inputs, None
+    from leangraph.passes import default_pipeline
+
+    pipeline = [p for p in default_pipeline() if getattr(p, "name", "") != "remove_padding"]
+    stateless = optimize(source, example, dynamic_shapes=dynamic, backend="reference", passes=pipeline)
+    report = stateless.report
+    step = clone_model(stateless.graph)
+    layout = introduce_kv_cache(step)
+    if isinstance(layout, str):
+        raise CaptureError(f"text generation needs a KV cache, and '{report.model_name}' cannot get one: {layout}",
+                           hint="give a causal LM whose attention is masked by its attention_mask input")
+    report.notes.append(f"introduce_kv_cache: one step graph for prefill and decode, "
+                        f"{len(layout.past)} attention layers cached")
+    chain = chain_for("onnxruntime" if backend == "auto" else backend)
+    if backend == "auto":
+        report.notes.append("auto: the step graph runs on onnxruntime (backends are not raced for it yet)")
+    step_exe, _, fallbacks = compile_partitioned(step, chain)
+    stateless_exe, _, _ = compile_partitioned(stateless.graph, chain_for("onnxruntime"))
+    report.fallbacks += [f"{f.op} (node '{f.node}'): {f.wanted} -> {f.used}" for f in fallbacks]
+    logits = step.graph.outputs[0]
+    vocab_size = logits.shape[-1] if logits.shape is not None and isinstance(logits.shape[-1], int) else None
+    if vocab_size is None:
+        raise CaptureError(f"the logits of '{report.model_name}' have no static vocabulary size",
+                           hint="export the decoder with a static last dim")
+    inputs = {v.name: v for v in step.graph.inputs}
+    kv_shapes = [tuple(tuple(d if isinstance(d, int) else None for d in inputs[name].shape) for name in pair)
+                 for pair in layout.past]
+    dtype = np.dtype(inputs[layout.past[0][0]].dtype.numpy())
+    gen = TextGenerator(
+        step_exe, layout, vocab_size=vocab_size, max_positions=max_positions,
+        cache_bytes=_default_cache_bytes() if cache_bytes is None else int(cache_bytes), kv_shapes=kv_shapes,
+        dtype=dtype, input_names=[v.name for v in step.graph.inputs], output_names=[v.name for v in step.graph.outputs],
+        report=report)
+    _verify(gen, stateless_exe, [v.name for v in stateless.graph.graph.inputs], layout, vocab_size, report)
+    report.notes.append(f"generator built in {time.perf_counter() - start:.1f} s")
+    return gen
+
+
+def _verify(gen: TextGenerator, stateless, stateless_inputs: list[str], layout: KVCacheLayout, vocab: int,
+            report) -> None:
+    """The step graph against the stateless graph: a batch of 2 (the second left-padded by 2),
+    prefill 4 positions, then 1, 1 and 2 more; the last position's logits compared each time."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, vocab, (2, 8)).astype(np.int64)
+    mask = np.ones_like(ids)
+    mask[1, :2] = 0
+    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int64)
+    kv, done = gen._empty_kv(2), 0
+    for chunk in (4, 1, 1, 2):
+        end = done + chunk
+        named = {layout.mask: mask[:, :end], "position_ids": positions[:, :end]}
+        named[layout.tokens] = ids[:, :end]
+        for name in layout.other_inputs:
+            named[name] = positions[:, :end]
+        expected = stateless([named[name] for name in stateless_inputs])[0][:, -1]
+        got, kv = gen._run_step(ids[:, done:end], mask[:, :end], kv)
+        scale = float(np.abs(expected).max())
+        if not np.allclose(got, expected, rtol=_TOLERANCE[0], atol=_TOLERANCE[1] * max(1.0, scale)):
+            raise VerificationError(
+                f"the KV-cache step graph of '{report.model_name}' differs from the stateless decoder after "
+                f"{end} positions (max abs difference {float(np.abs(got - expected).max()):.3g})",
+                hint="report it with the model; generation is not safe on this graph")
+        done = end
+    report.notes.append("introduce_kv_cache: verified against the stateless decoder (prefill, decode, append; "
+                        "a left-padded batch)")
+
+
+def check_task(task: str) -> None:
+    if task not in ("default", "text-generation"):
+        raise OptionError(f"unknown task {task!r}", hint="use task='text-generation' for causal LMs, or leave it out")
