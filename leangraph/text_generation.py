@@ -61,6 +61,24 @@ def _default_cache_bytes() -> int:
         return 1 << 30
 
 
+def _probe_inputs(graph: ir.Model) -> tuple[np.ndarray, ...]:
+    """[2, 8] inputs for an ONNX decoder: token ids below its vocabulary (the logits' last dim),
+    a mask of ones, position ids counting up; by input name."""
+    logits = graph.graph.outputs[0]
+    vocab = logits.shape[-1] if logits.shape is not None and isinstance(logits.shape[-1], int) else 2
+    rng = np.random.default_rng(0)
+    inputs = []
+    for value in graph.graph.inputs:
+        dtype = value.dtype.numpy() if value.dtype is not None else np.int64
+        if "mask" in value.name:
+            inputs.append(np.ones((2, 8), dtype))
+        elif "position" in value.name:
+            inputs.append(np.tile(np.arange(8, dtype=dtype), (2, 1)))
+        else:
+            inputs.append(rng.integers(0, vocab, (2, 8)).astype(dtype))
+    return tuple(inputs)
+
+
 def build_generator(model: Any, example_inputs, *, backend: str, cache_bytes: int | None, optimize) -> TextGenerator:
     import torch
 
@@ -79,8 +97,11 @@ def build_generator(model: Any, example_inputs, *, backend: str, cache_bytes: in
         source = _stateless(model)
         example = (ids, mask, positions)
         dynamic = {name: {0: "batch", 1: "seq"} for name in ("input_ids", "attention_mask", "position_ids")}
-    else:
-        source, example, dynamic = model, example_inputs, None
+    else:  # an ONNX decoder: probe inputs made up from its signature unless given
+        from leangraph.frontend import capture
+
+        source, dynamic = capture(model), None
+        example = example_inputs if example_inputs is not None else _probe_inputs(source)
     from leangraph.passes import default_pipeline
 
     pipeline = [p for p in default_pipeline() if getattr(p, "name", "") != "remove_padding"]

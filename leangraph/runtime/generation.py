@@ -242,11 +242,11 @@ class TextGenerator:
         checked = []
         for index, prompt in enumerate(prompts):
             array = np.asarray(prompt.detach().cpu().numpy() if hasattr(prompt, "detach") else prompt)
+            if array.size == 0:
+                raise InputMismatchError(f"prompt {index} is empty", hint="give at least one token (e.g. BOS)")
             if array.ndim != 1 or array.dtype.kind not in "iu":
                 raise InputMismatchError(f"prompt {index} is not a 1-D sequence of integer token ids "
                                          f"(shape {list(array.shape)}, dtype {array.dtype})")
-            if array.size == 0:
-                raise InputMismatchError(f"prompt {index} is empty", hint="give at least one token (e.g. BOS)")
             if array.min() < 0 or array.max() >= self.vocab_size:
                 bad = int(array[(array < 0) | (array >= self.vocab_size)][0])
                 raise InputMismatchError(f"prompt {index} holds token id {bad}, outside the vocabulary "
@@ -274,7 +274,7 @@ class TextGenerator:
         with self._lock:  # one generation at a time: concurrent callers get what serial calls give
             waiting = collections.deque(r for r in requests if r.max_new > 0)
             active: list[_Request] = []
-            batch = None
+            batches: dict[tuple[int, ...], _Batch] = {}
             while waiting or active:
                 while waiting and len(active) < self.max_batch:  # join: prefill, then decode with the batch
                     request = waiting.popleft()
@@ -286,7 +286,13 @@ class TextGenerator:
                         active.append(request)
                     yield [r.new for r in requests]
                 if active:
-                    batch = self._decode(batch, active, sampling, eos_token_id)
+                    groups = self._groups(active)
+                    for key in [k for k in batches if k not in {tuple(id(r) for r in g) for g in groups}]:
+                        batches.pop(key).release()
+                    for group in groups:
+                        key = tuple(id(r) for r in group)
+                        batches[key] = self._decode(batches.get(key), group, sampling, eos_token_id)
+                    batches = {tuple(id(r) for r in b.members): b for b in batches.values()}
                     yield [r.new for r in requests]
                 for request in [r for r in active if r.done]:
                     active.remove(request)
@@ -341,6 +347,16 @@ class TextGenerator:
         request.pending = token
         if len(request.new) >= request.max_new or (eos_token_id is not None and token == eos_token_id):
             request.done = True
+
+    def _groups(self, active: list[_Request]) -> list[list[_Request]]:
+        """The decode batches: one, left-padded, where the graph takes position ids; else one per
+        length (a graph that numbers positions itself would number a padded row's tokens wrong)."""
+        if self.layout.other_inputs:
+            return [active]
+        by_length: dict[int, list[_Request]] = {}
+        for request in active:
+            by_length.setdefault(len(request.tokens), []).append(request)
+        return list(by_length.values())
 
     def _decode(self, batch: _Batch | None, active: list[_Request], sampling, eos_token_id) -> _Batch:
         """One decode step for ``active``; the batch's keys and values are reused as they are while
