@@ -4,6 +4,7 @@
     leangraph inspect MODEL [--passes P,...] [--html REPORT.html] [--diff] [--explain PASS]
     leangraph run OUT_DIR --inputs FILE.npz [--output OUT.npz] [--json]
     leangraph bench MODEL_OR_OUT_DIR [--baseline onnxruntime|torch|eager] [--inputs FILE.npz] [--rounds N]
+    leangraph generate MODEL --prompts FILE [--max-new-tokens N] [--eos-token-id ID] [--backend B] [--json]
 
 MODEL is an ``.onnx`` file or ``package.module:attribute`` naming a factory that returns
 ``(torch_module, example_inputs)`` or ``(torch_module, example_inputs, dynamic_shapes)``.
@@ -337,6 +338,44 @@ def _bench(args) -> int:
     return 0
 
 
+def _read_prompts(path: str) -> list[list[int]]:
+    """One prompt per line: token ids separated by spaces or commas; blank lines are skipped."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise OptionError(f"cannot read --prompts '{path}': {exc.strerror or exc}",
+                          hint="give a text file with one prompt of token ids per line") from None
+    prompts = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            prompts.append([int(t) for t in line.replace(",", " ").split()])
+        except ValueError:
+            raise OptionError(f"--prompts '{path}' line {number} is not token ids: {line.strip()[:60]!r}",
+                              hint="write integer token ids separated by spaces, one prompt per line") from None
+    if not prompts:
+        raise OptionError(f"--prompts '{path}' holds no prompt", hint="one prompt of token ids per line")
+    return prompts
+
+
+def _generate(args) -> int:
+    import leangraph
+
+    prompts = _read_prompts(args.prompts)
+    model, example, _ = _model_and_inputs(args)
+    gen = leangraph.optimize(model, example, task="text-generation", backend=args.backend)
+    if args.verbose:
+        print("\n".join(gen.report.notes), file=sys.stderr)
+    outputs = gen.generate(prompts, max_new_tokens=args.max_new_tokens, eos_token_id=args.eos_token_id)
+    if args.json:
+        print(json.dumps({"new_tokens": outputs, "cache_stats": vars(gen.cache_stats)}))
+    else:
+        for tokens in outputs:
+            print(" ".join(map(str, tokens)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leangraph", description="graph-optimization compiler for neural networks")
     parser.add_argument("-v", "--verbose", action="store_true", help="more detail: the pass report, tracebacks on errors")
@@ -379,6 +418,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=20)
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(run=_bench)
+
+    generate = commands.add_parser("generate", help="generate text (token ids) with a causal LM and a KV cache")
+    generate.add_argument("model", help=".onnx decoder (input_ids, attention_mask -> logits), or package.module:attribute "
+                                        "factory returning (causal LM module, example_inputs)")
+    generate.add_argument("--prompts", required=True, help="text file: one prompt of token ids per line")
+    generate.add_argument("--max-new-tokens", type=int, default=32)
+    generate.add_argument("--eos-token-id", type=int, default=None)
+    generate.add_argument("--backend", default="auto", help=f"auto (the default), {', '.join(AVAILABLE)}")
+    generate.add_argument("--json", action="store_true", help="print the new tokens and cache statistics as JSON")
+    generate.set_defaults(run=_generate, example_shapes=None)
     return parser
 
 

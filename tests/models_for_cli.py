@@ -12,3 +12,9 @@ def tiny_bert():
 
 def not_a_pair():
     return 42
+
+
+def tiny_gpt2_lm():
+    from tests.runtime.test_generation import causal_lm
+
+    return causal_lm("gpt2"), None

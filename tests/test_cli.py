@@ -170,3 +170,24 @@ def test_run_writes_exactly_the_output_path(tmp_path):
     assert (tmp_path / "out").is_file() and not (tmp_path / "out.npz").exists()  # np.savez added '.npz'
     with np.load(tmp_path / "out") as outputs:
         assert outputs["y"].shape == (2, 3)
+
+
+def test_generate_prints_the_new_tokens_of_each_prompt(tmp_path):
+    from tests.runtime.test_generation import causal_lm, hf_greedy
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("5 17 3 88\n\n1, 2, 3\n")
+    result = run_cli("generate", "tests.models_for_cli:tiny_gpt2_lm", "--prompts", str(prompts),
+                     "--max-new-tokens", "5")
+    assert result.returncode == 0, result.stderr
+    lm = causal_lm("gpt2")
+    expected = [hf_greedy(lm, [5, 17, 3, 88], 5), hf_greedy(lm, [1, 2, 3], 5)]
+    assert [list(map(int, line.split())) for line in result.stdout.splitlines()] == expected
+
+
+def test_generate_refuses_a_prompt_file_that_is_not_token_ids(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("hello world\n")
+    result = run_cli("generate", "tests.models_for_cli:tiny_gpt2_lm", "--prompts", str(prompts))
+    assert result.returncode == 2 and "line 1 is not token ids" in result.stderr
+    assert "Traceback" not in result.stderr
