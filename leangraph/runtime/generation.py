@@ -339,6 +339,8 @@ class TextGenerator:
         mask = np.ones((1, len(prompt)), np.int64)
         logits, request.kv = self._run_step(rest, mask, kv)
         request.tokens = list(prompt)
+        if reuse < len(prompt):  # the requests after this one may share its prompt: cache it now
+            self._cache.insert(request.tokens, request.kv)
         self._take(request, logits[0], sampling, eos_token_id)
 
     def _take(self, request: _Request, logits: np.ndarray, sampling, eos_token_id) -> None:

@@ -40,7 +40,9 @@ def hf_greedy(lm, prompt, n):
     return out[0, len(prompt):].tolist()
 
 
-PROMPTS = [list(np.random.default_rng(1).integers(0, 100, n)) for n in (5, 9, 3, 12)]
+_RNG = np.random.default_rng(1)
+PROMPTS = [[int(t) for t in _RNG.integers(0, 100, n)] for n in (5, 9, 3, 12)]
+SHARED = [int(t) for t in _RNG.integers(0, 100, 10)]
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +63,15 @@ def test_greedy_tokens_equal_hf_generate_with_batching_and_the_prefix_cache(name
     assert gen.generate([follow], max_new_tokens=4) == [hf_greedy(lm, follow, 4)]
     stats = gen.cache_stats
     assert stats.hits == 1 and stats.tokens_reused == len(follow) - 1 and stats.bytes_held > 0
+
+
+def test_prompts_sharing_a_prefix_in_one_call_prefill_it_once(gpt2):
+    lm, gen = gpt2
+    before = gen.cache_stats
+    prompts = [SHARED + [t] for t in (3, 4, 5)]
+    assert gen.generate(prompts, max_new_tokens=4) == [hf_greedy(lm, p, 4) for p in prompts]
+    after = gen.cache_stats
+    assert after.hits - before.hits == 2 and after.tokens_reused - before.tokens_reused == 2 * len(SHARED)
 
 
 def test_eos_stops_a_request_and_others_go_on(gpt2):
