@@ -21,6 +21,7 @@ from leangraph.backends.partition import compile_partitioned
 from leangraph.errors import CaptureError, OptionError, VerificationError
 from leangraph.ir import clone_model
 from leangraph.passes.kv_reuse.introduce_kv_cache import KVCacheLayout, introduce_kv_cache
+from leangraph.passes.kv_reuse.shared_prefix_attention import share_prefix
 from leangraph.runtime.generation import TextGenerator
 
 CACHE_FRACTION = 0.25
@@ -118,6 +119,15 @@ def build_generator(model: Any, example_inputs, *, backend: str, cache_bytes: in
     if backend == "auto":
         report.notes.append("auto: the step graph runs on onnxruntime (backends are not raced for it yet)")
     step_exe, _, fallbacks = compile_partitioned(step, chain)
+    shared_graph = clone_model(step)
+    shared_layout = share_prefix(shared_graph, layout)
+    shared_step = None
+    if isinstance(shared_layout, str):
+        report.notes.append(f"shared_prefix_attention: {shared_layout}")
+    else:
+        shared_exe, _, _ = compile_partitioned(shared_graph, chain)
+        shared_step = (shared_exe, shared_layout, [v.name for v in shared_graph.graph.inputs],
+                       [v.name for v in shared_graph.graph.outputs])
     stateless_exe, _, _ = compile_partitioned(stateless.graph, chain_for("onnxruntime"))
     report.fallbacks += [f"{f.op} (node '{f.node}'): {f.wanted} -> {f.used}" for f in fallbacks]
     logits = step.graph.outputs[0]
@@ -133,8 +143,10 @@ def build_generator(model: Any, example_inputs, *, backend: str, cache_bytes: in
         step_exe, layout, vocab_size=vocab_size, max_positions=max_positions,
         cache_bytes=_default_cache_bytes() if cache_bytes is None else int(cache_bytes), kv_shapes=kv_shapes,
         dtype=dtype, input_names=[v.name for v in step.graph.inputs], output_names=[v.name for v in step.graph.outputs],
-        report=report)
+        report=report, shared_step=shared_step)
     _verify(gen, stateless_exe, [v.name for v in stateless.graph.graph.inputs], layout, vocab_size, report)
+    if shared_step is not None:
+        _verify_shared(gen, stateless_exe, [v.name for v in stateless.graph.graph.inputs], layout, vocab_size, report)
     report.notes.append(f"generator built in {time.perf_counter() - start:.1f} s")
     return gen
 
@@ -166,6 +178,40 @@ def _verify(gen: TextGenerator, stateless, stateless_inputs: list[str], layout: 
         done = end
     report.notes.append("introduce_kv_cache: verified against the stateless decoder (prefill, decode, append; "
                         "a left-padded batch)")
+
+
+def _stateless_last(stateless, names, layout, ids, mask):
+    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int64)
+    named = {layout.mask: mask, layout.tokens: ids, "position_ids": positions}
+    for name in layout.other_inputs:
+        named[name] = positions
+    return stateless([named[name] for name in names])[0][:, -1]
+
+
+def _verify_shared(gen: TextGenerator, stateless, stateless_inputs, layout, vocab: int, report) -> None:
+    """The shared-prefix step graph: a 5-position prefix prefilled once (batch 1), then a batch of 2
+    sequences after it, the second with one position less (left-padded), decoded 2, 1 and 1 at a
+    time; the last position's logits against the stateless decoder's."""
+    rng = np.random.default_rng(1)
+    shared = rng.integers(0, vocab, 5)
+    ids = np.stack([np.concatenate([shared, rng.integers(0, vocab, 5)]) for _ in range(2)]).astype(np.int64)
+    mask = np.ones_like(ids)
+    _, prefix = gen._run_step(ids[:1, :5], mask[:1, :5], gen._empty_kv(1))
+    own = gen._empty_kv(2)
+    done = 5
+    for chunk in (2, 1, 1):
+        end = done + chunk
+        got, own = gen._run_step(ids[:, done:end], mask[:, :end], own, prefix)
+        expected = _stateless_last(stateless, stateless_inputs, layout, ids[:, :end], mask[:, :end])
+        scale = float(np.abs(expected).max())
+        if not np.allclose(got, expected, rtol=_TOLERANCE[0], atol=_TOLERANCE[1] * max(1.0, scale)):
+            raise VerificationError(
+                f"the shared-prefix step graph of '{report.model_name}' differs from the stateless decoder after "
+                f"{end} positions (max abs difference {float(np.abs(got - expected).max()):.3g})",
+                hint="report it with the model; generation is not safe on this graph")
+        done = end
+    report.notes.append("shared_prefix_attention: verified against the stateless decoder (a batch sharing a "
+                        "prefix held once)")
 
 
 def check_task(task: str) -> None:

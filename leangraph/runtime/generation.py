@@ -28,6 +28,10 @@ import numpy as np
 from leangraph.errors import InputMismatchError, OptionError
 
 
+MIN_SHARED_PREFIX = 16
+"""Shared positions from which a decode batch uses the shared-prefix graph."""
+
+
 @dataclasses.dataclass
 class CacheStats:
     hits: int = 0
@@ -37,6 +41,8 @@ class CacheStats:
     bytes_held: int = 0
     evictions: int = 0
     """Cached blocks dropped to stay under ``cache_bytes``."""
+    shared_prefix_steps: int = 0
+    """Decode steps that attended the batch's shared prefix once for the whole batch."""
 
 
 class _Node:
@@ -189,8 +195,13 @@ class TextGenerator:
 
     def __init__(self, step, layout, *, vocab_size: int, max_positions: int | None, cache_bytes: int,
                  kv_shapes: list[tuple[tuple[int | None, ...], tuple[int | None, ...]]], dtype: np.dtype,
-                 input_names: list[str], output_names: list[str], report: Any, max_batch: int = 16) -> None:
+                 input_names: list[str], output_names: list[str], report: Any, max_batch: int = 16,
+                 shared_step=None) -> None:
+        """``shared_step``: (executable, layout, input names, output names) of the step graph with
+        shared-prefix attention (passes/kv_reuse/shared_prefix_attention.py), used for decode
+        batches whose sequences share at least MIN_SHARED_PREFIX positions."""
         self._step, self.layout, self.report = step, layout, report
+        self._shared = shared_step
         self.vocab_size, self.max_positions, self.max_batch = vocab_size, max_positions, max_batch
         self._kv_shapes, self._dtype = kv_shapes, dtype
         self._inputs, self._outputs = input_names, output_names
@@ -319,8 +330,15 @@ class TextGenerator:
             named[key], named[value] = k, v
         return [named[name] for name in self._inputs]
 
-    def _run_step(self, tokens, mask, kv):
-        outputs = dict(zip(self._outputs, self._step(self._feeds(tokens, mask, kv))))
+    def _run_step(self, tokens, mask, kv, prefix=None):
+        if prefix is None:
+            outputs = dict(zip(self._outputs, self._step(self._feeds(tokens, mask, kv))))
+        else:  # the shared-prefix step graph: the same inputs, and the prefix once for the batch
+            step, layout, inputs, names = self._shared
+            named = dict(zip(self._inputs, self._feeds(tokens, mask, kv)))
+            for (key, value), (k, v) in zip(layout.prefix, prefix):
+                named[key], named[value] = k, v
+            outputs = dict(zip(names, step([named[name] for name in inputs])))
         present = [(outputs[k], outputs[v]) for k, v in self.layout.present]
         return outputs[self.layout.logits][:, -1], present
 
@@ -360,18 +378,35 @@ class TextGenerator:
             by_length.setdefault(len(request.tokens), []).append(request)
         return list(by_length.values())
 
+    def _shared_length(self, active: list[_Request]) -> int:
+        """The positions every sequence of ``active`` shares (0 when the shared-prefix graph is not
+        worth it: one sequence, or fewer than MIN_SHARED_PREFIX shared positions)."""
+        if self._shared is None or len(active) < 2:
+            return 0
+        first = np.asarray(active[0].tokens)
+        common = min(len(r.tokens) for r in active)
+        for request in active[1:]:
+            other = np.asarray(request.tokens[:common])
+            differ = np.nonzero(other != first[:common])[0]
+            common = int(differ[0]) if differ.size else common
+        return common if common >= MIN_SHARED_PREFIX else 0
+
     def _decode(self, batch: _Batch | None, active: list[_Request], sampling, eos_token_id) -> _Batch:
         """One decode step for ``active``; the batch's keys and values are reused as they are while
-        its members stay (no copy of the cache per step), rebuilt (left-padded) when they change."""
+        its members stay (no copy of the cache per step), rebuilt (left-padded) when they change.
+        A prefix all members share is held once and attended once (the shared-prefix graph)."""
         if batch is None or batch.members != active:
             if batch is not None:
                 batch.release()
-            batch = _Batch.of(active, self.layout.seq_axis, self._dtype)
-        mask = np.zeros((len(active), batch.width + 1), np.int64)
+            batch = _Batch.of(active, self.layout.seq_axis, self._dtype, self._shared_length(active))
+        mask = np.zeros((len(active), batch.prefix_length + batch.width + 1), np.int64)
+        mask[:, :batch.prefix_length] = 1
         for row, pad in enumerate(batch.pads):
-            mask[row, pad:] = 1
+            mask[row, batch.prefix_length + pad:] = 1
         tokens = np.asarray([[r.pending] for r in active], np.int64)
-        logits, batch.kv = self._run_step(tokens, mask, batch.kv)
+        logits, batch.kv = self._run_step(tokens, mask, batch.kv, batch.prefix)
+        if batch.prefix is not None:
+            self._cache.stats.shared_prefix_steps += 1
         batch.width += 1
         for row, request in enumerate(active):
             request.tokens.append(request.pending)
@@ -383,23 +418,36 @@ class TextGenerator:
 
 @dataclasses.dataclass
 class _Batch:
-    """The decode batch: its members, their keys and values ([batch, ..., width, ...] per layer,
-    member ``i``'s own positions the last ``width - pads[i]``)."""
+    """The decode batch: its members; the keys and values of the prefix they all share (batch 1,
+    ``prefix_length`` positions; None without one); their own keys and values after it
+    ([batch, ..., width, ...] per layer, member ``i``'s own positions the last ``width - pads[i]``)."""
 
     members: list[_Request]
     kv: list[tuple[np.ndarray, np.ndarray]]
     pads: list[int]
     width: int
     axes: list[int]
+    prefix: list[tuple[np.ndarray, np.ndarray]] | None = None
+    prefix_length: int = 0
+
+    @staticmethod
+    def _cut(x: np.ndarray, axis: int, start: int, stop: int | None = None) -> np.ndarray:
+        index = [slice(None)] * x.ndim
+        index[axis] = slice(start, stop)
+        return x[tuple(index)]
 
     @classmethod
-    def of(cls, members: list[_Request], axes: list[int], dtype) -> _Batch:
-        width = max(len(r.tokens) for r in members)
+    def of(cls, members: list[_Request], axes: list[int], dtype, prefix_length: int = 0) -> _Batch:
+        prefix = None
+        if prefix_length:  # held once, contiguous (the graph reads it every step)
+            prefix = [tuple(np.ascontiguousarray(cls._cut(x, axis, 0, prefix_length)) for x in pair)
+                      for pair, axis in zip(members[0].kv, axes)]
+        width = max(len(r.tokens) for r in members) - prefix_length
         kv = []
         for layer, axis in enumerate(axes):
             pair = []
             for which in (0, 1):
-                parts = [r.kv[layer][which] for r in members]
+                parts = [cls._cut(r.kv[layer][which], axis, prefix_length) for r in members]
                 if len(parts) == 1:
                     pair.append(parts[0])
                     continue
@@ -412,15 +460,23 @@ class _Batch:
                     stacked[tuple(index)] = part[0]
                 pair.append(stacked)
             kv.append(tuple(pair))
-        return cls(list(members), kv, [width - len(r.tokens) for r in members], width, list(axes))
+        pads = [width - (len(r.tokens) - prefix_length) for r in members]
+        return cls(list(members), kv, pads, width, list(axes), prefix, prefix_length)
 
     def rows(self, row: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Member ``row``'s own keys and values ([1, ..., its length, ...] views)."""
+        """Member ``row``'s own keys and values ([1, ..., its length, ...]; views, or with the
+        shared prefix in front a copy)."""
         own = []
-        for (k, v), axis in zip(self.kv, self.axes):
-            index = [slice(row, row + 1)] + [slice(None)] * (k.ndim - 1)
-            index[axis] = slice(self.pads[row], self.width)
-            own.append((k[tuple(index)], v[tuple(index)]))
+        for layer, ((k, v), axis) in enumerate(zip(self.kv, self.axes)):
+            pair = []
+            for which, x in enumerate((k, v)):
+                index = [slice(row, row + 1)] + [slice(None)] * (x.ndim - 1)
+                index[axis] = slice(self.pads[row], self.width)
+                mine = x[tuple(index)]
+                if self.prefix is not None:
+                    mine = np.concatenate([self.prefix[layer][which], mine], axis=axis)
+                pair.append(mine)
+            own.append(tuple(pair))
         return own
 
     def release(self) -> None:

@@ -70,8 +70,8 @@ def f32(rng, *shape):
 
 def test_every_registered_op_is_covered_here():
     assert {op.name for op in all_ops()} == {"Attention", "Bf16Linear", "DynamicQuantLinear", "Gelu", "LayerNorm", "MatMulBiasAct", "MultiHeadAttention",
-                                                 "PackTokens", "PackedMultiHeadAttention", "RMSNorm", "StaticQuantLinear",
-                                                 "UnpackTokens"}
+                                                 "PackTokens", "PackedMultiHeadAttention", "RMSNorm", "SharedPrefixAttention",
+                                                 "StaticQuantLinear", "UnpackTokens"}
 
 
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
@@ -340,3 +340,30 @@ def test_bf16_linear(rng, activation):
         np.testing.assert_allclose(y, unfused, rtol=1e-2, atol=1e-2)
     exact = lookup("MatMulBiasAct").reference(a, w, bias, activation=activation)[0]
     assert 0 < np.abs(y - exact).max() / np.abs(exact).max() < 0.02
+
+
+@pytest.mark.parametrize("mask_kind", ["bool", "additive", None])
+@pytest.mark.parametrize("num_heads", [0, 4])
+def test_shared_prefix_attention_equals_attention_over_prefix_then_own_keys(rng, mask_kind, num_heads):
+    batch, heads, size, new, own, shared = 3, 4, 8, 2, 5, 6
+    layout = (lambda n: (batch, n, heads * size)) if num_heads else (lambda n: (batch, heads, n, size))
+    q, k, v = f32(rng, *layout(new)), f32(rng, *layout(own)), f32(rng, *layout(own))
+    prefix = (1, shared, heads * size) if num_heads else (1, heads, shared, size)
+    pk, pv = f32(rng, *prefix), f32(rng, *prefix)
+    keep = rng.random((batch, 1, new, own)) < 0.6
+    keep[1, 0, :, :] = False  # a sequence with no visible own key: the prefix is still seen
+    mask = {"bool": keep, "additive": np.where(keep, 0.0, -1e9).astype(np.float32), None: None}[mask_kind]
+    out = check_op("SharedPrefixAttention", [q, k, v, pk, pv, mask], {"num_heads": num_heads, "scale": 0.0},
+                   rtol=1e-4, atol=1e-5)
+    # the definition: attention over the prefix (broadcast) followed by the own keys
+    def heads_first(x):
+        return x.reshape(x.shape[0], x.shape[1], heads, size).transpose(0, 2, 1, 3) if num_heads else x
+    keys = np.concatenate([np.broadcast_to(heads_first(pk), (batch, heads, shared, size)), heads_first(k)], axis=2)
+    values = np.concatenate([np.broadcast_to(heads_first(pv), (batch, heads, shared, size)), heads_first(v)], axis=2)
+    full = None if mask is None else np.concatenate([np.ones((batch, 1, new, shared), bool), keep], axis=-1)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        torch.from_numpy(heads_first(q)), torch.from_numpy(keys), torch.from_numpy(values),
+        attn_mask=None if full is None else torch.from_numpy(full)).numpy()
+    if num_heads:
+        expected = expected.transpose(0, 2, 1, 3).reshape(batch, new, heads * size)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)

@@ -35,8 +35,11 @@ def causal_lm(name: str) -> torch.nn.Module:
 
 
 def hf_greedy(lm, prompt, n):
+    # the mask given: HF would otherwise take tokens equal to pad_token_id for padding
+    ids = torch.tensor([prompt])
     with torch.no_grad():
-        out = lm.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, pad_token_id=0)
+        out = lm.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                          pad_token_id=0)
     return out[0, len(prompt):].tolist()
 
 
@@ -72,6 +75,17 @@ def test_prompts_sharing_a_prefix_in_one_call_prefill_it_once(gpt2):
     assert gen.generate(prompts, max_new_tokens=4) == [hf_greedy(lm, p, 4) for p in prompts]
     after = gen.cache_stats
     assert after.hits - before.hits == 2 and after.tokens_reused - before.tokens_reused == 2 * len(SHARED)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_a_batch_sharing_a_long_prefix_attends_it_once_and_gives_hf_tokens(name):
+    lm = causal_lm(name)
+    gen = leangraph.optimize(lm, task="text-generation")
+    assert any("shared_prefix_attention: verified" in n for n in gen.report.notes)
+    shared = [int(t) for t in np.random.default_rng(5).integers(0, 100, 20)]
+    prompts = [shared + [t] * k for t, k in ((3, 1), (4, 3), (5, 2))]  # own parts of different lengths
+    assert gen.generate(prompts, max_new_tokens=6) == [hf_greedy(lm, p, 6) for p in prompts]
+    assert gen.cache_stats.shared_prefix_steps > 0
 
 
 def test_eos_stops_a_request_and_others_go_on(gpt2):

@@ -69,6 +69,11 @@ class KVCacheLayout:
     logits: str
     other_inputs: list[str] = dataclasses.field(default_factory=list)
     """Other [batch, seq] inputs (position_ids): given over the whole sequence."""
+    past_length: str = ""
+    """The value holding the number of past positions ([1] int64)."""
+    prefix: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    """Per attention node: (prefix key input, prefix value input), where shared_prefix_attention
+    rewrote the graph: then the past inputs hold each sequence's own positions after the prefix."""
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -78,6 +83,7 @@ class KVCacheLayout:
         data = json.loads(text)
         data["past"] = [tuple(p) for p in data["past"]]
         data["present"] = [tuple(p) for p in data["present"]]
+        data["prefix"] = [tuple(p) for p in data.get("prefix", [])]
         return cls(**data)
 
 
@@ -239,12 +245,12 @@ def introduce_kv_cache(model: ir.Model) -> KVCacheLayout | str:
     last_only = {n for n in region if n not in feeds_attention and n not in attention_set}
 
     tokens_name = tokens.name
-    _rewrite(model, tokens, mask, others, attention, region, last_only, token_axis)
+    past_length = _rewrite(model, tokens, mask, others, attention, region, last_only, token_axis)
     layout = KVCacheLayout(tokens=tokens_name, mask=mask.name,
                            past=[(f"past_key_{i}", f"past_value_{i}") for i in range(len(attention))],
                            present=[(f"present_key_{i}", f"present_value_{i}") for i in range(len(attention))],
                            seq_axis=[1 if n.op_type == "MultiHeadAttention" else 2 for n in attention],
-                           logits=logits.name, other_inputs=[v.name for v in others])
+                           logits=logits.name, other_inputs=[v.name for v in others], past_length=past_length)
     model.metadata_props[LAYOUT_KEY] = layout.to_json()
     return layout
 
@@ -274,7 +280,7 @@ def _const(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     return value
 
 
-def _rewrite(model, tokens, mask, others, attention, region, last_only, token_axis) -> None:
+def _rewrite(model, tokens, mask, others, attention, region, last_only, token_axis) -> str:
     graph = model.graph
     batch = mask.shape[0]
     new_dim, past_dim = ir.SymbolicDim(NEW), ir.SymbolicDim(PAST)
@@ -404,3 +410,4 @@ def _rewrite(model, tokens, mask, others, attention, region, last_only, token_ax
             node.replace_input_with(slot, out)
             graph.outputs.append(out)
     graph.sort()
+    return past_len.name

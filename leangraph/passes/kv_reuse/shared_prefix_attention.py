@@ -1,0 +1,98 @@
+"""Shared-prefix attention: the KV-cache step graph (introduce_kv_cache.py) rewritten so that a
+prefix the whole batch shares is held once and attended once (Hydragen, FlashInfer's cascade).
+
+Per attention node, inputs ``prefix_key_<i>`` / ``prefix_value_<i>`` (batch 1: the keys and values
+of the common prefix) join the graph, and the attention becomes leangraph::SharedPrefixAttention
+over the prefix followed by the node's own keys (each sequence's positions after the prefix and
+its new ones); its mask keeps the own keys' columns. The past inputs then hold each sequence's
+positions after the prefix only; the past length the graph numbers positions from is the prefix's
+plus those. ``attention_mask`` still covers the whole sequence (prefix, own past, new). Exact up to
+round-off (the softmax is split in two parts and recombined by their statistics).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from leangraph.ir.registry import DOMAIN
+from leangraph.passes.kv_reuse.introduce_kv_cache import LAYOUT_KEY, PAST, KVCacheLayout
+
+_MAX = np.iinfo(np.int64).max
+
+
+def share_prefix(model: ir.Model, layout: KVCacheLayout) -> KVCacheLayout | str:
+    """Rewrite the step graph ``model`` (in place); return its new layout, or why not."""
+    graph = model.graph
+    present = {v.name: v for v in graph.outputs}
+    values = {v.name: v for v in graph.inputs}
+    lengths = [v for node in graph for v in node.outputs if v.name == layout.past_length]
+    if not lengths:
+        return "skipped: the step graph does not name its past length (made by another version?)"
+    (past_length,) = lengths
+    nodes = []
+    for (key_out, value_out), axis in zip(layout.present, layout.seq_axis):
+        readers = [n for n in present[key_out].consumers() if n.domain == DOMAIN
+                   and n.op_type in ("Attention", "MultiHeadAttention")]
+        if len(readers) != 1 or readers[0].inputs[2] is not present[value_out]:
+            return f"skipped: '{key_out}' is not read by one attention node with its value"
+        node = readers[0]
+        if node.op_type == "Attention" and node.attributes.get_int("causal", 0):
+            return f"skipped: '{node.name}' is causal by attribute"
+        nodes.append((node, axis))
+
+    prefix = []
+    first = next(iter(graph))
+    for index, (node, axis) in enumerate(nodes):
+        pair = []
+        for which, past_name in (("key", layout.past[index][0]), ("value", layout.past[index][1])):
+            past = values[past_name]
+            dims = list(past.shape)
+            dims[0], dims[axis] = 1, ir.SymbolicDim("prefix")
+            value = ir.Value(name=f"prefix_{which}_{index}", type=past.type, shape=ir.Shape(dims))
+            graph.inputs.append(value)
+            pair.append(value)
+        prefix.append(pair)
+
+    # the graph numbers positions from the prefix's length plus the own past
+    (prefix_key0, _), axis0 = prefix[0], nodes[0][1]
+    prefix_length = ir.Node("", "Shape", [prefix_key0], attributes=[ir.AttrInt64("start", axis0),
+                                                                      ir.AttrInt64("end", axis0 + 1)],
+                            name="shared_prefix_length")
+    total = ir.Node("", "Add", [prefix_length.outputs[0], past_length], name="shared_prefix_past_length")
+    graph.insert_before(first, prefix_length)
+    prefix_length.outputs[0].shape, prefix_length.outputs[0].type = ir.Shape([1]), ir.TensorType(ir.DataType.INT64)
+    graph.insert_after(past_length.producer(), total)
+    total.outputs[0].shape, total.outputs[0].type = ir.Shape([1]), ir.TensorType(ir.DataType.INT64)
+    for consumer, slot in list(past_length.uses()):
+        if consumer is not total:
+            consumer.replace_input_with(slot, total.outputs[0])
+
+    end = ir.Value(name="shared_prefix_end", const_value=ir.tensor(np.array([_MAX], np.int64)))
+    end.shape, end.type = ir.Shape([1]), ir.TensorType(ir.DataType.INT64)
+    graph.register_initializer(end)
+    for index, (node, axis) in enumerate(nodes):
+        query, key, value = node.inputs[:3]
+        mask = node.inputs[3] if len(node.inputs) > 3 else None
+        inputs = [query, key, value, *prefix[index]]
+        if mask is not None:  # the own keys' columns: after the prefix
+            last = ir.Value(name=f"{node.name}_own_axis", const_value=ir.tensor(np.array([-1], np.int64)))
+            last.shape, last.type = ir.Shape([1]), ir.TensorType(ir.DataType.INT64)
+            graph.register_initializer(last)
+            own = ir.Node("", "Slice", [mask, prefix_length.outputs[0], end, last], name=f"{node.name}_own_mask")
+            graph.insert_before(node, own)
+            own.outputs[0].type = mask.type
+            if mask.shape is not None:
+                own.outputs[0].shape = ir.Shape([*mask.shape[:-1], ir.SymbolicDim(PAST)])
+            inputs.append(own.outputs[0])
+        heads = node.attributes.get_int("num_heads", 0) if node.op_type == "MultiHeadAttention" else 0
+        shared = ir.Node(DOMAIN, "SharedPrefixAttention", inputs,
+                         attributes=[ir.AttrInt64("num_heads", heads),
+                                     ir.AttrFloat32("scale", node.attributes.get_float("scale", 0.0)),
+                                     ir.AttrInt64("zero_nan_rows", node.attributes.get_int("zero_nan_rows", 1))],
+                         name=node.name, metadata_props=dict(node.metadata_props))
+        ir.convenience.replace_nodes_and_values(graph, node, [node], [shared], node.outputs, shared.outputs)
+    graph.sort()
+    new = KVCacheLayout(**{**layout.__dict__, "prefix": [(k.name, v.name) for k, v in prefix]})
+    model.metadata_props[LAYOUT_KEY] = new.to_json()
+    return new
