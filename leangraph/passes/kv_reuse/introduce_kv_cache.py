@@ -36,6 +36,7 @@ import numpy as np
 import onnx_ir as ir
 
 from leangraph.ir.registry import DOMAIN
+from leangraph.passes.cleanup.dce import dce
 from leangraph.passes.fusion._checks import rank as rank_of
 from leangraph.passes.redundancy.padding_removal import padding_mask_of
 
@@ -273,6 +274,63 @@ def _regroups_around(source: ir.Value, out: ir.Value, axis: int | None, out_axis
     return all(isinstance(d, int) for d in after + out_after) and np.prod(after) == np.prod(out_after)
 
 
+_ROW_WISE = {"Where", "And", "Or", "Not", "Xor", "Cast", "Add", "Sub", "Mul", "Div", "Equal", "Less", "LessOrEqual",
+             "Greater", "GreaterOrEqual", "Neg", "Max", "Min", "IsNaN", "Expand"}
+"""Ops the mask's row slice is moved above: they broadcast, so the rows of their result are
+computed from the rows of the inputs that have rows (Expand: with its target's row count set to 1)."""
+
+
+def _rows_computed(graph: ir.Graph, value: ir.Value, axis: int, cut, new_dim, before: ir.Node) -> ir.Value:
+    """``cut(value, axis)`` (the new query rows of the attention mask), computed from the rows of
+    the inputs instead: HF builds the mask as [batch, 1, seq, seq]; one decode step needs one row
+    of it. Moved up through broadcasting ops (copies of them: the originals stay for other
+    readers, dce drops them otherwise) while the rows axis lines up; sliced where it stops."""
+    producer = value.producer()
+    out_rank = len(value.shape) if value.shape is not None else None
+    if (producer is None or producer.domain not in ("", "ai.onnx") or producer.op_type not in _ROW_WISE
+            or len(producer.outputs) != 1 or out_rank is None):
+        return cut(value, axis)
+    inputs = []
+    for slot, source in enumerate(producer.inputs):
+        if producer.op_type == "Expand" and slot == 1:
+            inputs.append(_with_one_at(graph, source, axis, before))
+            continue
+        if source is None or source.shape is None:
+            return cut(value, axis)
+        at = axis - (out_rank - len(source.shape))
+        if at < 0 or source.shape[at] == 1:
+            if producer.op_type == "Expand":  # the rows come from the target: cannot be had above it
+                return cut(value, axis)
+            inputs.append(source)  # broadcast along the rows
+        elif source.shape[at] == value.shape[axis]:
+            inputs.append(_rows_computed(graph, source, at, cut, new_dim, before))
+        else:
+            return cut(value, axis)
+    copy = ir.Node(producer.domain, producer.op_type, inputs, attributes=list(producer.attributes.values()),
+                   name=f"{producer.name}_new_rows")
+    graph.insert_before(before, copy)
+    out = copy.outputs[0]
+    out.type = value.type
+    dims = list(value.shape)
+    dims[axis] = new_dim
+    out.shape = ir.Shape(dims)
+    return out
+
+
+def _with_one_at(graph: ir.Graph, target: ir.Value, axis: int, before: ir.Node) -> ir.Value:
+    """An Expand target with 1 at ``axis`` (the input's own size is kept there)."""
+    axis_value = ir.Value(name=f"{target.name}_one_at_{axis}_index", const_value=ir.tensor(np.array([axis], np.int64)))
+    one = ir.Value(name=f"{target.name}_one_at_{axis}_one", const_value=ir.tensor(np.array([1], np.int64)))
+    for v in (axis_value, one):
+        v.shape, v.type = ir.Shape([1]), ir.TensorType(ir.DataType.INT64)
+        graph.register_initializer(v)
+    node = ir.Node("", "ScatterElements", [target, axis_value, one], attributes=[ir.AttrInt64("axis", 0)],
+                   name=f"{target.name}_one_at_{axis}")
+    graph.insert_before(before, node)
+    node.outputs[0].shape, node.outputs[0].type = target.shape, target.type
+    return node.outputs[0]
+
+
 def _const(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     value = ir.Value(name=name, const_value=ir.tensor(array))
     value.shape, value.type = ir.Shape(list(array.shape)), ir.TensorType(ir.DataType.from_numpy(array.dtype))
@@ -358,7 +416,11 @@ def _rewrite(model, tokens, mask, others, attention, region, last_only, token_ax
             if value is mask_input:
                 rank = len(value.shape)
                 if value.shape[rank - 2] == mask.shape[1]:  # one row per query: keep the new ones
-                    node.replace_input_with(index, rows(value, rank - 2, past_len, "new", node))
+                    key = (id(value), rank - 2, "mask")
+                    if key not in sliced:  # computed for the new rows only, not [seq, seq] then cut
+                        sliced[key] = _rows_computed(graph, value, rank - 2, lambda v, a: rows(v, a, past_len, "new", node),
+                                                     new_dim, node)
+                    node.replace_input_with(index, sliced[key])
                 continue
             axis = axis_of.get(value)
             if axis is None:
@@ -410,4 +472,5 @@ def _rewrite(model, tokens, mask, others, attention, region, last_only, token_ax
             node.replace_input_with(slot, out)
             graph.outputs.append(out)
     graph.sort()
+    dce(model)  # the whole-length computations nothing reads any more
     return past_len.name

@@ -1,0 +1,244 @@
+"""KV reuse: leangraph's text generation (KV cache, prefix cache, shared-prefix attention,
+continuous batching) against HF generate, in one process, interleaved rounds, medians.
+
+Workloads (token ids from a fixed seed; the model has random weights from a fixed seed):
+  shared     16 greedy requests: a shared prefix (1024 tokens by default) + 16 unique tokens each,
+             32 new tokens each
+  unrelated  16 prompts of 64-512 tokens with nothing shared, 32 new tokens each
+  multiturn  8 conversations x 4 turns: each turn appends 64 tokens to its conversation (the model's
+             answer of the previous turn included), 16 new tokens per turn
+
+Runners: leangraph (optimize(task="text-generation"), backend onnxruntime); HF generate one
+request at a time; HF generate on the batch (left-padded); HF's prompt-reuse recipe (the prefix
+computed once, its cache deep-copied per request; shared workload only). Every runner's greedy
+tokens are compared with HF one-at-a-time's.
+
+    .venv/bin/python benchmarks/kv_reuse.py --model gpt2 --workloads shared,unrelated --rounds 2 \\
+        --markdown docs/benchmarks/kv_reuse.md --plot docs/benchmarks/kv_reuse.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+
+
+def build_model(name: str) -> torch.nn.Module:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    if name == "gpt2":  # GPT-2-small shape
+        cfg = transformers.GPT2Config(n_embd=768, n_layer=12, n_head=12, n_positions=2048, vocab_size=50257)
+        return transformers.GPT2LMHeadModel(cfg).eval()
+    if name == "llama":  # a Llama-shaped config of similar size: RoPE, grouped KV heads
+        cfg = transformers.LlamaConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                       num_key_value_heads=4, intermediate_size=2048, vocab_size=32000,
+                                       max_position_embeddings=2048)
+        return transformers.LlamaForCausalLM(cfg).eval()
+    raise SystemExit(f"unknown --model {name}")
+
+
+def workload(name: str, vocab: int, prefix: int, rng: np.random.Generator):
+    """(prompts as turns: list of rounds, each a list of prompts; new tokens per request)."""
+    if name == "shared":
+        shared = rng.integers(0, vocab, prefix).tolist()
+        return [[shared + rng.integers(0, vocab, 16).tolist() for _ in range(16)]], 32
+    if name == "unrelated":
+        return [[rng.integers(0, vocab, int(n)).tolist() for n in rng.integers(64, 513, 16)]], 32
+    if name == "multiturn":
+        return "multiturn", 16
+    raise SystemExit(f"unknown workload {name}")
+
+
+class PeakRSS:
+    """Peak resident memory above the level at start, sampled every 5 ms (MiB)."""
+
+    def __enter__(self):
+        self.start = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.mib = (max(self.peak, self._rss()) - self.start) / 2**20
+
+
+def hf_one(lm, prompts, new):
+    out = []
+    for prompt in prompts:
+        ids = torch.tensor([prompt])
+        with torch.no_grad():
+            tokens = lm.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False,
+                                 pad_token_id=0)
+        out.append(tokens[0, len(prompt):].tolist())
+    return out
+
+
+def hf_batch(lm, prompts, new):
+    longest = max(len(p) for p in prompts)
+    ids = torch.zeros((len(prompts), longest), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, prompt in enumerate(prompts):  # left padding, as HF documents for decoders
+        ids[row, longest - len(prompt):] = torch.tensor(prompt)
+        mask[row, longest - len(prompt):] = 1
+    with torch.no_grad():
+        tokens = lm.generate(ids, attention_mask=mask, max_new_tokens=new, do_sample=False, pad_token_id=0)
+    return [tokens[row, longest:].tolist() for row in range(len(prompts))]
+
+
+def hf_prompt_cache(lm, prompts, new, prefix_length):
+    """HF's documented recipe: the prefix's cache computed once, deep-copied for each request."""
+    from transformers import DynamicCache
+
+    prefix = torch.tensor([prompts[0][:prefix_length]])
+    with torch.no_grad():
+        cache = lm(prefix, past_key_values=DynamicCache(), use_cache=True).past_key_values
+    out = []
+    for prompt in prompts:
+        ids = torch.tensor([prompt])
+        with torch.no_grad():
+            tokens = lm.generate(ids, attention_mask=torch.ones_like(ids), past_key_values=copy.deepcopy(cache),
+                                 max_new_tokens=new, do_sample=False, pad_token_id=0)
+        out.append(tokens[0, len(prompt):].tolist())
+    return out
+
+
+def multiturn_rounds(vocab: int, rng: np.random.Generator, conversations: int = 8, turns: int = 4, append: int = 64):
+    """Per turn, each conversation's new user tokens (the answers join between turns)."""
+    return [[rng.integers(0, vocab, append).tolist() for _ in range(conversations)] for _ in range(turns)]
+
+
+def run_multiturn(generate, rounds, new):
+    """Each turn: every conversation so far + its new tokens; the answers are appended."""
+    history = [[] for _ in rounds[0]]
+    answers = []
+    for turn in rounds:
+        prompts = [h + t for h, t in zip(history, turn)]
+        out = generate(prompts, new)
+        history = [p + o for p, o in zip(prompts, out)]
+        answers.append(out)
+    return answers
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="gpt2", choices=["gpt2", "llama"])
+    parser.add_argument("--workloads", default="shared,unrelated,multiturn")
+    parser.add_argument("--prefix", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--runners", default="leangraph,hf_one,hf_batch,hf_prompt_cache")
+    parser.add_argument("--markdown", help="write the table here")
+    parser.add_argument("--plot", help="write a plot of tokens/s per runner and workload here")
+    args = parser.parse_args()
+
+    import leangraph
+
+    lm = build_model(args.model)
+    start = time.perf_counter()
+    gen = leangraph.optimize(lm, task="text-generation", backend="onnxruntime")
+    build_seconds = time.perf_counter() - start
+    print(f"leangraph generator built in {build_seconds:.0f} s", flush=True)
+    vocab = lm.config.vocab_size
+    rows = []
+    for name in args.workloads.split(","):
+        rng = np.random.default_rng(0)
+        prompts, new = workload(name, vocab, args.prefix, rng)
+        if prompts == "multiturn":
+            rounds = multiturn_rounds(vocab, rng)
+            runners = {
+                "leangraph": lambda: run_multiturn(lambda p, n: gen.generate(p, max_new_tokens=n), rounds, new),
+                "hf_one": lambda: run_multiturn(lambda p, n: hf_one(lm, p, n), rounds, new),
+            }
+            tokens_made = sum(len(turn) for turn in rounds) * new
+        else:
+            batch = prompts[0]
+            runners = {
+                "leangraph": lambda: gen.generate(batch, max_new_tokens=new),
+                "hf_one": lambda: hf_one(lm, batch, new),
+                "hf_batch": lambda: hf_batch(lm, batch, new),
+            }
+            if name == "shared":
+                runners["hf_prompt_cache"] = lambda: hf_prompt_cache(lm, batch, new, args.prefix)
+            tokens_made = len(batch) * new
+        runners = {k: v for k, v in runners.items() if k in args.runners.split(",")}
+        times = {k: [] for k in runners}
+        memory, outputs = {}, {}
+        for round_ in range(args.rounds):
+            for runner, fn in runners.items():
+                if runner == "leangraph":  # each round from an empty prefix cache
+                    gen._cache.__init__(gen._cache.capacity, gen._cache.axes)
+                with PeakRSS() as peak:
+                    t = time.perf_counter()
+                    outputs[runner] = fn()
+                    times[runner].append(time.perf_counter() - t)
+                memory[runner] = max(memory.get(runner, 0.0), peak.mib)
+                print(f"{name} round {round_} {runner}: {times[runner][-1]:.2f} s", flush=True)
+        reference = outputs.get("hf_one")
+        fastest_peer = min((statistics.median(t) for r, t in times.items() if r != "leangraph"), default=None)
+        for runner, t in times.items():
+            seconds = statistics.median(t)
+            same = "-" if reference is None else ("yes" if outputs[runner] == reference else "NO")
+            rows.append((name, runner, seconds, tokens_made / seconds, fastest_peer / seconds if fastest_peer else None,
+                         memory[runner], same))
+        if "leangraph" in times:
+            print(f"{name}: leangraph cache stats {gen.cache_stats}", flush=True)
+    header = "| workload | runner | seconds | tokens/s | vs fastest peer | peak memory (MiB) | greedy = HF one-at-a-time |"
+    lines = [header, "|---|---|---|---|---|---|---|"]
+    for name, runner, seconds, rate, ratio, mib, same in rows:
+        lines.append(f"| {name} | {runner} | {seconds:.2f} | {rate:.1f} | "
+                     f"{'-' if ratio is None else f'{ratio:.2f}x'} | {mib:.0f} | {same} |")
+    table = "\n".join(lines)
+    print(table)
+    if args.markdown:
+        import platform
+
+        note = (f"Model: {args.model} shape, random weights (seed 0); {torch.get_num_threads()} threads; "
+                f"{args.rounds} interleaved rounds, medians; prefix {args.prefix} tokens; leangraph built in "
+                f"{build_seconds:.0f} s; machine: {platform.processor() or platform.machine()}.")
+        Path(args.markdown).write_text(f"# KV reuse ({args.model})\n\n{note}\n\n{table}\n")
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        workloads = list(dict.fromkeys(r[0] for r in rows))
+        runners = list(dict.fromkeys(r[1] for r in rows))
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        width = 0.8 / len(runners)
+        for i, runner in enumerate(runners):
+            values = [next((r[3] for r in rows if r[0] == w and r[1] == runner), 0) for w in workloads]
+            ax.bar(np.arange(len(workloads)) + i * width, values, width, label=runner)
+        ax.set_xticks(np.arange(len(workloads)) + width * (len(runners) - 1) / 2, workloads)
+        ax.set_ylabel("tokens/s")
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
