@@ -197,6 +197,7 @@ def _verify_shared(gen: TextGenerator, stateless, stateless_inputs, layout, voca
     ids = np.stack([np.concatenate([shared, rng.integers(0, vocab, 5)]) for _ in range(2)]).astype(np.int64)
     mask = np.ones_like(ids)
     _, prefix = gen._run_step(ids[:1, :5], mask[:1, :5], gen._empty_kv(1))
+    prefix = gen._heads_first(prefix)
     own = gen._empty_kv(2)
     done = 5
     for chunk in (2, 1, 1):

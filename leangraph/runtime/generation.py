@@ -134,15 +134,19 @@ class PrefixCache:
                  np.concatenate([p[layer][1] for p in pieces], axis=axis))
                 for layer, axis in enumerate(self.axes)]
 
-    def insert(self, tokens: Sequence[int], kv: list[tuple[np.ndarray, np.ndarray]]) -> None:
-        """Cache ``tokens`` with their keys and values ([1, ..., len(tokens), ...] per layer)."""
+    def insert(self, tokens: Sequence[int], kv: list[tuple[np.ndarray, np.ndarray]], start: int = 0) -> None:
+        """Cache ``tokens`` with their keys and values; ``kv`` covers ``tokens[start:]`` ([1, ...,
+        len(tokens) - start, ...] per layer), the tree already holding ``tokens[:start]`` (else
+        nothing is cached: the positions before ``start`` are not at hand)."""
         tokens = tuple(int(t) for t in tokens)
         with self._lock:
             node, length = self.root, 0
             while length < len(tokens):
                 child = node.children.get(tokens[length])
                 if child is None:
-                    own = self._slice(kv, length, len(tokens))
+                    if length < start:
+                        return
+                    own = self._slice(kv, length - start, len(tokens) - start)
                     own = [(np.ascontiguousarray(k), np.ascontiguousarray(v)) for k, v in own]
                     leaf = _Node(tokens[length:], own, node)
                     leaf.last_used = self._tick()
@@ -176,18 +180,37 @@ class PrefixCache:
 
 
 @dataclasses.dataclass(eq=False)
+class _Prefix:
+    """A cached prefix decode batches share: its keys and values split into heads
+    ([1, heads, length, size] per layer, what the shared-prefix graph reads), held once for every
+    request that starts with it; the cache nodes it came from stay referenced (not evicted) while
+    it is in use."""
+
+    tokens: tuple[int, ...]
+    kv: list[tuple[np.ndarray, np.ndarray]]
+    path: list[_Node]
+    users: int = 0
+
+
+@dataclasses.dataclass(eq=False)
 class _Request:
     index: int
     prompt: list[int]
     max_new: int
     rng: np.random.Generator | None
     tokens: list[int] = dataclasses.field(default_factory=list)
-    """Prompt and generated tokens whose keys and values are in ``kv``."""
+    """Prompt and generated tokens whose keys and values exist (the prefix's and ``kv``)."""
     new: list[int] = dataclasses.field(default_factory=list)
+    prefix: _Prefix | None = None
     kv: list[tuple[np.ndarray, np.ndarray]] | None = None
+    """Keys and values of ``tokens`` after the prefix (all of them without one)."""
     pending: int | None = None
     """The token generated last, whose keys and values the next step computes."""
     done: bool = False
+
+    @property
+    def own_start(self) -> int:
+        return len(self.prefix.tokens) if self.prefix is not None else 0
 
 
 class TextGenerator:
@@ -198,14 +221,15 @@ class TextGenerator:
                  input_names: list[str], output_names: list[str], report: Any, max_batch: int = 16,
                  shared_step=None) -> None:
         """``shared_step``: (executable, layout, input names, output names) of the step graph with
-        shared-prefix attention (passes/kv_reuse/shared_prefix_attention.py), used for decode
-        batches whose sequences share at least MIN_SHARED_PREFIX positions."""
+        shared-prefix attention (passes/kv_reuse/shared_prefix_attention.py), used for requests whose
+        prompt starts with at least MIN_SHARED_PREFIX cached positions."""
         self._step, self.layout, self.report = step, layout, report
         self._shared = shared_step
         self.vocab_size, self.max_positions, self.max_batch = vocab_size, max_positions, max_batch
         self._kv_shapes, self._dtype = kv_shapes, dtype
         self._inputs, self._outputs = input_names, output_names
         self._cache = PrefixCache(cache_bytes, layout.seq_axis)
+        self._prefixes: dict[tuple[int, ...], _Prefix] = {}
         self._lock = threading.Lock()
         one_position = sum(self._kv_bytes(shape, 1) * 2 for shape, _ in kv_shapes)
         if cache_bytes < one_position:
@@ -286,30 +310,46 @@ class TextGenerator:
             waiting = collections.deque(r for r in requests if r.max_new > 0)
             active: list[_Request] = []
             batches: dict[tuple[int, ...], _Batch] = {}
-            while waiting or active:
-                while waiting and len(active) < self.max_batch:  # join: prefill, then decode with the batch
-                    request = waiting.popleft()
-                    self._prefill(request, sampling, eos_token_id)
-                    if request.done:
-                        self._cache.insert(request.tokens, request.kv)
-                        request.kv = None
-                    else:
-                        active.append(request)
-                    yield [r.new for r in requests]
-                if active:
-                    groups = self._groups(active)
-                    for key in [k for k in batches if k not in {tuple(id(r) for r in g) for g in groups}]:
-                        batches.pop(key).release()
-                    for group in groups:
-                        key = tuple(id(r) for r in group)
-                        batches[key] = self._decode(batches.get(key), group, sampling, eos_token_id)
-                    batches = {tuple(id(r) for r in b.members): b for b in batches.values()}
-                    yield [r.new for r in requests]
-                for request in [r for r in active if r.done]:
-                    active.remove(request)
-                    self._cache.insert(request.tokens, request.kv)
-                    request.kv = None
+            try:
+                while waiting or active:
+                    while waiting and len(active) < self.max_batch:  # join: prefill, then decode with the batch
+                        request = waiting.popleft()
+                        self._prefill(request, sampling, eos_token_id)
+                        if request.done:
+                            self._finish(request)
+                        else:
+                            active.append(request)
+                        yield [r.new for r in requests]
+                    if active:
+                        groups = self._groups(active)
+                        keys = {tuple(id(r) for r in g) for g in groups}
+                        for key in [k for k in batches if k not in keys]:
+                            batches.pop(key).release()
+                        for group in groups:
+                            key = tuple(id(r) for r in group)
+                            batches[key] = self._decode(batches.get(key), group, sampling, eos_token_id)
+                        yield [r.new for r in requests]
+                    for request in [r for r in active if r.done]:
+                        active.remove(request)
+                        self._finish(request)
+            finally:
+                for request in active:
+                    self._drop_prefix(request)
             yield [r.new for r in requests]
+
+    def _finish(self, request: _Request) -> None:
+        """Cache what the request computed and let go of its prefix."""
+        self._cache.insert(request.tokens, request.kv, start=request.own_start)
+        request.kv = None
+        self._drop_prefix(request)
+
+    def _drop_prefix(self, request: _Request) -> None:
+        prefix, request.prefix = request.prefix, None
+        if prefix is not None:
+            prefix.users -= 1
+            if prefix.users == 0:
+                self._prefixes.pop(prefix.tokens, None)
+                self._cache.release(prefix.path)
 
     def _empty_kv(self, batch: int) -> list[tuple[np.ndarray, np.ndarray]]:
         out = []
@@ -319,6 +359,19 @@ class TextGenerator:
                 dims = [batch if i == 0 else (0 if i == axis else d) for i, d in enumerate(shape)]
                 arrays.append(np.zeros(dims, self._dtype))
             out.append(tuple(arrays))
+        return out
+
+    def _heads_first(self, kv: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Keys and values in the past's layout -> the shared-prefix graph's [1, heads, len, size]."""
+        _, layout, _, _ = self._shared
+        out = []
+        for (k, v), heads in zip(kv, layout.prefix_heads):
+            pair = []
+            for x in (k, v):
+                if heads:
+                    x = x.reshape(x.shape[0], x.shape[1], heads, x.shape[2] // heads).transpose(0, 2, 1, 3)
+                pair.append(np.ascontiguousarray(x))
+            out.append(tuple(pair))
         return out
 
     def _feeds(self, tokens: np.ndarray, mask: np.ndarray, kv) -> list[np.ndarray]:
@@ -331,9 +384,12 @@ class TextGenerator:
         return [named[name] for name in self._inputs]
 
     def _run_step(self, tokens, mask, kv, prefix=None):
+        """Logits of the last position and the keys and values of ``kv``'s positions and the new
+        ones; ``prefix``: heads-first keys and values every row attends to first (the mask then
+        covers the prefix too, all ones there)."""
         if prefix is None:
             outputs = dict(zip(self._outputs, self._step(self._feeds(tokens, mask, kv))))
-        else:  # the shared-prefix step graph: the same inputs, and the prefix once for the batch
+        else:
             step, layout, inputs, names = self._shared
             named = dict(zip(self._inputs, self._feeds(tokens, mask, kv)))
             for (key, value), (k, v) in zip(layout.prefix, prefix):
@@ -342,12 +398,27 @@ class TextGenerator:
         present = [(outputs[k], outputs[v]) for k, v in self.layout.present]
         return outputs[self.layout.logits][:, -1], present
 
+    def _prefix(self, path: list[_Node], length: int, tokens: Sequence[int]) -> _Prefix:
+        """The shared prefix for ``tokens[:length]``: one per distinct prefix, made once."""
+        key = tuple(tokens[:length])
+        prefix = self._prefixes.get(key)
+        if prefix is None:
+            held, _ = self._cache.lookup(key)  # its own references: held while the prefix is in use
+            prefix = _Prefix(key, self._heads_first(self._cache.gather(path, length)), held)
+            self._prefixes[key] = prefix
+        prefix.users += 1
+        return prefix
+
     def _prefill(self, request: _Request, sampling, eos_token_id) -> None:
         prompt = request.prompt
         path, cached = self._cache.lookup(prompt)
         try:
             reuse = min(cached, len(prompt) - 1)  # at least one token is computed: its logits are needed
-            kv = self._cache.gather(path, reuse) if reuse else self._empty_kv(1)
+            if self._shared is not None and reuse >= MIN_SHARED_PREFIX:
+                request.prefix = self._prefix(path, reuse, prompt)
+                kv = self._empty_kv(1)
+            else:
+                kv = self._cache.gather(path, reuse) if reuse else self._empty_kv(1)
         finally:
             self._cache.release(path)
         if reuse:
@@ -355,10 +426,10 @@ class TextGenerator:
             self._cache.stats.tokens_reused += reuse
         rest = np.asarray([prompt[reuse:]], np.int64)
         mask = np.ones((1, len(prompt)), np.int64)
-        logits, request.kv = self._run_step(rest, mask, kv)
+        logits, request.kv = self._run_step(rest, mask, kv, request.prefix.kv if request.prefix else None)
         request.tokens = list(prompt)
         if reuse < len(prompt):  # the requests after this one may share its prompt: cache it now
-            self._cache.insert(request.tokens, request.kv)
+            self._cache.insert(request.tokens, request.kv, start=request.own_start)
         self._take(request, logits[0], sampling, eos_token_id)
 
     def _take(self, request: _Request, logits: np.ndarray, sampling, eos_token_id) -> None:
@@ -369,43 +440,53 @@ class TextGenerator:
             request.done = True
 
     def _groups(self, active: list[_Request]) -> list[list[_Request]]:
-        """The decode batches: one, left-padded, where the graph takes position ids; else one per
-        length (a graph that numbers positions itself would number a padded row's tokens wrong)."""
-        if self.layout.other_inputs:
-            return [active]
-        by_length: dict[int, list[_Request]] = {}
+        """The decode batches. Requests on a shared prefix decode together with it; a request
+        without one that starts with the prefix most requests share joins them (its keys and
+        values after the prefix are its own part); the rest form one left-padded batch where the
+        graph takes position ids, else one batch per length (a graph that numbers positions itself
+        would number a padded row's tokens wrong)."""
+        by_prefix: dict[int, list[_Request]] = {}
         for request in active:
-            by_length.setdefault(len(request.tokens), []).append(request)
-        return list(by_length.values())
-
-    def _shared_length(self, active: list[_Request]) -> int:
-        """The positions every sequence of ``active`` shares (0 when the shared-prefix graph is not
-        worth it: one sequence, or fewer than MIN_SHARED_PREFIX shared positions)."""
-        if self._shared is None or len(active) < 2:
-            return 0
-        first = np.asarray(active[0].tokens)
-        common = min(len(r.tokens) for r in active)
-        for request in active[1:]:
-            other = np.asarray(request.tokens[:common])
-            differ = np.nonzero(other != first[:common])[0]
-            common = int(differ[0]) if differ.size else common
-        return common if common >= MIN_SHARED_PREFIX else 0
+            if request.prefix is not None:
+                by_prefix.setdefault(id(request.prefix), []).append(request)
+        if by_prefix:
+            common = max(by_prefix.values(), key=len)[0].prefix
+            for request in active:
+                if request.prefix is None and request.kv is not None and len(request.tokens) > len(common.tokens) and tuple(
+                        request.tokens[:len(common.tokens)]) == common.tokens:
+                    request.kv = [tuple(_cut(x, axis, len(common.tokens)) for x in pair)
+                                  for pair, axis in zip(request.kv, self.layout.seq_axis)]
+                    request.prefix = common
+                    common.users += 1
+                    by_prefix[id(common)].append(request)
+        groups = list(by_prefix.values())
+        plain = [r for r in active if r.prefix is None]
+        if plain and self.layout.other_inputs:
+            groups.append(plain)
+        elif plain:
+            by_length: dict[int, list[_Request]] = {}
+            for request in plain:
+                by_length.setdefault(len(request.tokens), []).append(request)
+            groups += list(by_length.values())
+        return [sorted(g, key=lambda r: r.index) for g in groups]
 
     def _decode(self, batch: _Batch | None, active: list[_Request], sampling, eos_token_id) -> _Batch:
         """One decode step for ``active``; the batch's keys and values are reused as they are while
         its members stay (no copy of the cache per step), rebuilt (left-padded) when they change.
-        A prefix all members share is held once and attended once (the shared-prefix graph)."""
+        A shared prefix is read from the one copy every member uses."""
         if batch is None or batch.members != active:
             if batch is not None:
                 batch.release()
-            batch = _Batch.of(active, self.layout.seq_axis, self._dtype, self._shared_length(active))
-        mask = np.zeros((len(active), batch.prefix_length + batch.width + 1), np.int64)
-        mask[:, :batch.prefix_length] = 1
+            batch = _Batch.of(active, self.layout.seq_axis, self._dtype)
+        prefix = active[0].prefix
+        shared = len(prefix.tokens) if prefix is not None else 0
+        mask = np.zeros((len(active), shared + batch.width + 1), np.int64)
+        mask[:, :shared] = 1
         for row, pad in enumerate(batch.pads):
-            mask[row, batch.prefix_length + pad:] = 1
+            mask[row, shared + pad:] = 1
         tokens = np.asarray([[r.pending] for r in active], np.int64)
-        logits, batch.kv = self._run_step(tokens, mask, batch.kv, batch.prefix)
-        if batch.prefix is not None:
+        logits, batch.kv = self._run_step(tokens, mask, batch.kv, prefix.kv if prefix is not None else None)
+        if prefix is not None:
             self._cache.stats.shared_prefix_steps += 1
         batch.width += 1
         for row, request in enumerate(active):
@@ -416,38 +497,32 @@ class TextGenerator:
         return batch
 
 
+def _cut(x: np.ndarray, axis: int, start: int, stop: int | None = None) -> np.ndarray:
+    index = [slice(None)] * x.ndim
+    index[axis] = slice(start, stop)
+    return x[tuple(index)]
+
+
 @dataclasses.dataclass
 class _Batch:
-    """The decode batch: its members; the keys and values of the prefix they all share (batch 1,
-    ``prefix_length`` positions; None without one); their own keys and values after it
-    ([batch, ..., width, ...] per layer, member ``i``'s own positions the last ``width - pads[i]``)."""
+    """The decode batch: its members and their own keys and values (after their shared prefix, if
+    any) stacked, [batch, ..., width, ...] per layer, member ``i``'s the last ``width - pads[i]``."""
 
     members: list[_Request]
     kv: list[tuple[np.ndarray, np.ndarray]]
     pads: list[int]
     width: int
     axes: list[int]
-    prefix: list[tuple[np.ndarray, np.ndarray]] | None = None
-    prefix_length: int = 0
-
-    @staticmethod
-    def _cut(x: np.ndarray, axis: int, start: int, stop: int | None = None) -> np.ndarray:
-        index = [slice(None)] * x.ndim
-        index[axis] = slice(start, stop)
-        return x[tuple(index)]
 
     @classmethod
-    def of(cls, members: list[_Request], axes: list[int], dtype, prefix_length: int = 0) -> _Batch:
-        prefix = None
-        if prefix_length:  # held once, contiguous (the graph reads it every step)
-            prefix = [tuple(np.ascontiguousarray(cls._cut(x, axis, 0, prefix_length)) for x in pair)
-                      for pair, axis in zip(members[0].kv, axes)]
-        width = max(len(r.tokens) for r in members) - prefix_length
+    def of(cls, members: list[_Request], axes: list[int], dtype) -> _Batch:
+        lengths = [len(r.tokens) - r.own_start for r in members]
+        width = max(lengths)
         kv = []
         for layer, axis in enumerate(axes):
             pair = []
             for which in (0, 1):
-                parts = [cls._cut(r.kv[layer][which], axis, prefix_length) for r in members]
+                parts = [r.kv[layer][which] for r in members]
                 if len(parts) == 1:
                     pair.append(parts[0])
                     continue
@@ -460,23 +535,17 @@ class _Batch:
                     stacked[tuple(index)] = part[0]
                 pair.append(stacked)
             kv.append(tuple(pair))
-        pads = [width - (len(r.tokens) - prefix_length) for r in members]
-        return cls(list(members), kv, pads, width, list(axes), prefix, prefix_length)
+        for request in members:
+            request.kv = None  # the batch holds them now
+        return cls(list(members), kv, [width - n for n in lengths], width, list(axes))
 
     def rows(self, row: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Member ``row``'s own keys and values ([1, ..., its length, ...]; views, or with the
-        shared prefix in front a copy)."""
+        """Member ``row``'s own keys and values ([1, ..., its own length, ...] views)."""
         own = []
-        for layer, ((k, v), axis) in enumerate(zip(self.kv, self.axes)):
-            pair = []
-            for which, x in enumerate((k, v)):
-                index = [slice(row, row + 1)] + [slice(None)] * (x.ndim - 1)
-                index[axis] = slice(self.pads[row], self.width)
-                mine = x[tuple(index)]
-                if self.prefix is not None:
-                    mine = np.concatenate([self.prefix[layer][which], mine], axis=axis)
-                pair.append(mine)
-            own.append(tuple(pair))
+        for (k, v), axis in zip(self.kv, self.axes):
+            index = [slice(row, row + 1)] + [slice(None)] * (k.ndim - 1)
+            index[axis] = slice(self.pads[row], self.width)
+            own.append((k[tuple(index)], v[tuple(index)]))
         return own
 
     def release(self) -> None:

@@ -348,8 +348,7 @@ def test_shared_prefix_attention_equals_attention_over_prefix_then_own_keys(rng,
     batch, heads, size, new, own, shared = 3, 4, 8, 2, 5, 6
     layout = (lambda n: (batch, n, heads * size)) if num_heads else (lambda n: (batch, heads, n, size))
     q, k, v = f32(rng, *layout(new)), f32(rng, *layout(own)), f32(rng, *layout(own))
-    prefix = (1, shared, heads * size) if num_heads else (1, heads, shared, size)
-    pk, pv = f32(rng, *prefix), f32(rng, *prefix)
+    pk, pv = f32(rng, 1, heads, shared, size), f32(rng, 1, heads, shared, size)  # heads-first in either layout
     keep = rng.random((batch, 1, new, own)) < 0.6
     keep[1, 0, :, :] = False  # a sequence with no visible own key: the prefix is still seen
     mask = {"bool": keep, "additive": np.where(keep, 0.0, -1e9).astype(np.float32), None: None}[mask_kind]
@@ -358,8 +357,8 @@ def test_shared_prefix_attention_equals_attention_over_prefix_then_own_keys(rng,
     # the definition: attention over the prefix (broadcast) followed by the own keys
     def heads_first(x):
         return x.reshape(x.shape[0], x.shape[1], heads, size).transpose(0, 2, 1, 3) if num_heads else x
-    keys = np.concatenate([np.broadcast_to(heads_first(pk), (batch, heads, shared, size)), heads_first(k)], axis=2)
-    values = np.concatenate([np.broadcast_to(heads_first(pv), (batch, heads, shared, size)), heads_first(v)], axis=2)
+    keys = np.concatenate([np.broadcast_to(pk, (batch, heads, shared, size)), heads_first(k)], axis=2)
+    values = np.concatenate([np.broadcast_to(pv, (batch, heads, shared, size)), heads_first(v)], axis=2)
     full = None if mask is None else np.concatenate([np.ones((batch, 1, new, shared), bool), keep], axis=-1)
     expected = torch.nn.functional.scaled_dot_product_attention(
         torch.from_numpy(heads_first(q)), torch.from_numpy(keys), torch.from_numpy(values),

@@ -6,7 +6,9 @@ once, every position visible) followed by its own ``key``/``value`` (masked by `
 covers the own keys only: boolean, True = may attend, or additive). It equals leangraph::Attention
 over the prefix broadcast to the batch and concatenated with the own keys (the reference computes
 exactly that). ``num_heads`` = 0: inputs are [batch, heads, len, size]; ``num_heads`` = H > 0:
-[batch, len, H * size], heads split inside (as leangraph::MultiHeadAttention).
+query/key/value are [batch, len, H * size], heads split inside (as leangraph::MultiHeadAttention).
+The prefix is [1, heads, prefix_len, size] either way: its head split is done once by whoever
+holds it, not at every call.
 
 The decomposition attends to the prefix once for the whole batch (Hydragen; FlashInfer's cascade
 attention): the batch's queries become the rows of one matrix product per head against the
@@ -38,7 +40,8 @@ def _heads(x: np.ndarray, num_heads: int) -> np.ndarray:
 
 
 def _reference(query, key, value, prefix_key, prefix_value, mask=None, num_heads=0, scale=0.0, zero_nan_rows=1):
-    q, k, v, pk, pv = (_heads(x, num_heads) for x in (query, key, value, prefix_key, prefix_value))
+    q, k, v = (_heads(x, num_heads) for x in (query, key, value))
+    pk, pv = prefix_key, prefix_value
     batch, own, shared = q.shape[0], k.shape[-2], pk.shape[-2]
     pk, pv = (np.broadcast_to(x, (batch, *x.shape[1:])) for x in (pk, pv))
     keys, values = np.concatenate([pk, k], axis=-2), np.concatenate([pv, v], axis=-2)
@@ -67,7 +70,7 @@ def _decompose(tape, inputs, attrs):
         def split(x):
             return tape.op("Transpose", [tape.op("Reshape", [x, split_shape])], {"perm": [0, 2, 1, 3]})
 
-        query, key, value, prefix_key, prefix_value = (split(x) for x in inputs[:5])
+        query, key, value = (split(x) for x in inputs[:3])
     if attrs["scale"]:
         scale = const(tape, attrs["scale"], dtype)
     else:

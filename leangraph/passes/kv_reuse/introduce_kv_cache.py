@@ -75,6 +75,9 @@ class KVCacheLayout:
     prefix: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     """Per attention node: (prefix key input, prefix value input), where shared_prefix_attention
     rewrote the graph: then the past inputs hold each sequence's own positions after the prefix."""
+    prefix_heads: list[int] = dataclasses.field(default_factory=list)
+    """Per attention node: 0 when its prefix inputs have the past's layout [1, heads, len, size];
+    H when the past is [1, len, H * size] and the prefix is given split into its H heads."""
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))

@@ -1,8 +1,9 @@
 """Shared-prefix attention: the KV-cache step graph (introduce_kv_cache.py) rewritten so that a
 prefix the whole batch shares is held once and attended once (Hydragen, FlashInfer's cascade).
 
-Per attention node, inputs ``prefix_key_<i>`` / ``prefix_value_<i>`` (batch 1: the keys and values
-of the common prefix) join the graph, and the attention becomes leangraph::SharedPrefixAttention
+Per attention node, inputs ``prefix_key_<i>`` / ``prefix_value_<i>`` (the keys and values of the
+common prefix, [1, heads, prefix, size] whatever the past's layout: split into heads once by the
+runtime, ``KVCacheLayout.prefix_heads``) join the graph, and the attention becomes leangraph::SharedPrefixAttention
 over the prefix followed by the node's own keys (each sequence's positions after the prefix and
 its new ones); its mask keeps the own keys' columns. The past inputs then hold each sequence's
 positions after the prefix only; the past length the graph numbers positions from is the prefix's
@@ -41,21 +42,28 @@ def share_prefix(model: ir.Model, layout: KVCacheLayout) -> KVCacheLayout | str:
             return f"skipped: '{node.name}' is causal by attribute"
         nodes.append((node, axis))
 
-    prefix = []
+    prefix, prefix_heads = [], []
     first = next(iter(graph))
     for index, (node, axis) in enumerate(nodes):
         pair = []
+        heads = node.attributes.get_int("num_heads", 0) if node.op_type == "MultiHeadAttention" else 0
+        prefix_heads.append(heads)
         for which, past_name in (("key", layout.past[index][0]), ("value", layout.past[index][1])):
             past = values[past_name]
             dims = list(past.shape)
             dims[0], dims[axis] = 1, ir.SymbolicDim("prefix")
+            if heads:  # [1, prefix, H * size] -> [1, H, prefix, size]
+                width = dims[2]
+                if not isinstance(width, int) or width % heads:
+                    return f"skipped: '{past_name}' has no static width divisible by its {heads} heads"
+                dims = [1, heads, ir.SymbolicDim("prefix"), width // heads]
             value = ir.Value(name=f"prefix_{which}_{index}", type=past.type, shape=ir.Shape(dims))
             graph.inputs.append(value)
             pair.append(value)
         prefix.append(pair)
 
     # the graph numbers positions from the prefix's length plus the own past
-    (prefix_key0, _), axis0 = prefix[0], nodes[0][1]
+    (prefix_key0, _), axis0 = prefix[0], 2
     prefix_length = ir.Node("", "Shape", [prefix_key0], attributes=[ir.AttrInt64("start", axis0),
                                                                       ir.AttrInt64("end", axis0 + 1)],
                             name="shared_prefix_length")
@@ -93,6 +101,7 @@ def share_prefix(model: ir.Model, layout: KVCacheLayout) -> KVCacheLayout | str:
                          name=node.name, metadata_props=dict(node.metadata_props))
         ir.convenience.replace_nodes_and_values(graph, node, [node], [shared], node.outputs, shared.outputs)
     graph.sort()
-    new = KVCacheLayout(**{**layout.__dict__, "prefix": [(k.name, v.name) for k, v in prefix]})
+    new = KVCacheLayout(**{**layout.__dict__, "prefix": [(k.name, v.name) for k, v in prefix],
+                           "prefix_heads": prefix_heads})
     model.metadata_props[LAYOUT_KEY] = new.to_json()
     return new
