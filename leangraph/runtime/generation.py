@@ -313,12 +313,11 @@ class TextGenerator:
             try:
                 while waiting or active:
                     while waiting and len(active) < self.max_batch:  # join: prefill, then decode with the batch
-                        request = waiting.popleft()
-                        self._prefill(request, sampling, eos_token_id)
-                        if request.done:
-                            self._finish(request)
-                        else:
-                            active.append(request)
+                        for request in self._prefill(waiting, self.max_batch - len(active), sampling, eos_token_id):
+                            if request.done:
+                                self._finish(request)
+                            else:
+                                active.append(request)
                         yield [r.new for r in requests]
                     if active:
                         groups = self._groups(active)
@@ -409,27 +408,65 @@ class TextGenerator:
         prefix.users += 1
         return prefix
 
-    def _prefill(self, request: _Request, sampling, eos_token_id) -> None:
-        prompt = request.prompt
+    def _reuse(self, prompt: list[int]) -> tuple[list[_Node], int]:
         path, cached = self._cache.lookup(prompt)
+        return path, min(cached, len(prompt) - 1)  # at least one token is computed: its logits are needed
+
+    def _prefill(self, waiting: collections.deque, room: int, sampling, eos_token_id) -> list[_Request]:
+        """Prefill the next waiting request; when it starts with a shared prefix, also the waiting
+        requests after it on the same prefix (up to ``room``), as one left-padded batch through the
+        shared-prefix graph. Returns the requests prefilled."""
+        request = waiting.popleft()
+        path, reuse = self._reuse(request.prompt)
         try:
-            reuse = min(cached, len(prompt) - 1)  # at least one token is computed: its logits are needed
-            if self._shared is not None and reuse >= MIN_SHARED_PREFIX:
-                request.prefix = self._prefix(path, reuse, prompt)
-                kv = self._empty_kv(1)
-            else:
-                kv = self._cache.gather(path, reuse) if reuse else self._empty_kv(1)
+            if self._shared is None or reuse < MIN_SHARED_PREFIX:
+                self._prefill_alone(request, path, reuse, sampling, eos_token_id)
+                return [request]
+            prefix = self._prefix(path, reuse, request.prompt)
         finally:
             self._cache.release(path)
+        group = [request]
+        while waiting and len(group) < room:
+            other = waiting[0]
+            other_path, other_reuse = self._reuse(other.prompt)
+            self._cache.release(other_path)
+            if other_reuse < len(prefix.tokens) or tuple(other.prompt[:len(prefix.tokens)]) != prefix.tokens:
+                break
+            if not self.layout.other_inputs and len(other.prompt) != len(request.prompt):
+                break  # the graph numbers positions itself: no padding between prefix and own part
+            group.append(waiting.popleft())
+            prefix.users += 1
+        for member in group:
+            member.prefix = prefix
+            self._cache.stats.hits += 1
+            self._cache.stats.tokens_reused += len(prefix.tokens)
+        own = [m.prompt[len(prefix.tokens):] for m in group]
+        longest = max(len(o) for o in own)
+        tokens = np.zeros((len(group), longest), np.int64)
+        mask = np.zeros((len(group), len(prefix.tokens) + longest), np.int64)
+        mask[:, :len(prefix.tokens)] = 1
+        for row, part in enumerate(own):
+            tokens[row, longest - len(part):] = part
+            mask[row, len(prefix.tokens) + longest - len(part):] = 1
+        logits, present = self._run_step(tokens, mask, self._empty_kv(len(group)), prefix.kv)
+        for row, (member, part) in enumerate(zip(group, own)):
+            member.kv = [tuple(_cut(x[row:row + 1], axis, longest - len(part)) for x in pair)
+                         for pair, axis in zip(present, self.layout.seq_axis)]
+            member.tokens = list(member.prompt)
+            self._cache.insert(member.tokens, member.kv, start=member.own_start)
+            self._take(member, logits[row], sampling, eos_token_id)
+        return group
+
+    def _prefill_alone(self, request: _Request, path: list[_Node], reuse: int, sampling, eos_token_id) -> None:
+        prompt = request.prompt
+        kv = self._cache.gather(path, reuse) if reuse else self._empty_kv(1)
         if reuse:
             self._cache.stats.hits += 1
             self._cache.stats.tokens_reused += reuse
         rest = np.asarray([prompt[reuse:]], np.int64)
-        mask = np.ones((1, len(prompt)), np.int64)
-        logits, request.kv = self._run_step(rest, mask, kv, request.prefix.kv if request.prefix else None)
+        logits, request.kv = self._run_step(rest, np.ones((1, len(prompt)), np.int64), kv)
         request.tokens = list(prompt)
-        if reuse < len(prompt):  # the requests after this one may share its prompt: cache it now
-            self._cache.insert(request.tokens, request.kv, start=request.own_start)
+        self._cache.insert(request.tokens, request.kv)  # the requests after this one may share its prompt
         self._take(request, logits[0], sampling, eos_token_id)
 
     def _take(self, request: _Request, logits: np.ndarray, sampling, eos_token_id) -> None:
@@ -460,6 +497,8 @@ class TextGenerator:
                     common.users += 1
                     by_prefix[id(common)].append(request)
         groups = list(by_prefix.values())
+        if not self.layout.other_inputs:  # no left padding where the graph numbers positions itself
+            groups = [[r for r in g if len(r.tokens) == n] for g in groups for n in sorted({len(r.tokens) for r in g})]
         plain = [r for r in active if r.prefix is None]
         if plain and self.layout.other_inputs:
             groups.append(plain)
