@@ -413,28 +413,31 @@ class TextGenerator:
         return path, min(cached, len(prompt) - 1)  # at least one token is computed: its logits are needed
 
     def _prefill(self, waiting: collections.deque, room: int, sampling, eos_token_id) -> list[_Request]:
-        """Prefill the next waiting request; when it starts with a shared prefix, also the waiting
-        requests after it on the same prefix (up to ``room``), as one left-padded batch through the
-        shared-prefix graph. Returns the requests prefilled."""
+        """Prefill the next waiting request. When the waiting requests after it start with the same
+        cached prefix (or requests decoding now use it), they share it: prefilled as one
+        left-padded batch through the shared-prefix graph (up to ``room``). A prefix one request
+        alone uses is gathered into its own keys and values instead (a batch of one per prefix
+        would read the weights once per request). Returns the requests prefilled."""
         request = waiting.popleft()
         path, reuse = self._reuse(request.prompt)
         try:
-            if self._shared is None or reuse < MIN_SHARED_PREFIX:
+            key = tuple(request.prompt[:reuse])
+            group = [request]
+            if self._shared is not None and reuse >= MIN_SHARED_PREFIX:
+                for other in list(waiting)[:room - 1]:
+                    if len(other.prompt) <= reuse or tuple(other.prompt[:reuse]) != key:
+                        break
+                    if not self.layout.other_inputs and len(other.prompt) != len(request.prompt):
+                        break  # the graph numbers positions itself: no padding between prefix and own part
+                    group.append(other)
+            if len(group) == 1 and key not in self._prefixes or reuse < MIN_SHARED_PREFIX or self._shared is None:
                 self._prefill_alone(request, path, reuse, sampling, eos_token_id)
                 return [request]
             prefix = self._prefix(path, reuse, request.prompt)
         finally:
             self._cache.release(path)
-        group = [request]
-        while waiting and len(group) < room:
-            other = waiting[0]
-            other_path, other_reuse = self._reuse(other.prompt)
-            self._cache.release(other_path)
-            if other_reuse < len(prefix.tokens) or tuple(other.prompt[:len(prefix.tokens)]) != prefix.tokens:
-                break
-            if not self.layout.other_inputs and len(other.prompt) != len(request.prompt):
-                break  # the graph numbers positions itself: no padding between prefix and own part
-            group.append(waiting.popleft())
+        for other in group[1:]:
+            waiting.remove(other)
             prefix.users += 1
         for member in group:
             member.prefix = prefix
