@@ -375,37 +375,3 @@ def test_reshape_leading_inferred_does_not_fire_when_trailing_dims_are_dynamic()
     }""")
     _, record = run_pass("algebraic", model, [X])
     assert not record.fired.get("reshape_leading_inferred")
-
-
-def _flattened_linear(restore: str, gemm: str = "Gemm(flat, w, c)") -> object:
-    # GPT-2's Conv1D as the TorchScript exporter writes it: x.view(-1, K) @ W + c, viewed back
-    w = np.random.default_rng(1).standard_normal((4, 6)).astype(np.float32)
-    c = np.random.default_rng(2).standard_normal(6).astype(np.float32)
-    text = HEADER + """g (float[batch,seq,4] x) => (float[batch,seq,6] y) {
-        s = Shape(x)
-        i0 = Constant<value = int64 {0}>()
-        i1 = Constant<value = int64 {1}>()
-        axes = Constant<value = int64[1] {0}>()
-        b = Unsqueeze(Gather<axis=0>(s, i0), axes)
-        t = Unsqueeze(Gather<axis=0>(s, i1), axes)
-        flat_shape = Constant<value = int64[2] {-1, 4}>()
-        flat = Reshape(x, flat_shape)
-        p = """ + gemm + """
-        width = Constant<value = int64[1] {6}>()
-        target = Concat<axis=0>(""" + restore + """, width)
-        y = Reshape(p, target)
-    }"""
-    return model_from_text(text, {"w": w, "c": c, "wt": np.ascontiguousarray(w.T)})
-
-
-@pytest.mark.parametrize("gemm", ["Gemm(flat, w, c)", "Gemm<transB=1>(flat, wt, c)", "Gemm(flat, w)", "MatMul(flat, w)"])
-def test_flattened_linear_becomes_a_linear_on_the_token_dims(gemm):
-    model, record = run_pass("algebraic", _flattened_linear("b, t", gemm), [X])
-    fired = sum(n for name, n in record.fired.items() if name.startswith("flattened_linear"))
-    assert fired == 1 and record.verified, record.fired
-    assert "Gemm" not in ops(model) and ops(model).count("Reshape") == 0
-
-
-def test_flattened_linear_not_when_the_leading_dims_come_back_swapped():
-    model, record = run_pass("algebraic", _flattened_linear("t, b"), [np.ones((3, 3, 4), np.float32)])
-    assert not any(name.startswith("flattened_linear") for name in record.fired), record.fired

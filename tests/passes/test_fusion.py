@@ -519,3 +519,30 @@ def test_onnx_attention_becomes_ours_where_it_has_no_cache(case):
         return
     assert record.fired == {"onnx_attention": 1} and record.verified, record.fired
     assert [n.op_type for n in model.graph if n.domain == "leangraph"] == [becomes]
+
+
+@pytest.mark.parametrize("restore, fires", [("b, t", True), ("t, b", False)])
+def test_reshaped_gemm_reads_torchscripts_flatten_of_x_own_width(restore, fires):
+    # GPT-2's Conv1D as TorchScript exports it: x.view(-1, x.size(-1)) -> Gemm -> view back
+    w = np.random.default_rng(1).standard_normal((8, 6)).astype(np.float32)
+    c = np.random.default_rng(2).standard_normal(6).astype(np.float32)
+    text = HEADER + """g (float[batch,seq,8] x) => (float[batch,seq,6] y) {
+        s = Shape(x)
+        i0 = Constant<value = int64 {0}>()
+        i1 = Constant<value = int64 {1}>()
+        axes = Constant<value = int64[1] {0}>()
+        b = Unsqueeze(Gather<axis=0>(s, i0), axes)
+        t = Unsqueeze(Gather<axis=0>(s, i1), axes)
+        start = Constant<value = int64[1] {-1}>()
+        stop = Constant<value = int64[1] {9223372036854775807}>()
+        minus = Constant<value = int64[1] {-1}>()
+        flat_shape = Concat<axis=0>(minus, Slice(s, start, stop))
+        flat = Reshape(x, flat_shape)
+        p = Gemm(flat, w, c)
+        width = Constant<value = int64[1] {6}>()
+        target = Concat<axis=0>(""" + restore + """, width)
+        y = Reshape(p, target)
+    }"""
+    x = np.random.default_rng(3).standard_normal((3, 3, 8)).astype(np.float32)
+    model, record = run_pass("fuse_matmul_bias", model_from_text(text, {"w": w, "c": c}), [x])
+    assert bool(record.fired.get("reshaped_gemm_bias")) == fires and (not fires or record.verified), record.fired

@@ -9,10 +9,6 @@ Unsqueeze chains, Slice collapsing, ConstantOfShape+Cast. And our own:
   arithmetic feeding it dies.
 - ``reshape_leading_inferred``: ``Reshape(x[b, 17, 32], [-1, 17, 4, 8])`` -> ``Reshape(x, [0, 17, 4, 8])``.
 - ``reshape_to_own_shape``: ``Reshape(x[b, 12, s, 32], [0, 12, 0, 32])`` -> ``x``.
-- ``flattened_linear``: ``Reshape(Gemm(Reshape(x[b, s, K], [-1, K]), W, c), [b, s, N])`` -> ``MatMul(x, W) + c``
-  (``W`` transposed for transB): the TorchScript export of a linear layer that flattens its input
-  (GPT-2's Conv1D, ``x.view(-1, K) @ W``), back to one linear on the token dims, where the second
-  reshape restores exactly x's leading dims (read off the graph); also without ``c`` and as MatMul.
 - ``transpose_last_two_chain``: ``Reshape(Transpose(Reshape(k, [-1, S, D]), [0, 2, 1]), [..., D, S])``,
   how torch's exporter transposes the key inside scaled_dot_product_attention, -> ``Transpose(k)``
   swapping the last two axes.
@@ -219,58 +215,6 @@ class TransposeLastTwoChain(pattern.RewriteRuleClassBase):
         return op.Transpose(k, perm=[*range(rank - 2), rank - 1, rank - 2])
 
 
-class FlattenedLinear(pattern.RewriteRuleClassBase):
-    """Reshape(Gemm|MatMul(Reshape(x, [-1, K]), W[, c]), x's leading dims + [N]) -> MatMul(x, W)[ + c].
-
-    Exact: the restoring reshape has x's leading dims, so the flattened rows are x's rows in order,
-    and Gemm's K forces x's last dim to be K (else one of the reshapes fails)."""
-
-    def __init__(self, name: str, op_type: str, biased: bool):
-        super().__init__(name)
-        self._op_type, self._biased = op_type, biased
-
-    def pattern(self, op, x, flat_shape, w, c, out_shape):
-        flat = op.Reshape(x, flat_shape, _allow_other_attributes=True, _outputs=["flat"])
-        if self._op_type == "MatMul":
-            product = op.MatMul(flat, w)
-        elif self._biased:
-            product = op.Gemm(flat, w, c, _allow_other_attributes=True, _outputs=["product"])
-        else:
-            product = op.Gemm(flat, w, _allow_other_attributes=True, _outputs=["product"])
-        return op.Reshape(product, out_shape, _allow_other_attributes=True)
-
-    def check(self, context, x, flat_shape, w, out_shape, flat, c=None, product=None):
-        result = pattern.MatchResult()
-        if x.shape is None or len(x.shape) < 3 or flat.shape is None or len(flat.shape) != 2:
-            return result.fail("x is not flattened from rank >= 3 to rank 2")
-        if w.shape is None or len(w.shape) != 2:
-            return result.fail("the weight is not 2-D")
-        self._trans_b = 0
-        if product is not None:
-            attrs = product.producer().attributes
-            if attrs.get_int("transA", 0) or attrs.get_float("alpha", 1.0) != 1.0 or (
-                    c is not None and attrs.get_float("beta", 1.0) != 1.0):
-                return result.fail("Gemm with transA, alpha or beta")
-            self._trans_b = attrs.get_int("transB", 0)
-        width = w.shape[0] if self._trans_b else w.shape[1]
-        if c is not None and (c.shape is None or len(c.shape) > 2 or (len(c.shape) == 2 and c.shape[0] != 1)):
-            return result.fail("the bias is not a row (it could differ per flattened row)")
-        target = elements(out_shape)
-        rank = len(x.shape)
-        if target is None or len(target) != rank:
-            return result.fail("the restoring reshape's target cannot be read off the graph, or has another rank")
-        if not all(same_dim(part, x, i) for i, part in enumerate(target[:-1])):
-            return result.fail("the restoring reshape does not give back x's leading dims")
-        if not (target[-1] == -1 or (isinstance(width, int) and target[-1] == width)):
-            return result.fail("the restoring reshape's last dim is not the linear layer's width")
-        return result
-
-    def rewrite(self, op, x, flat_shape, w, out_shape, flat, c=None, product=None):
-        weight = op.Transpose(w, perm=[1, 0]) if self._trans_b else w
-        y = op.MatMul(x, weight)
-        return op.Add(y, c) if c is not None else y
-
-
 def _named(name: str, rules) -> list[pattern.RewriteRule]:
     """Library rules under our names (the report counts rewrites per rule name)."""
     rules = rules if isinstance(rules, (list, tuple)) else [rules]
@@ -301,8 +245,6 @@ RULES = [
     ReshapeLeadingInferred.rule(name="reshape_leading_inferred"),
     ReshapeToItsOwnShape.rule(name="reshape_to_own_shape"),
     TransposeLastTwoChain.rule(name="transpose_last_two_chain"),
-    *_named("flattened_linear", [FlattenedLinear.rule(None, "Gemm", True), FlattenedLinear.rule(None, "Gemm", False),
-                                 FlattenedLinear.rule(None, "MatMul", False)]),
 ]
 
 _RULES = RulePass("algebraic", RULES, __doc__)

@@ -132,7 +132,11 @@ class ReshapedGemm(pattern.RewriteRuleClassBase):
         n = w.const_value.shape[0 if self._trans_b else 1]
         flat, out = elements(flat_shape), elements(out_shape)
         x_rank = rank(x)
-        if flat is None or out is None or x_rank is None or flat[-1:] != [k] or len(out) != x_rank:
+        # the flattened width: K, or x's own last dim read off the graph (TorchScript's
+        # x.view(-1, x.size(-1)): the Gemm's K then forces it to be K)
+        keeps_width = flat is not None and x_rank is not None and len(flat) == 2 and (
+            flat[-1] == k or same_dim(flat[-1], x, x_rank - 1))
+        if out is None or not keeps_width or len(out) != x_rank:
             return result.fail("reshapes do not flatten x's leading dims and restore them")
         if flat[0] != -1 or out[-1] != n or not all(same_dim(e, x, i) for i, e in enumerate(out[:-1])):
             return result.fail("outer reshape does not restore x's leading dims")
