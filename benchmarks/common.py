@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import statistics
+import threading
 import time
 from pathlib import Path
 
@@ -49,3 +50,27 @@ def interleaved_medians(runners: dict, batches, rounds: int = 5) -> dict[str, fl
                 run(batch)
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+class PeakMemory:
+    """Peak resident memory of this process while a runner runs, sampled every 2 ms (MiB)."""
+
+    def __enter__(self):
+        self.peak = self.start = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self):
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, self._rss())
+
+    @staticmethod
+    def _rss() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20

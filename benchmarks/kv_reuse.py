@@ -23,12 +23,13 @@ import argparse
 import copy
 import os
 import statistics
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from common import PeakMemory  # noqa: E402  (benchmarks/ run as scripts)
 
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 
@@ -59,31 +60,6 @@ def workload(name: str, vocab: int, prefix: int, rng: np.random.Generator):
     if name == "multiturn":
         return "multiturn", 16
     raise SystemExit(f"unknown workload {name}")
-
-
-class PeakRSS:
-    """Peak resident memory above the level at start, sampled every 5 ms (MiB)."""
-
-    def __enter__(self):
-        self.start = self.peak = self._rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def _sample(self):
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self._rss())
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.mib = (max(self.peak, self._rss()) - self.start) / 2**20
 
 
 def hf_one(lm, prompts, new):
@@ -190,11 +166,11 @@ def main():
             for runner, fn in runners.items():
                 if runner == "leangraph":  # each round from an empty prefix cache
                     gen._cache.__init__(gen._cache.capacity, gen._cache.axes)
-                with PeakRSS() as peak:
+                with PeakMemory() as peak:
                     t = time.perf_counter()
                     outputs[runner] = fn()
                     times[runner].append(time.perf_counter() - t)
-                memory[runner] = max(memory.get(runner, 0.0), peak.mib)
+                memory[runner] = max(memory.get(runner, 0.0), peak.peak - peak.start)
                 print(f"{name} round {round_} {runner}: {times[runner][-1]:.2f} s", flush=True)
         reference = outputs.get("hf_one")
         fastest_peer = min((statistics.median(t) for r, t in times.items() if r != "leangraph"), default=None)

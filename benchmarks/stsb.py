@@ -21,7 +21,6 @@ import argparse
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import onnx_ir as ir  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from common import stsb_batches, stsb_pairs  # noqa: E402
+from common import PeakMemory, stsb_batches, stsb_pairs  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 import leangraph  # noqa: E402
@@ -43,30 +42,6 @@ from leangraph.ir import clone_model  # noqa: E402
 
 THREADS = 2
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
-
-
-class PeakMemory:
-    """Peak resident memory of this process while a runner runs, sampled every 2 ms (MiB)."""
-
-    def __enter__(self):
-        self.peak = self.start = self._rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    def _sample(self):
-        while not self._stop.wait(0.002):
-            self.peak = max(self.peak, self._rss())
-
-    @staticmethod
-    def _rss() -> float:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def spearman_x100(embeddings: np.ndarray, skip_pairs: int = 0) -> float:

@@ -159,25 +159,24 @@ def _verify(gen: TextGenerator, stateless, stateless_inputs: list[str], layout: 
     ids = rng.integers(0, vocab, (2, 8)).astype(np.int64)
     mask = np.ones_like(ids)
     mask[1, :2] = 0
-    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int64)
     kv, done = gen._empty_kv(2), 0
     for chunk in (4, 1, 1, 2):
         end = done + chunk
-        named = {layout.mask: mask[:, :end], "position_ids": positions[:, :end]}
-        named[layout.tokens] = ids[:, :end]
-        for name in layout.other_inputs:
-            named[name] = positions[:, :end]
-        expected = stateless([named[name] for name in stateless_inputs])[0][:, -1]
         got, kv = gen._run_step(ids[:, done:end], mask[:, :end], kv)
-        scale = float(np.abs(expected).max())
-        if not np.allclose(got, expected, rtol=_TOLERANCE[0], atol=_TOLERANCE[1] * max(1.0, scale)):
-            raise VerificationError(
-                f"the KV-cache step graph of '{report.model_name}' differs from the stateless decoder after "
-                f"{end} positions (max abs difference {float(np.abs(got - expected).max()):.3g})",
-                hint="report it with the model; generation is not safe on this graph")
+        expected = _stateless_last(stateless, stateless_inputs, layout, ids[:, :end], mask[:, :end])
+        _check(got, expected, "KV-cache step graph", report.model_name, end)
         done = end
     report.notes.append("introduce_kv_cache: verified against the stateless decoder (prefill, decode, append; "
                         "a left-padded batch)")
+
+
+def _check(got: np.ndarray, expected: np.ndarray, what: str, model: str, positions: int) -> None:
+    scale = float(np.abs(expected).max())
+    if not np.allclose(got, expected, rtol=_TOLERANCE[0], atol=_TOLERANCE[1] * max(1.0, scale)):
+        raise VerificationError(
+            f"the {what} of '{model}' differs from the stateless decoder after {positions} positions "
+            f"(max abs difference {float(np.abs(got - expected).max()):.3g})",
+            hint="report it with the model; generation is not safe on this graph")
 
 
 def _stateless_last(stateless, names, layout, ids, mask):
@@ -204,12 +203,7 @@ def _verify_shared(gen: TextGenerator, stateless, stateless_inputs, layout, voca
         end = done + chunk
         got, own = gen._run_step(ids[:, done:end], mask[:, :end], own, prefix)
         expected = _stateless_last(stateless, stateless_inputs, layout, ids[:, :end], mask[:, :end])
-        scale = float(np.abs(expected).max())
-        if not np.allclose(got, expected, rtol=_TOLERANCE[0], atol=_TOLERANCE[1] * max(1.0, scale)):
-            raise VerificationError(
-                f"the shared-prefix step graph of '{report.model_name}' differs from the stateless decoder after "
-                f"{end} positions (max abs difference {float(np.abs(got - expected).max()):.3g})",
-                hint="report it with the model; generation is not safe on this graph")
+        _check(got, expected, "shared-prefix step graph", report.model_name, end)
         done = end
     report.notes.append("shared_prefix_attention: verified against the stateless decoder (a batch sharing a "
                         "prefix held once)")
