@@ -45,6 +45,14 @@ class CacheStats:
     """Decode steps that attended the batch's shared prefix once for the whole batch."""
 
 
+def _common_run(run: tuple[int, ...], tokens: Sequence[int], start: int) -> int:
+    """How many tokens of ``run`` equal ``tokens[start:]``, from the first."""
+    common, limit = 0, min(len(run), len(tokens) - start)
+    while common < limit and run[common] == tokens[start + common]:
+        common += 1
+    return common
+
+
 class _Node:
     __slots__ = ("tokens", "kv", "children", "parent", "refs", "last_used")
 
@@ -77,12 +85,7 @@ class PrefixCache:
         return self._clock
 
     def _slice(self, kv, start: int, stop: int):
-        out = []
-        for (k, v), axis in zip(kv, self.axes):
-            index = [slice(None)] * k.ndim
-            index[axis] = slice(start, stop)
-            out.append((k[tuple(index)], v[tuple(index)]))
-        return out
+        return [(_cut(k, axis, start, stop), _cut(v, axis, start, stop)) for (k, v), axis in zip(kv, self.axes)]
 
     def _split(self, node: _Node, at: int) -> _Node:
         """Split ``node``'s edge after ``at`` tokens; returns the upper half (the new parent)."""
@@ -100,14 +103,10 @@ class PrefixCache:
             path, length, node = [], 0, self.root
             while length < len(tokens) and tokens[length] in node.children:
                 child = node.children[tokens[length]]
-                run = child.tokens
-                common = 0
-                limit = min(len(run), len(tokens) - length)
-                while common < limit and run[common] == tokens[length + common]:
-                    common += 1
+                common = _common_run(child.tokens, tokens, length)
                 path.append(child)
                 length += common
-                if common < len(run):
+                if common < len(child.tokens):
                     break
                 node = child
             now = self._tick()
@@ -153,10 +152,7 @@ class PrefixCache:
                     node.children[tokens[length]] = leaf
                     self.stats.bytes_held += leaf.nbytes
                     break
-                common = 0
-                limit = min(len(child.tokens), len(tokens) - length)
-                while common < limit and child.tokens[common] == tokens[length + common]:
-                    common += 1
+                common = _common_run(child.tokens, tokens, length)
                 if common < len(child.tokens):
                     child = self._split(child, common)
                 child.last_used = self._tick()

@@ -38,18 +38,16 @@ import onnx_ir as ir
 from leangraph.ir.registry import DOMAIN
 from leangraph.passes.cleanup.dce import dce
 from leangraph.passes.fusion._checks import rank as rank_of
-from leangraph.passes.redundancy.padding_removal import padding_mask_of
+from leangraph.passes.redundancy.padding_removal import TOKENWISE_ELEMENTWISE, padding_mask_of
 
 LAYOUT_KEY = "leangraph.kv_cache"
 """Model metadata: JSON of the step graph's cache layout (``KVCacheLayout``)."""
 
 NEW, PAST, TOTAL = "new_tokens", "past", "total"
 
-_ELEMENTWISE = {
-    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Relu", "Erf", "Tanh", "Sigmoid", "Neg", "Sqrt",
-    "Exp", "Log", "Abs", "Cast", "Identity", "Softplus", "Reciprocal", "Gelu", "LeakyRelu", "Clip", "Equal",
-}
-_LAST_AXIS_OPS = {"LayerNorm", "RMSNorm", "Gelu", "MatMulBiasAct", "Softmax", "LayerNormalization"}
+_ELEMENTWISE = TOKENWISE_ELEMENTWISE | {"Equal"}
+_LAST_AXIS_OPS = {"LayerNorm", "RMSNorm", "Gelu", "MatMulBiasAct"}
+"""leangraph ops computing each position from that position along their last axis."""
 _MAX = np.iinfo(np.int64).max
 
 

@@ -50,10 +50,11 @@ from leangraph.passes.verification import VALID_WHERE
 
 TOKENS = "tokens"
 
-_ELEMENTWISE = {
+TOKENWISE_ELEMENTWISE = {
     "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Relu", "Erf", "Tanh", "Sigmoid", "Neg",
     "Sqrt", "Exp", "Log", "Abs", "Cast", "Identity", "Softplus", "Reciprocal", "Gelu", "LeakyRelu", "Clip",
 }
+"""ONNX ops computing each element from the same element of their inputs (broadcasting aside)."""
 _LEANGRAPH_TOKENWISE = {"MatMulBiasAct", "LayerNorm", "RMSNorm", "Gelu"}
 _AXIS_OPS = {"LayerNorm", "RMSNorm"}
 """leangraph ops whose ``axis`` (like Split's) moves by one when two dims become one."""
@@ -179,7 +180,7 @@ def _plan(model: ir.Model, padded_outputs: str) -> _Plan | str:
             source, target = node.inputs[0], outputs[0]
             return (token_layout(source, full_batch=True) and token_layout(target, full_batch=True)
                     and all(isinstance(d, int) for d in target.shape[2:]))
-        if node.domain in ("", "ai.onnx") and node.op_type in _ELEMENTWISE:
+        if node.domain in ("", "ai.onnx") and node.op_type in TOKENWISE_ELEMENTWISE:
             inputs = [v for v in node.inputs if v is not None]
             return (any(token_layout(v) for v in inputs)
                     and all((token_layout(v) and rank_of(v) == rank) or side(v, rank) for v in inputs))
