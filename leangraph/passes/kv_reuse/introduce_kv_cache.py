@@ -320,11 +320,8 @@ def _rows_computed(graph: ir.Graph, value: ir.Value, axis: int, cut, new_dim, be
 
 def _with_one_at(graph: ir.Graph, target: ir.Value, axis: int, before: ir.Node) -> ir.Value:
     """An Expand target with 1 at ``axis`` (the input's own size is kept there)."""
-    axis_value = ir.Value(name=f"{target.name}_one_at_{axis}_index", const_value=ir.tensor(np.array([axis], np.int64)))
-    one = ir.Value(name=f"{target.name}_one_at_{axis}_one", const_value=ir.tensor(np.array([1], np.int64)))
-    for v in (axis_value, one):
-        v.shape, v.type = ir.Shape([1]), ir.TensorType(ir.DataType.INT64)
-        graph.register_initializer(v)
+    axis_value = _const(graph, f"kv_cache_axis_{axis}", np.array([axis], np.int64))
+    one = _const(graph, "kv_cache_one", np.array([1], np.int64))
     node = ir.Node("", "ScatterElements", [target, axis_value, one], attributes=[ir.AttrInt64("axis", 0)],
                    name=f"{target.name}_one_at_{axis}")
     graph.insert_before(before, node)
@@ -333,6 +330,11 @@ def _with_one_at(graph: ir.Graph, target: ir.Value, axis: int, before: ir.Node) 
 
 
 def _const(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    """An int64 initializer; one by that name already there is reused if it holds the same values
+    (the same Expand target or mask value may be reached more than once)."""
+    existing = graph.initializers.get(name)
+    if existing is not None and existing.const_value is not None and np.array_equal(existing.const_value.numpy(), array):
+        return existing
     value = ir.Value(name=name, const_value=ir.tensor(array))
     value.shape, value.type = ir.Shape(list(array.shape)), ir.TensorType(ir.DataType.from_numpy(array.dtype))
     graph.register_initializer(value)
