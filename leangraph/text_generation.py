@@ -21,6 +21,7 @@ from leangraph.backends.partition import compile_partitioned
 from leangraph.errors import CaptureError, OptionError, VerificationError
 from leangraph.ir import clone_model
 from leangraph.passes.kv_reuse.introduce_kv_cache import KVCacheLayout, introduce_kv_cache
+from leangraph.passes.kv_reuse.probed_dims import settle_dims
 from leangraph.passes.kv_reuse.shared_prefix_attention import share_prefix
 from leangraph.runtime.generation import TextGenerator
 
@@ -62,9 +63,9 @@ def _default_cache_bytes() -> int:
         return 1 << 30
 
 
-def _probe_inputs(graph: ir.Model) -> tuple[np.ndarray, ...]:
-    """[2, 8] inputs for an ONNX decoder: token ids below its vocabulary (the logits' last dim),
-    a mask of ones, position ids counting up; by input name."""
+def _probe_inputs(graph: ir.Model, batch: int = 2, length: int = 8) -> tuple[np.ndarray, ...]:
+    """[batch, length] inputs for a decoder: token ids below its vocabulary (the logits' last
+    dim), a mask of ones, position ids counting up; by input name."""
     logits = graph.graph.outputs[0]
     vocab = logits.shape[-1] if logits.shape is not None and isinstance(logits.shape[-1], int) else 2
     rng = np.random.default_rng(0)
@@ -72,11 +73,11 @@ def _probe_inputs(graph: ir.Model) -> tuple[np.ndarray, ...]:
     for value in graph.graph.inputs:
         dtype = value.dtype.numpy() if value.dtype is not None else np.int64
         if "mask" in value.name:
-            inputs.append(np.ones((2, 8), dtype))
+            inputs.append(np.ones((batch, length), dtype))
         elif "position" in value.name:
-            inputs.append(np.tile(np.arange(8, dtype=dtype), (2, 1)))
+            inputs.append(np.tile(np.arange(length, dtype=dtype), (batch, 1)))
         else:
-            inputs.append(rng.integers(0, vocab, (2, 8)).astype(dtype))
+            inputs.append(rng.integers(0, vocab, (batch, length)).astype(dtype))
     return tuple(inputs)
 
 
@@ -109,6 +110,9 @@ def build_generator(model: Any, example_inputs, *, backend: str, cache_bytes: in
     stateless = optimize(source, example, dynamic_shapes=dynamic, backend="reference", passes=pipeline)
     report = stateless.report
     step = clone_model(stateless.graph)
+    settled = settle_dims(step, [_probe_inputs(step, 2, 5), _probe_inputs(step, 3, 7)])
+    if settled:
+        report.notes.append(f"probed_dims: {settled} dims the exporter left unknown settled by two probe runs")
     layout = introduce_kv_cache(step)
     if isinstance(layout, str):
         raise CaptureError(f"text generation needs a KV cache, and '{report.model_name}' cannot get one: {layout}",

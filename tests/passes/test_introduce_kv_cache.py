@@ -85,3 +85,19 @@ def test_a_graph_without_attention_is_refused():
     graph = leangraph.optimize(Ids(), (ids, torch.ones_like(ids)), dynamic_shapes=DYNAMIC, backend="reference").graph
     found = introduce_kv_cache(graph)
     assert isinstance(found, str) and "no leangraph::MultiHeadAttention" in found
+
+
+def test_logits_mixing_positions_are_refused_naming_the_node_that_mixes_them():
+    lm = causal_lm("gpt2")
+
+    class Smoothed(Logits):
+        def forward(self, input_ids, attention_mask):
+            return super().forward(input_ids, attention_mask).cumsum(dim=1)  # each position reads all before it
+
+    ids = torch.randint(0, 100, (2, 7))
+    passes = [p for p in leangraph.passes.default_pipeline() if getattr(p, "name", "") != "remove_padding"]
+    graph = leangraph.optimize(Smoothed(lm), (ids, torch.ones_like(ids)), dynamic_shapes=DYNAMIC, backend="reference",
+                               passes=passes).graph
+    found = introduce_kv_cache(graph)
+    assert isinstance(found, str) and "not computed per position" in found, found
+    assert "(CumSum: " in found and "is not seen to compute each position from that position alone" in found

@@ -27,6 +27,14 @@ def causal_lm(name: str) -> torch.nn.Module:
         cfg = transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=64,
                                       initializer_range=0.5)
         return transformers.GPT2LMHeadModel(cfg).eval()
+    if name == "opt":  # its MLP runs on positions flattened with the batch, [batch*seq, width]
+        cfg = transformers.OPTConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     ffn_dim=64, max_position_embeddings=64, word_embed_proj_dim=32, init_std=0.5)
+        return transformers.OPTForCausalLM(cfg).eval()
+    if name == "falcon":  # fused q/k/v picked apart by GatherND; rotary; parallel attention and MLP
+        cfg = transformers.FalconConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                        new_decoder_architecture=False, alibi=False, initializer_range=0.5)
+        return transformers.FalconForCausalLM(cfg).eval()
     config_cls, model_cls = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
                              "mistral": ("MistralConfig", "MistralForCausalLM")}[name]
     extra = {"sliding_window": None} if name == "mistral" else {}
@@ -54,16 +62,17 @@ def gpt2():
     return lm, leangraph.optimize(lm, task="text-generation")
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2", "mistral", "opt", "falcon"])
 def test_greedy_tokens_equal_hf_generate_with_batching_and_the_prefix_cache(name):
     lm = causal_lm(name)
     gen = leangraph.optimize(lm, task="text-generation")
     assert any("verified against the stateless decoder" in n for n in gen.report.notes)
-    out = gen.generate(PROMPTS, max_new_tokens=8)  # four lengths decoded as one batch
+    eos = lm.generation_config.eos_token_id  # HF generate stops there (OPT's random weights reach it)
+    out = gen.generate(PROMPTS, max_new_tokens=8, eos_token_id=eos)  # four lengths decoded as one batch
     assert out == [hf_greedy(lm, p, 8) for p in PROMPTS]
     # a prompt extending a finished request prefills only its new part
     follow = [int(t) for t in PROMPTS[1]] + out[1][:3]
-    assert gen.generate([follow], max_new_tokens=4) == [hf_greedy(lm, follow, 4)]
+    assert gen.generate([follow], max_new_tokens=4, eos_token_id=eos) == [hf_greedy(lm, follow, 4)]
     stats = gen.cache_stats
     assert stats.hits == 1 and stats.tokens_reused == len(follow) - 1 and stats.bytes_held > 0
 
@@ -173,6 +182,32 @@ def test_an_encoder_cannot_get_a_kv_cache_and_says_why():
                                   intermediate_size=64, max_position_embeddings=64, is_decoder=False)
     with pytest.raises(leangraph.errors.LeanGraphError, match="not causal"):
         leangraph.optimize(transformers.BertForMaskedLM(cfg).eval(), task="text-generation")
+
+
+@pytest.mark.parametrize("name", ["gpt2", "qwen2", "opt"])
+def test_a_torchscript_exported_decoder_file_generates_hf_greedy_tokens(name, tmp_path):
+    # the TorchScript exporter numbers GPT-2's positions by Range over the embeddings' shape and
+    # leaves the head counts of Qwen2's head splits and repeat_kv unknown (settled by probing)
+    lm = causal_lm(name)
+
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lm = lm
+
+        def forward(self, input_ids, attention_mask):
+            return self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    path = str(tmp_path / "decoder.onnx")
+    ids = torch.randint(0, 100, (2, 6))
+    axes = {0: "batch", 1: "seq"}
+    torch.onnx.export(Logits().eval(), (ids, torch.ones_like(ids)), path, dynamo=False, opset_version=17,
+                      input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                      dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": axes})
+    gen = leangraph.optimize(path, task="text-generation")
+    prompts = PROMPTS[:2] + [PROMPTS[0][::-1]]
+    eos = lm.generation_config.eos_token_id
+    assert gen.generate(prompts, max_new_tokens=5, eos_token_id=eos) == [hf_greedy(lm, p, 5) for p in prompts]
 
 
 def test_an_onnx_decoder_file_generates_hf_greedy_tokens(tmp_path):

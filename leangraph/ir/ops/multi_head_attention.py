@@ -40,9 +40,13 @@ def _reference(query, key, value, mask=None, num_heads=0, scale=0.0, causal=0, z
 
 def _decompose(tape, inputs, attrs):
     heads = attrs["num_heads"]
-    split_shape = const(tape, [0, 0, heads, -1], np.int64)
 
     def split(x):
+        # the head size spelled out where the width is static: -1 cannot be inferred on an empty
+        # sequence (a KV cache's past at prefill is [batch, 0, width])
+        width = x.shape[-1] if x.shape is not None and len(x.shape) == 3 else None
+        size = width // heads if isinstance(width, int) else -1
+        split_shape = const(tape, [0, 0, heads, size], np.int64)
         heads_first = tape.op("Transpose", [tape.op("Reshape", [x, split_shape])], {"perm": [0, 2, 1, 3]})
         heads_first.dtype = x.dtype  # the attention decomposition reads the dtype and the key's rank
         heads_first.shape = ir.Shape([None, None, None, None])

@@ -124,10 +124,16 @@ def introduce_kv_cache(model: ir.Model) -> KVCacheLayout | str:
     tokens = next((v for v in token_inputs if v.name == "input_ids"), token_inputs[0])
     others = [v for v in token_inputs if v is not tokens]
 
+    # a value may also hold its positions flattened with the batch ([batch*seq, width]: OPT's MLP)
+    flat_names = {f"{batch}*{seq}", f"{seq}*{batch}"}
+
+    def is_flat(dim) -> bool:
+        return isinstance(dim, ir.SymbolicDim) and dim.value in flat_names
+
     def seq_axes(value: ir.Value | None) -> list[int]:
         if value is None or value.shape is None:
             return []
-        return [i for i, d in enumerate(value.shape) if d == seq]
+        return [i for i, d in enumerate(value.shape) if d == seq or is_flat(d)]
 
     def token_axis(value: ir.Value | None) -> int | None:
         axes = seq_axes(value)
@@ -161,13 +167,36 @@ def introduce_kv_cache(model: ir.Model) -> KVCacheLayout | str:
             return axis is not None and axis < rank_of(inputs[0]) - 1 and not seq_axes(inputs[1])
         if onnx and node.op_type == "Gather":
             data, indices = inputs
-            return (node.attributes.get_int("axis", 0) == 0 and not seq_axes(data)
-                    and token_axis(indices) is not None)
+            axis = node.attributes.get_int("axis", 0) % max(rank_of(data) or 1, 1)
+            if not seq_axes(data):  # an embedding table read at each position's token
+                return axis == 0 and token_axis(indices) is not None
+            # picking along another axis (one of a stacked q/k/v) by indices that are no positions
+            data_axis = token_axis(data)
+            return data_axis is not None and axis != data_axis and not seq_axes(indices)
+        if onnx and node.op_type == "GatherND":
+            data, indices = inputs
+            depth = indices.shape[-1] if indices.shape is not None and len(indices.shape) else None
+            data_axis = token_axis(data)
+            return (node.attributes.get_int("batch_dims", 0) == 0 and isinstance(depth, int)
+                    and data_axis is not None and depth <= data_axis and not seq_axes(indices))
         if onnx and node.op_type == "Transpose":
             perm = node.attributes.get_ints("perm", None)
             return perm is not None and token_axis(inputs[0]) == perm[out_axis]
         if onnx and node.op_type == "Reshape":
-            return _regroups_around(inputs[0], outputs[0], token_axis(inputs[0]), out_axis)
+            source, out, axis = inputs[0], outputs[0], token_axis(inputs[0])
+            if axis is None:
+                return False
+            flat_in, flat_out = is_flat(source.shape[axis]), is_flat(out.shape[out_axis])
+            if not flat_in and not flat_out:
+                return _regroups_around(source, out, axis, out_axis)
+            # [batch, seq, ...] <-> [batch*seq, ...]: batch alone before the positions, static after
+            unflat, flat, flat_axis = (out, source, axis) if flat_in else (source, out, out_axis)
+            unflat_axis = out_axis if flat_in else axis
+            if flat_in == flat_out or flat_axis != 0 or list(unflat.shape[:unflat_axis]) != [batch]:
+                return False
+            after = list(unflat.shape[unflat_axis + 1:]) + list(flat.shape[1:])
+            return all(isinstance(d, int) for d in after) and np.prod(unflat.shape[unflat_axis + 1:]) == np.prod(
+                flat.shape[1:])
         if onnx and node.op_type in ("Split", "Concat", "Softmax"):
             rank = rank_of(inputs[0])
             axis = node.attributes.get_int("axis", 0 if node.op_type != "Softmax" else -1) % rank
@@ -216,11 +245,33 @@ def introduce_kv_cache(model: ir.Model) -> KVCacheLayout | str:
                 if consumer not in region and row_local(consumer):
                     region.add(consumer)
                     work.append(consumer)
+    def describe(node: ir.Node) -> str:
+        def shapes(values):
+            return ", ".join(str(v.shape) if v is not None and v.shape is not None else "?" for v in values)
+        return (f"'{node.name}' ({node.op_type}: [{shapes(node.inputs)}] -> [{shapes(node.outputs)}]) is not seen to "
+                f"compute each position from that position alone (position dim '{seq}')")
+
+    def first_blocker(value: ir.Value | None) -> ir.Node | None:
+        """Up from ``value``: the first node outside the region that is not row-local, on the way to it."""
+        seen, stack = set(), [value.producer()] if value is not None else []
+        while stack:
+            node = stack.pop()
+            if node is None or node in region or node in seen:
+                continue
+            seen.add(node)
+            if not row_local(node) and any(token_axis(v) is not None for v in node.outputs):
+                return node
+            stack.extend(v.producer() for v in node.inputs if v is not None)
+        return None
+
     logits = graph.outputs[0]
     if logits.producer() not in region or token_axis(logits) != 1:
-        return f"skipped: the output '{logits.name}' is not computed per position from the decoder's layers"
+        blocker = first_blocker(logits)
+        return (f"skipped: the output '{logits.name}' is not computed per position from the decoder's layers"
+                + (f": {describe(blocker)}" if blocker is not None else ""))
     # a row-local node whose result is also read by a node outside (which needs every position, as
     # the rotary tables' position arithmetic does) stays outside too: its result enters sliced
+    left_for: dict[ir.Node, ir.Node] = {}  # a node left out -> the outside reader that made it leave
     shrinking = True
     while shrinking:
         shrinking = False
@@ -230,8 +281,12 @@ def introduce_kv_cache(model: ir.Model) -> KVCacheLayout | str:
             if not outside:
                 continue
             if node in attention_set:
+                reader = outside[0]
+                while reader in left_for:
+                    reader = left_for[reader]
                 return (f"skipped: the output of '{node.name}' is also read by '{outside[0].name}' "
-                        f"({outside[0].op_type}), which needs every position")
+                        f"({outside[0].op_type}), which needs every position: {describe(reader)}")
+            left_for[node] = outside[0]
             region.discard(node)
             shrinking = True
 
@@ -246,8 +301,26 @@ def introduce_kv_cache(model: ir.Model) -> KVCacheLayout | str:
         stack.extend(v.producer() for v in node.inputs if v is not None)
     last_only = {n for n in region if n not in feeds_attention and n not in attention_set}
 
+    def flat_input(node: ir.Node, outside) -> bool:
+        return any(v is not None and token_axis(v) is not None and is_flat(v.shape[token_axis(v)])
+                   and v.producer() not in outside for v in node.inputs)
+
+    for node in region:
+        if node not in attention_set and flat_input(node, region):
+            return (f"skipped: '{node.name}' ({node.op_type}) reads positions flattened with the batch from outside "
+                    f"the decoder's layers; they cannot be cut to the new positions")
+    # the last position alone cannot be cut from a flattened value: nodes reading one from a node
+    # computing every position compute every position too
+    trimming = True
+    while trimming:
+        trimming = False
+        for node in list(last_only):
+            if flat_input(node, last_only):
+                last_only.discard(node)
+                trimming = True
+
     tokens_name = tokens.name
-    past_length = _rewrite(model, tokens, mask, others, attention, region, last_only, token_axis)
+    past_length = _rewrite(model, tokens, mask, others, attention, region, last_only, token_axis, is_flat)
     layout = KVCacheLayout(tokens=tokens_name, mask=mask.name,
                            past=[(f"past_key_{i}", f"past_value_{i}") for i in range(len(attention))],
                            present=[(f"present_key_{i}", f"present_value_{i}") for i in range(len(attention))],
@@ -341,7 +414,52 @@ def _const(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     return value
 
 
-def _rewrite(model, tokens, mask, others, attention, region, last_only, token_axis) -> str:
+def _keep_whole_shapes(graph: ir.Graph, region: set[ir.Node], axis_of: dict, mask: ir.Value, batch_len: ir.Value,
+                       is_flat) -> None:
+    """Shape and Size readers outside the region of a value the region now computes for the new
+    (or last) positions only: they read the whole sequence's shape, as before the rewrite (the
+    TorchScript exporter numbers GPT-2's positions by Range over ``inputs_embeds.shape[1]``)."""
+    total = None
+    for node in list(graph):
+        if node not in region:
+            continue
+        for value in node.outputs:
+            axis = axis_of.get(value)
+            readers = [c for c in value.consumers() if c not in region and c.op_type in ("Shape", "Size")
+                       and c.domain in ("", "ai.onnx")]
+            if axis is None or not readers:
+                continue
+            if total is None:
+                total = ir.Node("", "Shape", [mask], attributes=[ir.AttrInt64("start", 1), ir.AttrInt64("end", 2)],
+                                name="kv_cache_total_length")
+                graph.insert_before(next(iter(graph)), total)
+            length = total.outputs[0]
+            if is_flat(value.shape[axis]):
+                flat = ir.Node("", "Mul", [batch_len, length], name=f"{value.name}_whole_flat_length")
+                graph.insert_before(readers[0], flat)
+                length = flat.outputs[0]
+            for reader in readers:
+                full = ir.Node("", "Shape", [value], name=f"{reader.name}_new_shape")
+                axis_value = _const(graph, f"kv_cache_axis_{axis}", np.array([axis], np.int64))
+                whole = ir.Node("", "ScatterElements", [full.outputs[0], axis_value, length],
+                                attributes=[ir.AttrInt64("axis", 0)], name=f"{reader.name}_whole_shape")
+                if reader.op_type == "Size":
+                    result = ir.Node("", "ReduceProd", [whole.outputs[0]], attributes=[ir.AttrInt64("keepdims", 0)],
+                                     name=f"{reader.name}_whole")
+                else:
+                    rank = len(value.shape)
+                    start = reader.attributes.get_int("start", 0)
+                    stop = reader.attributes.get_int("end", rank)
+                    bounds = [_const(graph, f"kv_cache_index_{b}", np.array([b], np.int64)) for b in (start, stop)]
+                    result = ir.Node("", "Slice", [whole.outputs[0], *bounds], name=f"{reader.name}_whole")
+                for added in (full, whole, result):
+                    graph.insert_before(reader, added)
+                result.outputs[0].shape, result.outputs[0].type = reader.outputs[0].shape, reader.outputs[0].type
+                reader.outputs[0].replace_all_uses_with(result.outputs[0])
+                graph.remove(reader, safe=True)
+
+
+def _rewrite(model, tokens, mask, others, attention, region, last_only, token_axis, is_flat) -> str:
     graph = model.graph
     batch = mask.shape[0]
     new_dim, past_dim = ir.SymbolicDim(NEW), ir.SymbolicDim(PAST)
@@ -441,11 +559,18 @@ def _rewrite(model, tokens, mask, others, attention, region, last_only, token_ax
         # reshape and expand targets may hold the whole length (read from the inputs' shape): the
         # dims up to the position axis are copied instead, the trailing ones are static
         if node.domain in ("", "ai.onnx") and node.op_type == "Reshape":
-            out = node.outputs[0]
+            source, out = node.inputs[0], node.outputs[0]
             axis = axis_of[out]
-            target = np.array([d if isinstance(d, int) else 0 for d in out.shape[:axis]] + [-1]
-                              + list(out.shape[axis + 1:]), np.int64)
-            node.replace_input_with(1, _const(graph, f"{out.name}_kv_cache_target", target))
+            if is_flat(source.shape[axis_of[source]]):  # [batch*new, ...] -> [batch, new, ...]: the batch read off
+                rest = _const(graph, f"{out.name}_kv_cache_target_rest", np.array([-1] + list(out.shape[axis + 1:]),
+                                                                                   np.int64))
+                target = add(ir.Node("", "Concat", [batch_len, rest], attributes=[ir.AttrInt64("axis", 0)],
+                                     name=f"{out.name}_kv_cache_target"), node)
+            else:
+                target = _const(graph, f"{out.name}_kv_cache_target", np.array(
+                    [d if isinstance(d, int) else 0 for d in out.shape[:axis]] + [-1] + list(out.shape[axis + 1:]),
+                    np.int64))
+            node.replace_input_with(1, target)
             node.attributes["allowzero"] = ir.AttrInt64("allowzero", 0)
         if node.domain in ("", "ai.onnx") and node.op_type == "Expand":
             source, out = node.inputs[0], node.outputs[0]
@@ -457,8 +582,13 @@ def _rewrite(model, tokens, mask, others, attention, region, last_only, token_ax
             axis = axis_of.get(value)
             if axis is not None and value.shape is not None:
                 dims = list(value.shape)
-                dims[axis] = 1 if node in last_only else new_dim
+                if is_flat(dims[axis]):
+                    dims[axis] = batch if node in last_only else ir.SymbolicDim(f"{batch}*{NEW}")
+                else:
+                    dims[axis] = 1 if node in last_only else new_dim
                 value.shape = ir.Shape(dims)
+
+    _keep_whole_shapes(graph, region, axis_of, mask, batch_len, is_flat)
 
     for index, node in enumerate(attention):
         (past_key, past_value), axis = past_inputs[index]
