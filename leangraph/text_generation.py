@@ -20,6 +20,7 @@ from leangraph.backends import chain_for
 from leangraph.backends.partition import compile_partitioned
 from leangraph.errors import CaptureError, OptionError, VerificationError
 from leangraph.ir import clone_model
+from leangraph.passes.kv_reuse.existing_kv_cache import find_kv_cache
 from leangraph.passes.kv_reuse.introduce_kv_cache import KVCacheLayout, introduce_kv_cache
 from leangraph.passes.kv_reuse.probed_dims import settle_dims
 from leangraph.passes.kv_reuse.shared_prefix_attention import share_prefix
@@ -63,19 +64,29 @@ def _default_cache_bytes() -> int:
         return 1 << 30
 
 
-def _probe_inputs(graph: ir.Model, batch: int = 2, length: int = 8) -> tuple[np.ndarray, ...]:
+def _probe_inputs(graph: ir.Model, batch: int = 2, length: int = 8,
+                  cache: KVCacheLayout | None = None, past: int = 3) -> tuple[np.ndarray, ...]:
     """[batch, length] inputs for a decoder: token ids below its vocabulary (the logits' last
-    dim), a mask of ones, position ids counting up; by input name."""
-    logits = graph.graph.outputs[0]
+    dim), a mask of ones, position ids counting up; by input name. With the ``cache`` a decoder
+    already has: ``past`` cached positions of small random keys and values before them."""
+    outputs = {v.name: v for v in graph.graph.outputs}
+    logits = outputs[cache.logits] if cache is not None else graph.graph.outputs[0]
     vocab = logits.shape[-1] if logits.shape is not None and isinstance(logits.shape[-1], int) else 2
     rng = np.random.default_rng(0)
+    before = past if cache is not None else 0
+    axis_of = {name: axis for pair, axis in zip(cache.past, cache.seq_axis) for name in pair} if cache else {}
     inputs = []
     for value in graph.graph.inputs:
         dtype = value.dtype.numpy() if value.dtype is not None else np.int64
-        if "mask" in value.name:
-            inputs.append(np.ones((batch, length), dtype))
+        if value.name in axis_of:
+            dims = [batch if i == 0 else past if i == axis_of[value.name] else d for i, d in enumerate(value.shape)]
+            inputs.append((rng.standard_normal(dims) * 0.5).astype(dtype))
+        elif cache is not None and value.name in cache.flags:
+            inputs.append(np.ones([d if isinstance(d, int) else 1 for d in value.shape], np.bool_))
+        elif "mask" in value.name:
+            inputs.append(np.ones((batch, before + length), dtype))
         elif "position" in value.name:
-            inputs.append(np.tile(np.arange(length, dtype=dtype), (batch, 1)))
+            inputs.append(np.tile(np.arange(before, before + length, dtype=dtype), (batch, 1)))
         else:
             inputs.append(rng.integers(0, vocab, (batch, length)).astype(dtype))
     return tuple(inputs)
@@ -86,7 +97,7 @@ def build_generator(model: Any, example_inputs, *, backend: str, cache_bytes: in
 
     start = time.perf_counter()
     max_positions = None
-    if isinstance(model, torch.nn.Module):
+    if isinstance(model, torch.nn.Module):  # a HF causal LM, wrapped with its cache off
         max_positions = _context_length(model)
         vocab = getattr(getattr(model, "config", None), "vocab_size", None)
         if example_inputs is None:
@@ -99,26 +110,39 @@ def build_generator(model: Any, example_inputs, *, backend: str, cache_bytes: in
         source = _stateless(model)
         example = (ids, mask, positions)
         dynamic = {name: {0: "batch", 1: "seq"} for name in ("input_ids", "attention_mask", "position_ids")}
-    else:  # an ONNX decoder: probe inputs made up from its signature unless given
+    existing = None
+    if not isinstance(model, torch.nn.Module):  # an ONNX decoder: probe inputs made up from its signature
         from leangraph.frontend import capture
 
         source, dynamic = capture(model), None
-        example = example_inputs if example_inputs is not None else _probe_inputs(source)
+        existing = find_kv_cache(source)
+        if isinstance(existing, str):
+            raise CaptureError(f"'{source.graph.name or model}' has past inputs but they cannot be driven: {existing}",
+                               hint="export the decoder without its cache (input_ids, attention_mask -> logits), "
+                                    "or with optimum's names (past_key_values.N.key / present.N.key)")
+        example = example_inputs if example_inputs is not None else _probe_inputs(source, cache=existing)
     from leangraph.passes import default_pipeline
 
     pipeline = [p for p in default_pipeline() if getattr(p, "name", "") != "remove_padding"]
     stateless = optimize(source, example, dynamic_shapes=dynamic, backend="reference", passes=pipeline)
     report = stateless.report
     step = clone_model(stateless.graph)
-    settled = settle_dims(step, [_probe_inputs(step, 2, 5), _probe_inputs(step, 3, 7)])
-    if settled:
-        report.notes.append(f"probed_dims: {settled} dims the exporter left unknown settled by two probe runs")
-    layout = introduce_kv_cache(step)
-    if isinstance(layout, str):
-        raise CaptureError(f"text generation needs a KV cache, and '{report.model_name}' cannot get one: {layout}",
-                           hint="give a causal LM whose attention is masked by its attention_mask input")
-    report.notes.append(f"introduce_kv_cache: one step graph for prefill and decode, "
-                        f"{len(layout.past)} attention layers cached")
+    if existing is not None:
+        layout = find_kv_cache(step)
+        if not isinstance(layout, KVCacheLayout):
+            raise CaptureError(f"the optimized graph of '{report.model_name}' lost its cache inputs: {layout}",
+                               hint="report it with the model")
+        report.notes.append(f"existing_kv_cache: the decoder's own cache used as it is ({len(layout.past)} layers)")
+    else:
+        settled = settle_dims(step, [_probe_inputs(step, 2, 5), _probe_inputs(step, 3, 7)])
+        if settled:
+            report.notes.append(f"probed_dims: {settled} dims the exporter left unknown settled by two probe runs")
+        layout = introduce_kv_cache(step)
+        if isinstance(layout, str):
+            raise CaptureError(f"text generation needs a KV cache, and '{report.model_name}' cannot get one: {layout}",
+                               hint="give a causal LM whose attention is masked by its attention_mask input")
+        report.notes.append(f"introduce_kv_cache: one step graph for prefill and decode, "
+                            f"{len(layout.past)} attention layers cached")
     chain = chain_for("onnxruntime" if backend == "auto" else backend)
     if backend == "auto":
         report.notes.append("auto: the step graph runs on onnxruntime (backends are not raced for it yet)")
@@ -132,7 +156,7 @@ def build_generator(model: Any, example_inputs, *, backend: str, cache_bytes: in
         shared_exe, _, _ = compile_partitioned(shared_graph, chain)
         shared_step = (shared_exe, shared_layout, [v.name for v in shared_graph.graph.inputs],
                        [v.name for v in shared_graph.graph.outputs])
-    stateless_exe, _, _ = compile_partitioned(stateless.graph, chain_for("onnxruntime"))
+    stateless_exe = None if existing is not None else compile_partitioned(stateless.graph, chain_for("onnxruntime"))[0]
     report.fallbacks += [f"{f.op} (node '{f.node}'): {f.wanted} -> {f.used}" for f in fallbacks]
     logits = step.graph.outputs[0]
     vocab_size = logits.shape[-1] if logits.shape is not None and isinstance(logits.shape[-1], int) else None
@@ -147,18 +171,34 @@ def build_generator(model: Any, example_inputs, *, backend: str, cache_bytes: in
         step_exe, layout, vocab_size=vocab_size, max_positions=max_positions,
         cache_bytes=_default_cache_bytes() if cache_bytes is None else int(cache_bytes), kv_shapes=kv_shapes,
         dtype=dtype, input_names=[v.name for v in step.graph.inputs], output_names=[v.name for v in step.graph.outputs],
-        report=report, shared_step=shared_step)
-    _verify(gen, stateless_exe, [v.name for v in stateless.graph.graph.inputs], layout, vocab_size, report)
+        report=report, shared_step=shared_step,
+        flag_shapes={name: tuple(d if isinstance(d, int) else 1 for d in inputs[name].shape) for name in layout.flags})
+    if existing is not None:  # no stateless graph: chunked steps against one prefill of the same positions
+        def reference(ids, mask):
+            return gen._run_step(ids, mask, gen._empty_kv(len(ids)))[0]
+        what = "its own prefill of the same positions"
+    else:
+        stateless_inputs = [v.name for v in stateless.graph.graph.inputs]
+
+        def reference(ids, mask):
+            return _stateless_last(stateless_exe, stateless_inputs, layout, ids, mask)
+        what = "the stateless decoder"
+    _verify(gen, reference, what, vocab_size, report)
     if shared_step is not None:
-        _verify_shared(gen, stateless_exe, [v.name for v in stateless.graph.graph.inputs], layout, vocab_size, report)
+        try:
+            _verify_shared(gen, reference, what, vocab_size, report)
+        except VerificationError as exc:
+            if existing is None:
+                raise
+            gen._shared = None  # the decoder's own graph numbers positions in a way the rewrite missed
+            report.notes.append(f"shared_prefix_attention: not used on this decoder's own cache graph: {exc}")
     report.notes.append(f"generator built in {time.perf_counter() - start:.1f} s")
     return gen
 
 
-def _verify(gen: TextGenerator, stateless, stateless_inputs: list[str], layout: KVCacheLayout, vocab: int,
-            report) -> None:
-    """The step graph against the stateless graph: a batch of 2 (the second left-padded by 2),
-    prefill 4 positions, then 1, 1 and 2 more; the last position's logits compared each time."""
+def _verify(gen: TextGenerator, reference, what: str, vocab: int, report) -> None:
+    """The step graph against ``reference(ids, mask)`` (the last position's logits): a batch of 2
+    (the second left-padded by 2), prefill 4 positions, then 1, 1 and 2 more."""
     rng = np.random.default_rng(0)
     ids = rng.integers(0, vocab, (2, 8)).astype(np.int64)
     mask = np.ones_like(ids)
@@ -167,18 +207,16 @@ def _verify(gen: TextGenerator, stateless, stateless_inputs: list[str], layout: 
     for chunk in (4, 1, 1, 2):
         end = done + chunk
         got, kv = gen._run_step(ids[:, done:end], mask[:, :end], kv)
-        expected = _stateless_last(stateless, stateless_inputs, layout, ids[:, :end], mask[:, :end])
-        _check(got, expected, "KV-cache step graph", report.model_name, end)
+        _check(got, reference(ids[:, :end], mask[:, :end]), "KV-cache step graph", what, report.model_name, end)
         done = end
-    report.notes.append("introduce_kv_cache: verified against the stateless decoder (prefill, decode, append; "
-                        "a left-padded batch)")
+    report.notes.append(f"KV-cache step graph verified against {what} (prefill, decode, append; a left-padded batch)")
 
 
-def _check(got: np.ndarray, expected: np.ndarray, what: str, model: str, positions: int) -> None:
+def _check(got: np.ndarray, expected: np.ndarray, what: str, against: str, model: str, positions: int) -> None:
     scale = float(np.abs(expected).max())
     if not np.allclose(got, expected, rtol=_TOLERANCE[0], atol=_TOLERANCE[1] * max(1.0, scale)):
         raise VerificationError(
-            f"the {what} of '{model}' differs from the stateless decoder after {positions} positions "
+            f"the {what} of '{model}' differs from {against} after {positions} positions "
             f"(max abs difference {float(np.abs(got - expected).max()):.3g})",
             hint="report it with the model; generation is not safe on this graph")
 
@@ -191,10 +229,10 @@ def _stateless_last(stateless, names, layout, ids, mask):
     return stateless([named[name] for name in names])[0][:, -1]
 
 
-def _verify_shared(gen: TextGenerator, stateless, stateless_inputs, layout, vocab: int, report) -> None:
+def _verify_shared(gen: TextGenerator, reference, what: str, vocab: int, report) -> None:
     """The shared-prefix step graph: a 5-position prefix prefilled once (batch 1), then a batch of 2
-    sequences after it, the second with one position less (left-padded), decoded 2, 1 and 1 at a
-    time; the last position's logits against the stateless decoder's."""
+    sequences after it decoded 2, 1 and 1 at a time; the last position's logits against
+    ``reference(ids, mask)``."""
     rng = np.random.default_rng(1)
     shared = rng.integers(0, vocab, 5)
     ids = np.stack([np.concatenate([shared, rng.integers(0, vocab, 5)]) for _ in range(2)]).astype(np.int64)
@@ -206,11 +244,9 @@ def _verify_shared(gen: TextGenerator, stateless, stateless_inputs, layout, voca
     for chunk in (2, 1, 1):
         end = done + chunk
         got, own = gen._run_step(ids[:, done:end], mask[:, :end], own, prefix)
-        expected = _stateless_last(stateless, stateless_inputs, layout, ids[:, :end], mask[:, :end])
-        _check(got, expected, "shared-prefix step graph", report.model_name, end)
+        _check(got, reference(ids[:, :end], mask[:, :end]), "shared-prefix step graph", what, report.model_name, end)
         done = end
-    report.notes.append("shared_prefix_attention: verified against the stateless decoder (a batch sharing a "
-                        "prefix held once)")
+    report.notes.append(f"shared_prefix_attention: verified against {what} (a batch sharing a prefix held once)")
 
 
 def check_task(task: str) -> None:

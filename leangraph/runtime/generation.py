@@ -215,7 +215,7 @@ class TextGenerator:
     def __init__(self, step, layout, *, vocab_size: int, max_positions: int | None, cache_bytes: int,
                  kv_shapes: list[tuple[tuple[int | None, ...], tuple[int | None, ...]]], dtype: np.dtype,
                  input_names: list[str], output_names: list[str], report: Any, max_batch: int = 16,
-                 shared_step=None) -> None:
+                 shared_step=None, flag_shapes: dict[str, tuple[int, ...]] | None = None) -> None:
         """``shared_step``: (executable, layout, input names, output names) of the step graph with
         shared-prefix attention (passes/kv_reuse/shared_prefix_attention.py), used for requests whose
         prompt starts with at least MIN_SHARED_PREFIX cached positions."""
@@ -224,6 +224,7 @@ class TextGenerator:
         self.vocab_size, self.max_positions, self.max_batch = vocab_size, max_positions, max_batch
         self._kv_shapes, self._dtype = kv_shapes, dtype
         self._inputs, self._outputs = input_names, output_names
+        self._flag_shapes = dict(flag_shapes or {})
         self._cache = PrefixCache(cache_bytes, layout.seq_axis)
         self._prefixes: dict[tuple[int, ...], _Prefix] = {}
         self._lock = threading.Lock()
@@ -371,9 +372,13 @@ class TextGenerator:
 
     def _feeds(self, tokens: np.ndarray, mask: np.ndarray, kv) -> list[np.ndarray]:
         positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int64)
+        if self.layout.positions_new_only:
+            positions = positions[:, mask.shape[1] - tokens.shape[1]:]
         named = {self.layout.tokens: tokens, self.layout.mask: mask}
         for name in self.layout.other_inputs:
             named[name] = positions
+        for name in self.layout.flags:
+            named[name] = np.ones(self._flag_shapes.get(name, ()), np.bool_)
         for (key, value), (k, v) in zip(self.layout.past, kv):
             named[key], named[value] = k, v
         return [named[name] for name in self._inputs]

@@ -231,3 +231,57 @@ def test_an_onnx_decoder_file_generates_hf_greedy_tokens(tmp_path):
     gen = leangraph.optimize(path, task="text-generation")
     prompts = PROMPTS[:2] + [PROMPTS[0][::-1]]  # two of the same length
     assert gen.generate(prompts, max_new_tokens=6) == [hf_greedy(lm, p, 6) for p in prompts]
+
+
+def export_with_past(lm, path: str) -> None:
+    """A HF decoder exported with its cache as optimum names it: input_ids, attention_mask (past and
+    new), position_ids (new), past_key_values.N.key/value -> logits, present.N.key/value."""
+    import transformers
+
+    layers = lm.config.num_hidden_layers
+
+    class WithPast(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lm = lm
+
+        def forward(self, input_ids, attention_mask, position_ids, *past):
+            cache = transformers.DynamicCache()
+            for i in range(layers):
+                cache.update(past[2 * i], past[2 * i + 1], i)
+            out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          past_key_values=cache, use_cache=True)
+            return (out.logits, *[t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)])
+
+    heads = getattr(lm.config, "num_key_value_heads", None) or lm.config.num_attention_heads
+    size = lm.config.hidden_size // lm.config.num_attention_heads
+    ids = torch.randint(0, 100, (2, 4))
+    past = [torch.randn(2, heads, 3, size) for _ in range(2 * layers)]
+    cache_in = [f"past_key_values.{i}.{w}" for i in range(layers) for w in ("key", "value")]
+    cache_out = [f"present.{i}.{w}" for i in range(layers) for w in ("key", "value")]
+    axes = {"input_ids": {0: "batch", 1: "seq"}, "position_ids": {0: "batch", 1: "seq"},
+            "attention_mask": {0: "batch", 1: "total"}, "logits": {0: "batch", 1: "seq"},
+            **{n: {0: "batch", 2: "past"} for n in cache_in}, **{n: {0: "batch", 2: "total"} for n in cache_out}}
+    torch.onnx.export(WithPast().eval(), (ids, torch.ones(2, 7, dtype=torch.long), torch.arange(3, 7).repeat(2, 1),
+                                          *past), path, dynamo=False, opset_version=17,
+                      input_names=["input_ids", "attention_mask", "position_ids", *cache_in],
+                      output_names=["logits", *cache_out], dynamic_axes=axes)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_a_decoder_with_its_own_cache_is_used_as_it_is(name, tmp_path):
+    lm = causal_lm(name)
+    path = str(tmp_path / "decoder_with_past.onnx")
+    export_with_past(lm, path)
+    gen = leangraph.optimize(path, task="text-generation")
+    assert any("existing_kv_cache: the decoder's own cache used as it is (2 layers)" in n for n in gen.report.notes)
+    assert not any("introduce_kv_cache" in n for n in gen.report.notes)
+    assert gen.layout.past[0] == ("past_key_values.0.key", "past_key_values.0.value")
+    prompts = PROMPTS + [SHARED * 2 + [3], SHARED * 2 + [4, 5], SHARED * 2 + [6]]
+    assert gen.generate(prompts, max_new_tokens=5) == [hf_greedy(lm, p, 5) for p in prompts]
+    later = [SHARED * 2 + [7], SHARED * 2 + [8, 9]]  # the cached 20-token prefix, shared by the batch
+    assert gen.generate(later, max_new_tokens=5) == [hf_greedy(lm, p, 5) for p in later]
+    if name == "gpt2":
+        assert gen.cache_stats.shared_prefix_steps > 0
+    else:  # grouped KV heads reach attention through repeat_kv: the report says shared-prefix attention is off
+        assert any("shared_prefix_attention: skipped" in n for n in gen.report.notes)

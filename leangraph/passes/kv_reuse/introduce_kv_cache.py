@@ -77,6 +77,12 @@ class KVCacheLayout:
     """Per attention node: 0 when its prefix inputs have the past's layout [1, heads, len, size];
     H when the past is [1, len, H * size] and the prefix is given split into its H heads."""
 
+    positions_new_only: bool = False
+    """Whether the other inputs cover the new positions only (a decoder exported with its own
+    cache, HF's convention) instead of the whole sequence."""
+    flags: list[str] = dataclasses.field(default_factory=list)
+    """Boolean inputs fed True (optimum's merged decoder's ``use_cache_branch``)."""
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
 

@@ -27,10 +27,6 @@ def share_prefix(model: ir.Model, layout: KVCacheLayout) -> KVCacheLayout | str:
     graph = model.graph
     present = {v.name: v for v in graph.outputs}
     values = {v.name: v for v in graph.inputs}
-    lengths = [v for node in graph for v in node.outputs if v.name == layout.past_length]
-    if not lengths:
-        return "skipped: the step graph does not name its past length (made by another version?)"
-    (past_length,) = lengths
     nodes = []
     for (key_out, value_out), axis in zip(layout.present, layout.seq_axis):
         readers = [n for n in present[key_out].consumers() if n.domain == DOMAIN
@@ -62,19 +58,14 @@ def share_prefix(model: ir.Model, layout: KVCacheLayout) -> KVCacheLayout | str:
             pair.append(value)
         prefix.append(pair)
 
-    # the graph numbers positions from the prefix's length plus the own past
+    # the graph numbers positions (and sizes its masks) from the prefix's length plus the own past
     (prefix_key0, _), axis0 = prefix[0], 2
     prefix_length = ir.Node("", "Shape", [prefix_key0], attributes=[ir.AttrInt64("start", axis0),
                                                                       ir.AttrInt64("end", axis0 + 1)],
                             name="shared_prefix_length")
-    total = ir.Node("", "Add", [prefix_length.outputs[0], past_length], name="shared_prefix_past_length")
     graph.insert_before(first, prefix_length)
     prefix_length.outputs[0].shape, prefix_length.outputs[0].type = ir.Shape([1]), ir.TensorType(ir.DataType.INT64)
-    graph.insert_after(past_length.producer(), total)
-    total.outputs[0].shape, total.outputs[0].type = ir.Shape([1]), ir.TensorType(ir.DataType.INT64)
-    for consumer, slot in list(past_length.uses()):
-        if consumer is not total:
-            consumer.replace_input_with(slot, total.outputs[0])
+    _count_the_prefix_in_past_shapes(graph, layout, prefix_length.outputs[0])
 
     end = ir.Value(name="shared_prefix_end", const_value=ir.tensor(np.array([_MAX], np.int64)))
     end.shape, end.type = ir.Shape([1]), ir.TensorType(ir.DataType.INT64)
@@ -105,3 +96,33 @@ def share_prefix(model: ir.Model, layout: KVCacheLayout) -> KVCacheLayout | str:
                            "prefix_heads": prefix_heads})
     model.metadata_props[LAYOUT_KEY] = new.to_json()
     return new
+
+
+def _count_the_prefix_in_past_shapes(graph: ir.Graph, layout: KVCacheLayout, prefix_length: ir.Value) -> None:
+    """Every Shape read of a past input (introduce_kv_cache's past length; a decoder's own cache
+    graph: HF's ``past_key_values.get_seq_length()``) gets the prefix's length added on the
+    position axis: the past inputs now hold the positions after the prefix only."""
+    axis_of = {name: axis for pair, axis in zip(layout.past, layout.seq_axis) for name in pair}
+    for node in list(graph):
+        source = node.inputs[0] if node.inputs else None
+        if (node.op_type != "Shape" or node.domain not in ("", "ai.onnx") or source is None
+                or source.name not in axis_of or source.shape is None):
+            continue
+        rank, axis = len(source.shape), axis_of[source.name]
+        start = node.attributes.get_int("start", 0)
+        end = node.attributes.get_int("end", rank)
+        start, end = (min(max(b + rank if b < 0 else b, 0), rank) for b in (start, end))
+        if not start <= axis < end:
+            continue
+        one_hot = ir.Value(name=f"{node.name}_prefix_axis",
+                           const_value=ir.tensor(np.eye(rank, dtype=np.int64)[axis][start:end]))
+        one_hot.shape, one_hot.type = ir.Shape([end - start]), ir.TensorType(ir.DataType.INT64)
+        graph.register_initializer(one_hot)
+        uses = list(node.outputs[0].uses())
+        shift = ir.Node("", "Mul", [one_hot, prefix_length], name=f"{node.name}_prefix_shift")
+        total = ir.Node("", "Add", [node.outputs[0], shift.outputs[0]], name=f"{node.name}_with_prefix")
+        graph.insert_after(node, [shift, total])
+        for value in (shift.outputs[0], total.outputs[0]):
+            value.shape, value.type = node.outputs[0].shape, node.outputs[0].type
+        for consumer, slot in uses:
+            consumer.replace_input_with(slot, total.outputs[0])
