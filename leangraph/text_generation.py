@@ -21,6 +21,7 @@ from leangraph.backends.partition import compile_partitioned
 from leangraph.errors import CaptureError, OptionError, VerificationError
 from leangraph.ir import clone_model
 from leangraph.passes.kv_reuse.existing_kv_cache import find_kv_cache
+from leangraph.passes.kv_reuse.grouped_query_attention import fold_repeat_kv
 from leangraph.passes.kv_reuse.introduce_kv_cache import KVCacheLayout, introduce_kv_cache
 from leangraph.passes.kv_reuse.probed_dims import settle_dims
 from leangraph.passes.kv_reuse.shared_prefix_attention import share_prefix
@@ -127,6 +128,11 @@ def build_generator(model: Any, example_inputs, *, backend: str, cache_bytes: in
     stateless = optimize(source, example, dynamic_shapes=dynamic, backend="reference", passes=pipeline)
     report = stateless.report
     step = clone_model(stateless.graph)
+    cache = existing if isinstance(existing, KVCacheLayout) else None
+    settled = settle_dims(step, [_probe_inputs(step, 2, 5, cache=cache, past=3),
+                                 _probe_inputs(step, 3, 7, cache=cache, past=4)])
+    if settled:
+        report.notes.append(f"probed_dims: {settled} dims the exporter left unknown settled by two probe runs")
     if existing is not None:
         layout = find_kv_cache(step)
         if not isinstance(layout, KVCacheLayout):
@@ -134,15 +140,18 @@ def build_generator(model: Any, example_inputs, *, backend: str, cache_bytes: in
                                hint="report it with the model")
         report.notes.append(f"existing_kv_cache: the decoder's own cache used as it is ({len(layout.past)} layers)")
     else:
-        settled = settle_dims(step, [_probe_inputs(step, 2, 5), _probe_inputs(step, 3, 7)])
-        if settled:
-            report.notes.append(f"probed_dims: {settled} dims the exporter left unknown settled by two probe runs")
         layout = introduce_kv_cache(step)
         if isinstance(layout, str):
             raise CaptureError(f"text generation needs a KV cache, and '{report.model_name}' cannot get one: {layout}",
                                hint="give a causal LM whose attention is masked by its attention_mask input")
         report.notes.append(f"introduce_kv_cache: one step graph for prefill and decode, "
                             f"{len(layout.past)} attention layers cached")
+    folded, left = fold_repeat_kv(step)
+    if folded:
+        report.notes.append(f"grouped_query_attention: {folded} attention nodes read each cached KV head once "
+                            f"(no repeat_kv of the cache per step)")
+    for reason in left:
+        report.notes.append(f"grouped_query_attention: left as it is: {reason}")
     chain = chain_for("onnxruntime" if backend == "auto" else backend)
     if backend == "auto":
         report.notes.append("auto: the step graph runs on onnxruntime (backends are not raced for it yet)")

@@ -281,7 +281,6 @@ def test_a_decoder_with_its_own_cache_is_used_as_it_is(name, tmp_path):
     assert gen.generate(prompts, max_new_tokens=5) == [hf_greedy(lm, p, 5) for p in prompts]
     later = [SHARED * 2 + [7], SHARED * 2 + [8, 9]]  # the cached 20-token prefix, shared by the batch
     assert gen.generate(later, max_new_tokens=5) == [hf_greedy(lm, p, 5) for p in later]
-    if name == "gpt2":
-        assert gen.cache_stats.shared_prefix_steps > 0
-    else:  # grouped KV heads reach attention through repeat_kv: the report says shared-prefix attention is off
-        assert any("shared_prefix_attention: skipped" in n for n in gen.report.notes)
+    assert gen.cache_stats.shared_prefix_steps > 0
+    if name == "llama":  # grouped KV heads: attention reads the cached heads without repeat_kv
+        assert any("grouped_query_attention: 2 attention nodes" in n for n in gen.report.notes)

@@ -38,6 +38,7 @@ import onnx_ir as ir
 from leangraph.ir.registry import DOMAIN
 from leangraph.passes.cleanup.dce import dce
 from leangraph.passes.fusion._checks import rank as rank_of
+from leangraph.passes.kv_reuse.grouped_query_attention import repeat_kv_source
 from leangraph.passes.redundancy.padding_removal import TOKENWISE_ELEMENTWISE, padding_mask_of
 
 LAYOUT_KEY = "leangraph.kv_cache"
@@ -478,12 +479,25 @@ def _rewrite(model, tokens, mask, others, attention, region, last_only, token_ax
         return node.outputs[0]
 
     # per attention node: past inputs, present outputs
-    presents = []
+    def cache_point(node: ir.Node, slot: int) -> tuple[ir.Value, tuple[ir.Node, ...]]:
+        """What to cache for the attention's key or value: the keys before repeat_kv (grouped KV
+        heads: the cache holds each KV head once) with the repeat's nodes, or the input itself."""
+        found = repeat_kv_source(node.inputs[slot])
+        if found is not None:
+            reshape = node.inputs[slot].producer()
+            expand = reshape.inputs[0].producer()
+            unsqueeze = expand.inputs[0].producer()
+            chain = (unsqueeze, expand, reshape)
+            if all(n in region and len(n.outputs[0].consumers()) == 1 for n in chain):
+                return found[0], chain
+        return node.inputs[slot], ()
+
+    points = [{slot: cache_point(node, slot) for slot in (1, 2)} for node in attention]
     past_inputs = []
     for index, node in enumerate(attention):
         axis = 1 if node.op_type == "MultiHeadAttention" else 2
         pair = []
-        for which, source in (("key", node.inputs[1]), ("value", node.inputs[2])):
+        for which, source in (("key", points[index][1][0]), ("value", points[index][2][0])):
             shape = list(source.shape)
             shape[axis] = past_dim
             past = ir.Value(name=f"past_{which}_{index}", type=source.type, shape=ir.Shape(shape))
@@ -599,16 +613,21 @@ def _rewrite(model, tokens, mask, others, attention, region, last_only, token_ax
     for index, node in enumerate(attention):
         (past_key, past_value), axis = past_inputs[index]
         for slot, past, which in ((1, past_key, "key"), (2, past_value, "value")):
-            current = node.inputs[slot]
+            current, repeat = points[index][slot]
+            reader = repeat[0] if repeat else node
             present = ir.Node("", "Concat", [past, current], attributes=[ir.AttrInt64("axis", axis)],
                               outputs=[ir.Value(name=f"present_{which}_{index}")], name=f"kv_cache_present_{which}_{index}")
-            graph.insert_before(node, present)
+            graph.insert_before(reader, present)
             out = present.outputs[0]
             out.type = current.type
             dims = list(current.shape)
             dims[axis] = ir.SymbolicDim(TOTAL)
             out.shape = ir.Shape(dims)
-            node.replace_input_with(slot, out)
+            reader.replace_input_with(0 if repeat else slot, out)
+            for step, position in zip(repeat, (axis + 1, axis + 1, axis)):  # the repeat now runs over all positions
+                dims = list(step.outputs[0].shape)
+                dims[position] = ir.SymbolicDim(TOTAL)
+                step.outputs[0].shape = ir.Shape(dims)
             graph.outputs.append(out)
     graph.sort()
     dce(model)  # the whole-length computations nothing reads any more
