@@ -12,7 +12,7 @@ from leangraph.ir.lowering import lower_to_onnx
 from leangraph.ir.registry import (
     DOMAIN, DOMAIN_VERSION, OpDef, TensorInfo, all_ops, attributes_of, lookup, register,
 )
-from leangraph.ir.shapes import infer_leangraph_shapes
+from leangraph.ir.shapes import fill_missing_dtypes, infer_leangraph_shapes
 from leangraph.ir.stats import node_count, op_histogram, parameter_count
 from leangraph.ir.verify import verify_model
 
@@ -37,6 +37,7 @@ __all__ = [
     "all_ops",
     "attributes_of",
     "clone_model",
+    "fill_missing_dtypes",
     "infer_leangraph_shapes",
     "lookup",
     "lower_to_onnx",

@@ -33,3 +33,36 @@ def infer_leangraph_shapes(model: ir.Model) -> None:
                     value.dtype = info.dtype
                 if info.shape is not None:
                     value.shape = _to_shape(info.shape)
+
+
+_BOOL_RESULTS = {"Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And", "Or", "Xor", "IsNaN",
+                 "IsInf"}
+
+
+def fill_missing_dtypes(model: ir.Model) -> int:
+    """Give the standard-op outputs a rewrite created without a dtype the one ONNX would infer
+    (a graph cut into backend pieces needs it on every value crossing a cut); returns how many."""
+    filled = 0
+    for node in model.graph:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        for value in node.outputs:
+            if value is None or value.dtype is not None:
+                continue
+            if node.op_type in ("Shape", "Size", "NonZero", "ArgMax", "ArgMin"):
+                dtype = ir.DataType.INT64
+            elif node.op_type in _BOOL_RESULTS:
+                dtype = ir.DataType.BOOL
+            elif node.op_type == "Cast":
+                dtype = ir.DataType(node.attributes.get_int("to"))
+            elif node.op_type == "ConstantOfShape":
+                attr = node.attributes.get("value")
+                dtype = attr.as_tensor().dtype if attr is not None else ir.DataType.FLOAT
+            elif node.op_type in ("Where",):
+                dtype = next((v.dtype for v in node.inputs[1:] if v is not None and v.dtype is not None), None)
+            else:
+                dtype = next((v.dtype for v in node.inputs if v is not None and v.dtype is not None), None)
+            if dtype is not None:
+                value.dtype = dtype
+                filled += 1
+    return filled

@@ -284,3 +284,16 @@ def test_a_decoder_with_its_own_cache_is_used_as_it_is(name, tmp_path):
     assert gen.cache_stats.shared_prefix_steps > 0
     if name == "llama":  # grouped KV heads: attention reads the cached heads without repeat_kv
         assert any("grouped_query_attention: 2 attention nodes" in n for n in gen.report.notes)
+
+
+@pytest.mark.parametrize("backend", ["tvm", "torch"])
+def test_step_graphs_run_on_the_tvm_and_torch_backends(backend):
+    # what the backend does not take (the cache's shape arithmetic) runs on ONNX Runtime, listed
+    lm = causal_lm("llama")
+    gen = leangraph.optimize(lm, task="text-generation", backend=backend)
+    prompts = PROMPTS[:2] + [SHARED * 2 + [3]]
+    later = [SHARED * 2 + [4], SHARED * 2 + [5]]  # decoded on the shared prefix
+    assert gen.generate(prompts, max_new_tokens=4) + gen.generate(later, max_new_tokens=4) == [
+        hf_greedy(lm, p, 4) for p in prompts + later]
+    assert gen.cache_stats.shared_prefix_steps > 0
+    assert any(f"{backend} -> onnxruntime" in f for f in gen.report.fallbacks)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from leangraph.ir import fill_missing_dtypes
 from leangraph.ir.registry import DOMAIN
 from leangraph.passes.cleanup.dce import dce
 
@@ -136,4 +137,5 @@ def fold_repeat_kv(model: ir.Model) -> tuple[int, list[str]]:
     if folded:
         graph.sort()
         dce(model)  # the repeats nothing reads any more
+        fill_missing_dtypes(model)
     return folded, left

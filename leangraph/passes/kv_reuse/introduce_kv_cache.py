@@ -35,6 +35,7 @@ import json
 import numpy as np
 import onnx_ir as ir
 
+from leangraph.ir import fill_missing_dtypes
 from leangraph.ir.registry import DOMAIN
 from leangraph.passes.cleanup.dce import dce
 from leangraph.passes.fusion._checks import rank as rank_of
@@ -631,4 +632,5 @@ def _rewrite(model, tokens, mask, others, attention, region, last_only, token_ax
             graph.outputs.append(out)
     graph.sort()
     dce(model)  # the whole-length computations nothing reads any more
+    fill_missing_dtypes(model)
     return past_len.name

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from leangraph.ir import fill_missing_dtypes
 from leangraph.ir.registry import DOMAIN
 from leangraph.passes.kv_reuse.introduce_kv_cache import LAYOUT_KEY, PAST, KVCacheLayout
 
@@ -92,6 +93,7 @@ def share_prefix(model: ir.Model, layout: KVCacheLayout) -> KVCacheLayout | str:
                          name=node.name, metadata_props=dict(node.metadata_props))
         ir.convenience.replace_nodes_and_values(graph, node, [node], [shared], node.outputs, shared.outputs)
     graph.sort()
+    fill_missing_dtypes(model)
     new = KVCacheLayout(**{**layout.__dict__, "prefix": [(k.name, v.name) for k, v in prefix],
                            "prefix_heads": prefix_heads})
     model.metadata_props[LAYOUT_KEY] = new.to_json()
