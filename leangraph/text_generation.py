@@ -17,11 +17,13 @@ import numpy as np
 import onnx_ir as ir
 
 from leangraph.backends import chain_for
+from leangraph.backends.onnxruntime import OrtExecutable
 from leangraph.backends.partition import compile_partitioned
 from leangraph.errors import CaptureError, OptionError, VerificationError
 from leangraph.ir import clone_model
 from leangraph.passes.kv_reuse.existing_kv_cache import find_kv_cache
 from leangraph.passes.kv_reuse.grouped_query_attention import fold_repeat_kv
+from leangraph.passes.kv_reuse.in_place_cache import cache_in_place
 from leangraph.passes.kv_reuse.introduce_kv_cache import KVCacheLayout, introduce_kv_cache
 from leangraph.passes.kv_reuse.probed_dims import settle_dims
 from leangraph.passes.kv_reuse.shared_prefix_attention import share_prefix
@@ -165,6 +167,16 @@ def build_generator(model: Any, example_inputs, *, backend: str, cache_bytes: in
         shared_exe, _, _ = compile_partitioned(shared_graph, chain)
         shared_step = (shared_exe, shared_layout, [v.name for v in shared_graph.graph.inputs],
                        [v.name for v in shared_graph.graph.outputs])
+    in_place_step = None
+    if chain_for("onnxruntime")[0].name == chain[0].name and existing is None:
+        in_place_graph = clone_model(step)
+        in_place_layout = cache_in_place(in_place_graph, layout)
+        if isinstance(in_place_layout, str):
+            report.notes.append(f"in_place_cache: {in_place_layout}")
+        else:
+            kv_heads = [in_place_graph.graph.inputs[[v.name for v in in_place_graph.graph.inputs].index(k)].shape[1]
+                        for k, _ in in_place_layout.past]
+            in_place_step = (OrtExecutable(in_place_graph), in_place_layout, kv_heads)
     stateless_exe = None if existing is not None else compile_partitioned(stateless.graph, chain_for("onnxruntime"))[0]
     report.fallbacks += [f"{f.op} (node '{f.node}'): {f.wanted} -> {f.used}" for f in fallbacks]
     logits = step.graph.outputs[0]
@@ -180,7 +192,7 @@ def build_generator(model: Any, example_inputs, *, backend: str, cache_bytes: in
         step_exe, layout, vocab_size=vocab_size, max_positions=max_positions,
         cache_bytes=_default_cache_bytes() if cache_bytes is None else int(cache_bytes), kv_shapes=kv_shapes,
         dtype=dtype, input_names=[v.name for v in step.graph.inputs], output_names=[v.name for v in step.graph.outputs],
-        report=report, shared_step=shared_step,
+        report=report, shared_step=shared_step, in_place_step=in_place_step,
         flag_shapes={name: tuple(d if isinstance(d, int) else 1 for d in inputs[name].shape) for name in layout.flags})
     if existing is not None:  # no stateless graph: chunked steps against one prefill of the same positions
         def reference(ids, mask):
@@ -193,6 +205,8 @@ def build_generator(model: Any, example_inputs, *, backend: str, cache_bytes: in
             return _stateless_last(stateless_exe, stateless_inputs, layout, ids, mask)
         what = "the stateless decoder"
     _verify(gen, reference, what, vocab_size, report)
+    if in_place_step is not None:
+        _verify_in_place(gen, reference, what, vocab_size, report)
     if shared_step is not None:
         try:
             _verify_shared(gen, reference, what, vocab_size, report)
@@ -219,6 +233,34 @@ def _verify(gen: TextGenerator, reference, what: str, vocab: int, report) -> Non
         _check(got, reference(ids[:, :end], mask[:, :end]), "KV-cache step graph", what, report.model_name, end)
         done = end
     report.notes.append(f"KV-cache step graph verified against {what} (prefill, decode, append; a left-padded batch)")
+
+
+def _verify_in_place(gen: TextGenerator, reference, what: str, vocab: int, report) -> None:
+    """The in-place decode step: two sequences prefilled with 5 and 3 positions (5 and 5 where the
+    graph takes no position ids), moved into buffers, decoded 3 steps; the last position's logits
+    against ``reference(ids, mask)``."""
+    from leangraph.runtime.generation import _InPlaceBatch, _Request
+
+    rng = np.random.default_rng(2)
+    ids = rng.integers(0, vocab, (2, 8)).astype(np.int64)
+    # a graph without position ids numbers positions from the past length: the runtime batches
+    # only sequences of one length on it (TextGenerator._groups), and so does this check
+    lengths = (5, 3) if gen.layout.other_inputs else (5, 5)
+    members = []
+    for row, cached in enumerate(lengths):
+        request = _Request(row, [int(t) for t in ids[row, :cached]], 3, None)
+        _, request.kv = gen._run_step(ids[row:row + 1, :cached], np.ones((1, cached), np.int64), gen._empty_kv(1))
+        request.tokens = list(request.prompt)
+        members.append(request)
+    batch = _InPlaceBatch.of(members, gen.layout.seq_axis, gen._in_place[2], gen._dtype)
+    for step in range(3):
+        positions = [n + step for n in lengths]
+        got = gen._step_in_place(batch, np.asarray([[ids[row, p]] for row, p in enumerate(positions)], np.int64))
+        for row, end in enumerate(positions):
+            expected = reference(ids[row:row + 1, :end + 1], np.ones((1, end + 1), np.int64))
+            _check(got[row:row + 1], expected, "in-place decode step", what, report.model_name, end + 1)
+    report.notes.append(f"in_place_cache: decode writes into preallocated buffers; verified against {what} "
+                        f"(two sequences of {'different' if lengths[0] != lengths[1] else 'one'} length, 3 steps)")
 
 
 def _check(got: np.ndarray, expected: np.ndarray, what: str, against: str, model: str, positions: int) -> None:

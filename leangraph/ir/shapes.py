@@ -60,8 +60,10 @@ def fill_missing_dtypes(model: ir.Model) -> int:
                 dtype = attr.as_tensor().dtype if attr is not None else ir.DataType.FLOAT
             elif node.op_type in ("Where",):
                 dtype = next((v.dtype for v in node.inputs[1:] if v is not None and v.dtype is not None), None)
-            else:
+            elif node.op_type in ("Concat", "Max", "Min", "Sum", "Mean"):  # all operands alike
                 dtype = next((v.dtype for v in node.inputs if v is not None and v.dtype is not None), None)
+            else:  # the data operand's (Reshape's shape, Gather's indices and Slice's bounds come after it)
+                dtype = node.inputs[0].dtype if node.inputs and node.inputs[0] is not None else None
             if dtype is not None:
                 value.dtype = dtype
                 filled += 1

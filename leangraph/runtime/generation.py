@@ -215,7 +215,8 @@ class TextGenerator:
     def __init__(self, step, layout, *, vocab_size: int, max_positions: int | None, cache_bytes: int,
                  kv_shapes: list[tuple[tuple[int | None, ...], tuple[int | None, ...]]], dtype: np.dtype,
                  input_names: list[str], output_names: list[str], report: Any, max_batch: int = 16,
-                 shared_step=None, flag_shapes: dict[str, tuple[int, ...]] | None = None) -> None:
+                 shared_step=None, flag_shapes: dict[str, tuple[int, ...]] | None = None,
+                 in_place_step=None) -> None:
         """``shared_step``: (executable, layout, input names, output names) of the step graph with
         shared-prefix attention (passes/kv_reuse/shared_prefix_attention.py), used for requests whose
         prompt starts with at least MIN_SHARED_PREFIX cached positions."""
@@ -225,6 +226,9 @@ class TextGenerator:
         self._kv_shapes, self._dtype = kv_shapes, dtype
         self._inputs, self._outputs = input_names, output_names
         self._flag_shapes = dict(flag_shapes or {})
+        self._in_place = in_place_step
+        """(executable with run_in_place, layout, kv heads per layer) of the decode step that writes
+        into preallocated buffers (passes/kv_reuse/in_place_cache.py), or None."""
         self._cache = PrefixCache(cache_bytes, layout.seq_axis)
         self._prefixes: dict[tuple[int, ...], _Prefix] = {}
         self._lock = threading.Lock()
@@ -513,11 +517,48 @@ class TextGenerator:
             groups += list(by_length.values())
         return [sorted(g, key=lambda r: r.index) for g in groups]
 
+    def _decode_in_place(self, batch, active: list[_Request], sampling, eos_token_id) -> _InPlaceBatch:
+        """One decode step for ``active`` writing each new key and value into the batch's buffers
+        (no copy of the cache per step); the buffers are made when the members change."""
+        if not isinstance(batch, _InPlaceBatch) or batch.members != active:
+            if batch is not None:
+                batch.release()
+            batch = _InPlaceBatch.of(active, self.layout.seq_axis, self._in_place[2], self._dtype)
+        logits = self._step_in_place(batch, np.asarray([[r.pending] for r in active], np.int64))
+        for row, request in enumerate(active):
+            request.tokens.append(request.pending)
+            self._take(request, logits[row], sampling, eos_token_id)
+            if request.done:
+                request.kv = batch.rows(row)
+        return batch
+
+    def _step_in_place(self, batch: _InPlaceBatch, tokens: np.ndarray) -> np.ndarray:
+        """The last position's logits of one new token per member; its keys and values appended
+        to the buffers in place."""
+        executable, layout, _ = self._in_place
+        cached = np.asarray(batch.lengths)
+        longest = int(cached.max())
+        mask = np.zeros((len(tokens), longest + 1), np.int64)  # the rest of the graph's left-padded view
+        for row, length in enumerate(cached):
+            mask[row, longest - int(length):] = 1
+        feeds = dict(zip(self._inputs, self._feeds(tokens, mask, [(None, None)] * len(self.layout.past))))
+        feeds = {name: x for name, x in feeds.items() if name in executable.input_names}
+        for (key, value), (k, v) in zip(layout.past, batch.kv):
+            feeds[key], feeds[value] = k, v
+        feeds[layout.seqlens_input] = cached.astype(np.int32)  # per row: positions after this step - 1
+        feeds[layout.total_length_input] = np.asarray(longest + 1, np.int32)
+        shared = {out: name for pair_out, pair_in in zip(layout.present, layout.past) for out, name in zip(pair_out, pair_in)}
+        logits = executable.run_in_place(feeds, shared)[layout.logits][:, -1]
+        batch.lengths = [n + 1 for n in batch.lengths]
+        return logits
+
     def _decode(self, batch: _Batch | None, active: list[_Request], sampling, eos_token_id) -> _Batch:
         """One decode step for ``active``; the batch's keys and values are reused as they are while
         its members stay (no copy of the cache per step), rebuilt (left-padded) when they change.
         A shared prefix is read from the one copy every member uses."""
-        if batch is None or batch.members != active:
+        if self._in_place is not None and active[0].prefix is None:
+            return self._decode_in_place(batch, active, sampling, eos_token_id)
+        if not isinstance(batch, _Batch) or batch.members != active:
             if batch is not None:
                 batch.release()
             batch = _Batch.of(active, self.layout.seq_axis, self._dtype)
@@ -596,6 +637,61 @@ class _Batch:
         for row, request in enumerate(self.members):
             if not request.done:
                 request.kv = self.rows(row)
+
+
+@dataclasses.dataclass
+class _InPlaceBatch:
+    """The decode batch's keys and values in preallocated buffers [batch, kv_heads, capacity, size]
+    per layer, member ``i``'s at positions [0, lengths[i]) (right-padded): each step appends in
+    place. ``capacity`` holds every member's remaining new tokens."""
+
+    members: list[_Request]
+    kv: list[tuple[np.ndarray, np.ndarray]]
+    lengths: list[int]
+    axes: list[int]
+    """The step graph's position axis per layer (its keys' layout: 1 = [1, len, heads * size])."""
+
+    @classmethod
+    def of(cls, members: list[_Request], axes: list[int], kv_heads: list[int], dtype) -> _InPlaceBatch:
+        lengths = [len(r.tokens) for r in members]
+        capacity = max(len(r.tokens) + r.max_new - len(r.new) for r in members)
+        kv = []
+        for layer, (axis, heads) in enumerate(zip(axes, kv_heads)):
+            pair = []
+            for which in (0, 1):
+                parts = [_heads_layout(r.kv[layer][which], axis, heads) for r in members]
+                buffer = np.zeros((len(members), heads, capacity, parts[0].shape[-1]), dtype)
+                for row, part in enumerate(parts):
+                    buffer[row, :, :part.shape[2]] = part[0]
+                pair.append(buffer)
+            kv.append(tuple(pair))
+        for request in members:
+            request.kv = None  # the batch holds them now
+        return cls(list(members), kv, lengths, list(axes))
+
+    def rows(self, row: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Member ``row``'s keys and values in the step graph's layout (copies: the buffers go)."""
+        length = self.lengths[row]
+        return [tuple(_step_layout(x[row:row + 1, :, :length], axis) for x in pair)
+                for pair, axis in zip(self.kv, self.axes)]
+
+    def release(self) -> None:
+        for row, request in enumerate(self.members):
+            if not request.done:
+                request.kv = self.rows(row)
+
+
+def _heads_layout(x: np.ndarray, axis: int, heads: int) -> np.ndarray:
+    """[1, len, heads * size] (axis 1) or [1, heads, len, size] -> [1, heads, len, size]."""
+    if axis == 1:
+        return x.reshape(x.shape[0], x.shape[1], heads, x.shape[2] // heads).transpose(0, 2, 1, 3)
+    return x
+
+
+def _step_layout(x: np.ndarray, axis: int) -> np.ndarray:
+    if axis == 1:
+        return np.ascontiguousarray(x.transpose(0, 2, 1, 3).reshape(x.shape[0], x.shape[2], -1))
+    return np.ascontiguousarray(x)
 
 
 def _choose(logits: np.ndarray, rng, do_sample: bool, temperature: float, top_k: int, top_p: float) -> int:

@@ -189,6 +189,34 @@ class OrtExecutable:
         ) from failure
 
 
+    def run_in_place(self, feeds: dict[str, np.ndarray], shared: dict[str, str]) -> dict[str, np.ndarray]:
+        """Run with the outputs named in ``shared`` (output -> input) written into their input's
+        memory (numpy arrays, C-contiguous, updated in place: ONNX Runtime's shared past/present
+        buffers); the other outputs are returned by name."""
+        binding = self.session.io_binding()
+        bound = {}
+        for name, array in feeds.items():
+            if name in shared.values():
+                bound[name] = ort.OrtValue.ortvalue_from_numpy(array)  # the array's own memory
+                binding.bind_ortvalue_input(name, bound[name])
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        returned = [name for name in self.output_names if name not in shared]
+        for name in self.output_names:
+            if name in shared:
+                binding.bind_ortvalue_output(name, bound[shared[name]])
+            else:
+                binding.bind_output(name)
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception as exc:
+            raise ExecutionError(f"ONNX Runtime failed running model '{self.name}' in place: {_reason(exc)}",
+                                 hint="report it with the model") from exc
+        values = binding.get_outputs()
+        by_name = dict(zip([n for n in self.output_names], values))
+        return {name: by_name[name].numpy() for name in returned}
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 

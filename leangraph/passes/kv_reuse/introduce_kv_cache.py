@@ -84,6 +84,11 @@ class KVCacheLayout:
     cache, HF's convention) instead of the whole sequence."""
     flags: list[str] = dataclasses.field(default_factory=list)
     """Boolean inputs fed True (optimum's merged decoder's ``use_cache_branch``)."""
+    seqlens_input: str = ""
+    total_length_input: str = ""
+    """Set where the past inputs are preallocated buffers [batch, kv_heads, capacity, size] that
+    the present outputs share (in_place_cache.py): the inputs of each row's cached positions
+    ([batch] int32: after the step, minus 1) and of the longest row's (int32 scalar, after it)."""
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
