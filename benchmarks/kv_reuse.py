@@ -10,8 +10,10 @@ Workloads (token ids from a fixed seed; the model has random weights from a fixe
 
 Runners: leangraph (optimize(task="text-generation"), backend onnxruntime); HF generate one
 request at a time; HF generate on the batch (left-padded); HF's prompt-reuse recipe (the prefix
-computed once, its cache deep-copied per request; shared workload only). Every runner's greedy
-tokens are compared with HF one-at-a-time's.
+computed once, its cache deep-copied per request; shared workload only); onnxruntime-genai
+(its model builder's fp32 CPU model; the batch at once where the prompts have one length, else
+one at a time; where the builder takes the architecture: Llama yes, GPT-2 no). Every runner's
+greedy tokens are compared with HF one-at-a-time's (or, where that did not run, another HF runner's).
 
     .venv/bin/python benchmarks/kv_reuse.py --model gpt2 --workloads shared,unrelated --rounds 2 \\
         --markdown docs/benchmarks/kv_reuse.md --plot docs/benchmarks/kv_reuse.png
@@ -102,6 +104,52 @@ def hf_prompt_cache(lm, prompts, new, prefix_length):
     return out
 
 
+def build_ort_genai(lm, folder: str):
+    """onnxruntime-genai's model builder (fp32, CPU) on the HF model: (og.Model, None), or (None,
+    why not). The builder reads a tokenizer from the model folder; a word-level one over the
+    vocabulary is saved beside the weights (token ids go in and out, its text is never used)."""
+    try:
+        import onnxruntime_genai as og
+    except ImportError:
+        return None, "onnxruntime-genai is not installed (pip install --no-deps onnxruntime-genai==0.18.0)"
+    import subprocess
+    import sys
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    source, out = os.path.join(folder, "hf"), os.path.join(folder, "genai")
+    lm.save_pretrained(source)
+    words = Tokenizer(models.WordLevel({f"t{i}": i for i in range(lm.config.vocab_size)}, unk_token="t0"))
+    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=words, unk_token="t0").save_pretrained(source)
+    done = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", source, "-m", source,
+                           "-o", out, "-p", "fp32", "-e", "cpu", "-c", os.path.join(folder, "cache")],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        last = [line for line in done.stderr.strip().splitlines() if line.strip()][-1:]
+        return None, f"its model builder does not take {lm.config.architectures[0]}: {last[0][:200] if last else ''}"
+    return og.Model(out), None
+
+
+def ort_genai(model, prompts, new, batched: bool):
+    """onnxruntime-genai's greedy search (its GroupQueryAttention, shared past/present buffers);
+    batched when the prompts have one length (it has no left padding for prompts)."""
+    import onnxruntime_genai as og
+
+    groups = [prompts] if batched and len({len(p) for p in prompts}) == 1 else [[p] for p in prompts]
+    out = []
+    for group in groups:
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=len(group[0]) + new, do_sample=False, batch_size=len(group))
+        generator = og.Generator(model, params)
+        generator.append_tokens(np.asarray(group, np.int32))
+        while not generator.is_done():
+            generator.generate_next_token()
+        out += [[int(t) for t in generator.get_sequence(row)][len(group[0]):] for row in range(len(group))]
+    return out
+
+
 def multiturn_rounds(vocab: int, rng: np.random.Generator, conversations: int = 8, turns: int = 4, append: int = 64):
     """Per turn, each conversation's new user tokens (the answers join between turns)."""
     return [[rng.integers(0, vocab, append).tolist() for _ in range(conversations)] for _ in range(turns)]
@@ -125,7 +173,7 @@ def main():
     parser.add_argument("--workloads", default="shared,unrelated,multiturn")
     parser.add_argument("--prefix", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--runners", default="leangraph,hf_one,hf_batch,hf_prompt_cache")
+    parser.add_argument("--runners", default="leangraph,hf_one,hf_batch,hf_prompt_cache,ort_genai")
     parser.add_argument("--markdown", help="write the table here")
     parser.add_argument("--plot", help="write a plot of tokens/s per runner and workload here")
     args = parser.parse_args()
@@ -138,6 +186,14 @@ def main():
     build_seconds = time.perf_counter() - start
     print(f"leangraph generator built in {build_seconds:.0f} s", flush=True)
     vocab = lm.config.vocab_size
+    genai, genai_missing = None, None
+    references: dict[str, str | None] = {}
+    if "ort_genai" in args.runners.split(","):
+        import tempfile
+
+        genai_folder = tempfile.mkdtemp(prefix="kv_reuse_genai_")
+        genai, genai_missing = build_ort_genai(lm, genai_folder)
+        print(f"onnxruntime-genai: {'built' if genai is not None else genai_missing}", flush=True)
     rows = []
     for name in args.workloads.split(","):
         rng = np.random.default_rng(0)
@@ -158,6 +214,8 @@ def main():
             }
             if name == "shared":
                 runners["hf_prompt_cache"] = lambda: hf_prompt_cache(lm, batch, new, args.prefix)
+            if genai is not None:
+                runners["ort_genai"] = lambda: ort_genai(genai, batch, new, batched=True)
             tokens_made = len(batch) * new
         runners = {k: v for k, v in runners.items() if k in args.runners.split(",")}
         times = {k: [] for k in runners}
@@ -172,7 +230,10 @@ def main():
                     times[runner].append(time.perf_counter() - t)
                 memory[runner] = max(memory.get(runner, 0.0), peak.peak - peak.start)
                 print(f"{name} round {round_} {runner}: {times[runner][-1]:.2f} s", flush=True)
-        reference = outputs.get("hf_one")
+        # HF one at a time where it ran, else the first HF runner that did (same greedy search)
+        reference_runner = next((r for r in ("hf_one", "hf_prompt_cache", "hf_batch") if r in outputs), None)
+        reference = outputs.get(reference_runner)
+        references[name] = reference_runner
         fastest_peer = min((statistics.median(t) for r, t in times.items() if r != "leangraph"), default=None)
         for runner, t in times.items():
             seconds = statistics.median(t)
@@ -181,12 +242,17 @@ def main():
                          memory[runner], same))
         if "leangraph" in times:
             print(f"{name}: leangraph cache stats {gen.cache_stats}", flush=True)
-    header = "| workload | runner | seconds | tokens/s | vs fastest peer | peak memory (MiB) | greedy = HF one-at-a-time |"
+    header = "| workload | runner | seconds | tokens/s | vs fastest peer | peak memory (MiB) | greedy = HF |"
     lines = [header, "|---|---|---|---|---|---|---|"]
     for name, runner, seconds, rate, ratio, mib, same in rows:
         lines.append(f"| {name} | {runner} | {seconds:.2f} | {rate:.1f} | "
                      f"{'-' if ratio is None else f'{ratio:.2f}x'} | {mib:.0f} | {same} |")
     table = "\n".join(lines)
+    compared = ", ".join(f"{w}: {r}" for w, r in references.items() if r)
+    if compared:
+        table += f"\n\nGreedy tokens compared with ({compared})."
+    if genai_missing:
+        table += f"\n\nonnxruntime-genai is not a peer here: {genai_missing}."
     print(table)
     if args.markdown:
         import platform
