@@ -525,12 +525,17 @@ class TextGenerator:
                 batch.release()
             batch = _InPlaceBatch.of(active, self.layout.seq_axis, self._in_place[2], self._dtype)
         logits = self._step_in_place(batch, np.asarray([[r.pending] for r in active], np.int64))
-        for row, request in enumerate(active):
+        self._advance(batch, logits, sampling, eos_token_id)
+        return batch
+
+    def _advance(self, batch, logits: np.ndarray, sampling, eos_token_id) -> None:
+        """After a decode step: each member's pending token is cached, its next one chosen; a
+        member that is done takes its own keys and values out of the batch."""
+        for row, request in enumerate(batch.members):
             request.tokens.append(request.pending)
             self._take(request, logits[row], sampling, eos_token_id)
             if request.done:
                 request.kv = batch.rows(row)
-        return batch
 
     def _step_in_place(self, batch: _InPlaceBatch, tokens: np.ndarray) -> np.ndarray:
         """The last position's logits of one new token per member; its keys and values appended
@@ -573,11 +578,7 @@ class TextGenerator:
         if prefix is not None:
             self._cache.stats.shared_prefix_steps += 1
         batch.width += 1
-        for row, request in enumerate(active):
-            request.tokens.append(request.pending)
-            self._take(request, logits[row], sampling, eos_token_id)
-            if request.done:
-                request.kv = batch.rows(row)
+        self._advance(batch, logits, sampling, eos_token_id)
         return batch
 
 

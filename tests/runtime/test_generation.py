@@ -42,6 +42,18 @@ def causal_lm(name: str) -> torch.nn.Module:
     return getattr(transformers, model_cls)(cfg).eval()
 
 
+class Logits(torch.nn.Module):
+    """A HF causal LM as ``input_ids, attention_mask -> logits``, its cache off (a stateless decoder
+    to export)."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids, attention_mask):
+        return self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+
 def hf_greedy(lm, prompt, n):
     # the mask given: HF would otherwise take tokens equal to pad_token_id for padding
     ids = torch.tensor([prompt])
@@ -190,18 +202,10 @@ def test_a_torchscript_exported_decoder_file_generates_hf_greedy_tokens(name, tm
     # leaves the head counts of Qwen2's head splits and repeat_kv unknown (settled by probing)
     lm = causal_lm(name)
 
-    class Logits(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lm = lm
-
-        def forward(self, input_ids, attention_mask):
-            return self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-
     path = str(tmp_path / "decoder.onnx")
     ids = torch.randint(0, 100, (2, 6))
     axes = {0: "batch", 1: "seq"}
-    torch.onnx.export(Logits().eval(), (ids, torch.ones_like(ids)), path, dynamo=False, opset_version=17,
+    torch.onnx.export(Logits(lm).eval(), (ids, torch.ones_like(ids)), path, dynamo=False, opset_version=17,
                       input_names=["input_ids", "attention_mask"], output_names=["logits"],
                       dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": axes})
     gen = leangraph.optimize(path, task="text-generation")
@@ -215,17 +219,9 @@ def test_an_onnx_decoder_file_generates_hf_greedy_tokens(tmp_path):
     # are batched only with requests of their length (no left padding)
     lm = causal_lm("gpt2")
 
-    class Logits(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lm = lm
-
-        def forward(self, input_ids, attention_mask):
-            return self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-
     path = str(tmp_path / "decoder.onnx")
     ids = torch.randint(0, 100, (2, 6))
-    torch.onnx.export(Logits().eval(), (ids, torch.ones_like(ids)), path, dynamo=True,
+    torch.onnx.export(Logits(lm).eval(), (ids, torch.ones_like(ids)), path, dynamo=True,
                       input_names=["input_ids", "attention_mask"], output_names=["logits"],
                       dynamic_shapes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}})
     gen = leangraph.optimize(path, task="text-generation")

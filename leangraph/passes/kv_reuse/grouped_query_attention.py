@@ -25,6 +25,7 @@ import onnx_ir as ir
 from leangraph.ir import fill_missing_dtypes
 from leangraph.ir.registry import DOMAIN
 from leangraph.passes.cleanup.dce import dce
+from leangraph.passes.kv_reuse._constants import int64_const
 
 
 def _ints(value: ir.Value | None) -> list[int] | None:
@@ -54,17 +55,6 @@ def repeat_kv_source(value: ir.Value | None) -> tuple[ir.Value, int] | None:
     if source.shape[3] != out.shape[3] or not isinstance(source.shape[3], int):
         return None
     return source, heads // kv_heads
-
-
-def _const(graph: ir.Graph, name: str, array) -> ir.Value:
-    array = np.asarray(array, np.int64)
-    existing = graph.initializers.get(name)
-    if existing is not None and np.array_equal(existing.const_value.numpy(), array):
-        return existing
-    value = ir.Value(name=name, const_value=ir.tensor(array))
-    value.shape, value.type = ir.Shape(list(array.shape)), ir.TensorType(ir.DataType.INT64)
-    graph.register_initializer(value)
-    return value
 
 
 def fold_repeat_kv(model: ir.Model) -> tuple[int, list[str]]:
@@ -103,22 +93,22 @@ def fold_repeat_kv(model: ir.Model) -> tuple[int, list[str]]:
             new.append(created)
             return created.outputs[0]
 
-        rows_shape = _const(graph, f"kv_grouped_rows_{kv_heads}", [0, kv_heads, -1, size])
+        rows_shape = int64_const(graph, f"kv_grouped_rows_{kv_heads}", [0, kv_heads, -1, size])
         rows = add("Reshape", [query, rows_shape], "grouped_rows")
         rows.type = query.type
         rows.shape = ir.Shape([query.shape[0], kv_heads, None, size])
         if mask is not None:
             if mask.shape[1] == heads:  # a mask per head: its rows regroup as the query's
                 keys_dim = add("Shape", [mask], "mask_keys", start=3)
-                target = add("Concat", [_const(graph, f"kv_grouped_mask_head_{kv_heads}", [0, kv_heads, -1]), keys_dim],
+                target = add("Concat", [int64_const(graph, f"kv_grouped_mask_head_{kv_heads}", [0, kv_heads, -1]), keys_dim],
                              "mask_rows_shape", axis=0)
                 mask_rows = add("Reshape", [mask, target], "grouped_mask")
             else:  # one mask for all heads: its rows repeated once per group
-                lifted = add("Unsqueeze", [mask, _const(graph, "kv_grouped_axis_2", [2])], "mask_lifted")
-                copies = add("Expand", [lifted, _const(graph, f"kv_grouped_copies_{groups}", [1, 1, groups, 1, 1])],
+                lifted = add("Unsqueeze", [mask, int64_const(graph, "kv_grouped_axis_2", [2])], "mask_lifted")
+                copies = add("Expand", [lifted, int64_const(graph, f"kv_grouped_copies_{groups}", [1, 1, groups, 1, 1])],
                              "mask_copies")
                 keys_dim = add("Shape", [mask], "mask_keys", start=3)
-                target = add("Concat", [_const(graph, "kv_grouped_mask_one", [0, 1, -1]), keys_dim],
+                target = add("Concat", [int64_const(graph, "kv_grouped_mask_one", [0, 1, -1]), keys_dim],
                              "mask_rows_shape", axis=0)
                 mask_rows = add("Reshape", [copies, target], "grouped_mask")
             mask_rows.type = mask.type
@@ -129,7 +119,7 @@ def fold_repeat_kv(model: ir.Model) -> tuple[int, list[str]]:
         new.append(grouped)
         grouped.outputs[0].type = node.outputs[0].type
         grouped.outputs[0].shape = ir.Shape([query.shape[0], kv_heads, None, size])
-        out_shape = _const(graph, f"kv_grouped_heads_{heads}", [0, heads, -1, size])
+        out_shape = int64_const(graph, f"kv_grouped_heads_{heads}", [0, heads, -1, size])
         out = add("Reshape", [grouped.outputs[0], out_shape], "heads")
         out.type, out.shape = node.outputs[0].type, node.outputs[0].shape
         ir.convenience.replace_nodes_and_values(graph, node, [node], new, [node.outputs[0]], [out])

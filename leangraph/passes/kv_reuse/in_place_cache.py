@@ -31,22 +31,12 @@ import onnx_ir as ir
 from leangraph.ir import fill_missing_dtypes
 from leangraph.ir.registry import DOMAIN
 from leangraph.passes.cleanup.dce import dce
+from leangraph.passes.kv_reuse._constants import int64_const
 from leangraph.passes.kv_reuse.introduce_kv_cache import LAYOUT_KEY, KVCacheLayout
 
 CONTRIB = "com.microsoft"
 SEQLENS, TOTAL_LENGTH = "kv_seqlens_k", "kv_total_sequence_length"
 CAPACITY = "capacity"
-
-
-def _const(graph: ir.Graph, name: str, values) -> ir.Value:
-    array = np.asarray(values, np.int64)
-    existing = graph.initializers.get(name)
-    if existing is not None and np.array_equal(existing.const_value.numpy(), array):
-        return existing
-    value = ir.Value(name=name, const_value=ir.tensor(array))
-    value.shape, value.type = ir.Shape(list(array.shape)), ir.TensorType(ir.DataType.INT64)
-    graph.register_initializer(value)
-    return value
 
 
 def cache_in_place(model: ir.Model, layout: KVCacheLayout) -> KVCacheLayout | str:
@@ -115,7 +105,7 @@ def cache_in_place(model: ir.Model, layout: KVCacheLayout) -> KVCacheLayout | st
 
         if to_bsnh:  # [batch, heads, n, size] -> [batch, n, heads * size]
             q, k, v = (op("Reshape", [op("Transpose", [x], f"{tag}_bsnh_t", perm=[0, 2, 1, 3]),
-                                      _const(graph, f"in_place_bsnh_{h * size}", [0, 0, h * size])], f"{tag}_bsnh")
+                                      int64_const(graph, f"in_place_bsnh_{h * size}", [0, 0, h * size])], f"{tag}_bsnh")
                        for x, tag, h in ((q, "q", heads), (k, "k", kv_heads), (v, "v", kv_heads)))
         pair = []
         for which in ("key", "value"):
@@ -134,7 +124,7 @@ def cache_in_place(model: ir.Model, layout: KVCacheLayout) -> KVCacheLayout | st
             value.type, value.shape = pair[0].type, pair[0].shape
         result = out
         if to_bsnh:  # back to [batch, heads, n, size]
-            result = op("Transpose", [op("Reshape", [out, _const(graph, f"in_place_heads_{heads}_{size}",
+            result = op("Transpose", [op("Reshape", [out, int64_const(graph, f"in_place_heads_{heads}_{size}",
                                                                  [0, 0, heads, size])], "out_heads")],
                         "out_bhsd", perm=[0, 2, 1, 3])
         result.shape, result.type = replaced.shape, replaced.type

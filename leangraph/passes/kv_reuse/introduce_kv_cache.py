@@ -39,6 +39,7 @@ from leangraph.ir import fill_missing_dtypes
 from leangraph.ir.registry import DOMAIN
 from leangraph.passes.cleanup.dce import dce
 from leangraph.passes.fusion._checks import rank as rank_of
+from leangraph.passes.kv_reuse._constants import int64_const
 from leangraph.passes.kv_reuse.grouped_query_attention import repeat_kv_source
 from leangraph.passes.redundancy.padding_removal import TOKENWISE_ELEMENTWISE, padding_mask_of
 
@@ -406,25 +407,13 @@ def _rows_computed(graph: ir.Graph, value: ir.Value, axis: int, cut, new_dim, be
 
 def _with_one_at(graph: ir.Graph, target: ir.Value, axis: int, before: ir.Node) -> ir.Value:
     """An Expand target with 1 at ``axis`` (the input's own size is kept there)."""
-    axis_value = _const(graph, f"kv_cache_axis_{axis}", np.array([axis], np.int64))
-    one = _const(graph, "kv_cache_one", np.array([1], np.int64))
+    axis_value = int64_const(graph, f"kv_cache_axis_{axis}", np.array([axis], np.int64))
+    one = int64_const(graph, "kv_cache_one", np.array([1], np.int64))
     node = ir.Node("", "ScatterElements", [target, axis_value, one], attributes=[ir.AttrInt64("axis", 0)],
                    name=f"{target.name}_one_at_{axis}")
     graph.insert_before(before, node)
     node.outputs[0].shape, node.outputs[0].type = target.shape, target.type
     return node.outputs[0]
-
-
-def _const(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    """An int64 initializer; one by that name already there is reused if it holds the same values
-    (the same Expand target or mask value may be reached more than once)."""
-    existing = graph.initializers.get(name)
-    if existing is not None and existing.const_value is not None and np.array_equal(existing.const_value.numpy(), array):
-        return existing
-    value = ir.Value(name=name, const_value=ir.tensor(array))
-    value.shape, value.type = ir.Shape(list(array.shape)), ir.TensorType(ir.DataType.from_numpy(array.dtype))
-    graph.register_initializer(value)
-    return value
 
 
 def _keep_whole_shapes(graph: ir.Graph, region: set[ir.Node], axis_of: dict, mask: ir.Value, batch_len: ir.Value,
@@ -453,7 +442,7 @@ def _keep_whole_shapes(graph: ir.Graph, region: set[ir.Node], axis_of: dict, mas
                 length = flat.outputs[0]
             for reader in readers:
                 full = ir.Node("", "Shape", [value], name=f"{reader.name}_new_shape")
-                axis_value = _const(graph, f"kv_cache_axis_{axis}", np.array([axis], np.int64))
+                axis_value = int64_const(graph, f"kv_cache_axis_{axis}", np.array([axis], np.int64))
                 whole = ir.Node("", "ScatterElements", [full.outputs[0], axis_value, length],
                                 attributes=[ir.AttrInt64("axis", 0)], name=f"{reader.name}_whole_shape")
                 if reader.op_type == "Size":
@@ -463,7 +452,7 @@ def _keep_whole_shapes(graph: ir.Graph, region: set[ir.Node], axis_of: dict, mas
                     rank = len(value.shape)
                     start = reader.attributes.get_int("start", 0)
                     stop = reader.attributes.get_int("end", rank)
-                    bounds = [_const(graph, f"kv_cache_index_{b}", np.array([b], np.int64)) for b in (start, stop)]
+                    bounds = [int64_const(graph, f"kv_cache_index_{b}", np.array([b], np.int64)) for b in (start, stop)]
                     result = ir.Node("", "Slice", [whole.outputs[0], *bounds], name=f"{reader.name}_whole")
                 for added in (full, whole, result):
                     graph.insert_before(reader, added)
@@ -535,14 +524,14 @@ def _rewrite(model, tokens, mask, others, attention, region, last_only, token_ax
     axis_of[whole] = 1
     graph.inputs[position] = new_tokens
 
-    end = _const(graph, "kv_cache_end", np.array([_MAX], np.int64))
-    minus_one = _const(graph, "kv_cache_minus_one", np.array([-1], np.int64))
+    end = int64_const(graph, "kv_cache_end", np.array([_MAX], np.int64))
+    minus_one = int64_const(graph, "kv_cache_minus_one", np.array([-1], np.int64))
     sliced: dict[tuple[int, int, str], ir.Value] = {}
 
     def rows(value: ir.Value, axis: int, start: ir.Value, tag: str, before: ir.Node) -> ir.Value:
         key = (id(value), axis, tag)
         if key not in sliced:
-            axes = _const(graph, f"{value.name}_{tag}_axis", np.array([axis], np.int64))
+            axes = int64_const(graph, f"{value.name}_{tag}_axis", np.array([axis], np.int64))
             out = add(ir.Node("", "Slice", [value, start, end, axes], name=f"{value.name}_{tag}"), before)
             out.type = value.type
             if value.shape is not None:
@@ -588,12 +577,12 @@ def _rewrite(model, tokens, mask, others, attention, region, last_only, token_ax
             source, out = node.inputs[0], node.outputs[0]
             axis = axis_of[out]
             if is_flat(source.shape[axis_of[source]]):  # [batch*new, ...] -> [batch, new, ...]: the batch read off
-                rest = _const(graph, f"{out.name}_kv_cache_target_rest", np.array([-1] + list(out.shape[axis + 1:]),
+                rest = int64_const(graph, f"{out.name}_kv_cache_target_rest", np.array([-1] + list(out.shape[axis + 1:]),
                                                                                    np.int64))
                 target = add(ir.Node("", "Concat", [batch_len, rest], attributes=[ir.AttrInt64("axis", 0)],
                                      name=f"{out.name}_kv_cache_target"), node)
             else:
-                target = _const(graph, f"{out.name}_kv_cache_target", np.array(
+                target = int64_const(graph, f"{out.name}_kv_cache_target", np.array(
                     [d if isinstance(d, int) else 0 for d in out.shape[:axis]] + [-1] + list(out.shape[axis + 1:]),
                     np.int64))
             node.replace_input_with(1, target)
@@ -602,7 +591,7 @@ def _rewrite(model, tokens, mask, others, attention, region, last_only, token_ax
             source, out = node.inputs[0], node.outputs[0]
             padded = [1] * (len(out.shape) - len(source.shape)) + list(source.shape)
             target = np.array([o if d == 1 and isinstance(o, int) else 1 for d, o in zip(padded, out.shape)], np.int64)
-            node.replace_input_with(1, _const(graph, f"{out.name}_kv_cache_target", target))
+            node.replace_input_with(1, int64_const(graph, f"{out.name}_kv_cache_target", target))
     for node in region:
         for value in node.outputs:
             axis = axis_of.get(value)
