@@ -21,6 +21,7 @@ from leangraph.backends.onnxruntime import OrtExecutable
 from leangraph.backends.partition import compile_partitioned
 from leangraph.errors import CaptureError, OptionError, VerificationError
 from leangraph.ir import clone_model
+from leangraph.passes.kv_reuse.additive_mask import additive_masks
 from leangraph.passes.kv_reuse.existing_kv_cache import find_kv_cache
 from leangraph.passes.kv_reuse.grouped_query_attention import fold_repeat_kv
 from leangraph.passes.kv_reuse.in_place_cache import cache_in_place
@@ -154,6 +155,10 @@ def build_generator(model: Any, example_inputs, *, backend: str, cache_bytes: in
                             f"(no repeat_kv of the cache per step)")
     for reason in left:
         report.notes.append(f"grouped_query_attention: left as it is: {reason}")
+    if existing is None:  # a decoder's own graph: its masks are not known to leave no real row without a key
+        masked = additive_masks(step)
+        if masked:
+            report.notes.append(f"additive_mask: {masked} attention nodes masked by one broadcast Add (no NaN guard)")
     chain = chain_for("onnxruntime" if backend == "auto" else backend)
     if backend == "auto":
         report.notes.append("auto: the step graph runs on onnxruntime (backends are not raced for it yet)")
