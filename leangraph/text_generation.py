@@ -100,7 +100,7 @@ def build_generator(model: Any, example_inputs, *, backend: str, cache_bytes: in
     import torch
 
     start = time.perf_counter()
-    max_positions = None
+    max_positions, existing = None, None
     if isinstance(model, torch.nn.Module):  # a HF causal LM, wrapped with its cache off
         max_positions = _context_length(model)
         vocab = getattr(getattr(model, "config", None), "vocab_size", None)
@@ -114,8 +114,7 @@ def build_generator(model: Any, example_inputs, *, backend: str, cache_bytes: in
         source = _stateless(model)
         example = (ids, mask, positions)
         dynamic = {name: {0: "batch", 1: "seq"} for name in ("input_ids", "attention_mask", "position_ids")}
-    existing = None
-    if not isinstance(model, torch.nn.Module):  # an ONNX decoder: probe inputs made up from its signature
+    else:  # an ONNX decoder: probe inputs made up from its signature
         from leangraph.frontend import capture
 
         source, dynamic = capture(model), None
@@ -131,9 +130,8 @@ def build_generator(model: Any, example_inputs, *, backend: str, cache_bytes: in
     stateless = optimize(source, example, dynamic_shapes=dynamic, backend="reference", passes=pipeline)
     report = stateless.report
     step = clone_model(stateless.graph)
-    cache = existing if isinstance(existing, KVCacheLayout) else None
-    settled = settle_dims(step, [_probe_inputs(step, 2, 5, cache=cache, past=3),
-                                 _probe_inputs(step, 3, 7, cache=cache, past=4)])
+    settled = settle_dims(step, [_probe_inputs(step, 2, 5, cache=existing, past=3),
+                                 _probe_inputs(step, 3, 7, cache=existing, past=4)])
     if settled:
         report.notes.append(f"probed_dims: {settled} dims the exporter left unknown settled by two probe runs")
     if existing is not None:
@@ -149,6 +147,19 @@ def build_generator(model: Any, example_inputs, *, backend: str, cache_bytes: in
                                hint="give a causal LM whose attention is masked by its attention_mask input")
         report.notes.append(f"introduce_kv_cache: one step graph for prefill and decode, "
                             f"{len(layout.past)} attention layers cached")
+    chain = chain_for("onnxruntime" if backend == "auto" else backend)
+    if backend == "auto":
+        report.notes.append("auto: the step graph runs on onnxruntime (backends are not raced for it yet)")
+    in_place_step = None  # built from the step graph before the rewrites below, which its attention replaces
+    if chain_for("onnxruntime")[0].name == chain[0].name and existing is None:
+        in_place_graph = clone_model(step)
+        in_place_layout = cache_in_place(in_place_graph, layout)
+        if isinstance(in_place_layout, str):
+            report.notes.append(f"in_place_cache: {in_place_layout}")
+        else:
+            buffers = {v.name: v for v in in_place_graph.graph.inputs}
+            kv_heads = [buffers[key].shape[1] for key, _ in in_place_layout.past]
+            in_place_step = (OrtExecutable(in_place_graph), in_place_layout, kv_heads)
     folded, left = fold_repeat_kv(step)
     if folded:
         report.notes.append(f"grouped_query_attention: {folded} attention nodes read each cached KV head once "
@@ -159,9 +170,6 @@ def build_generator(model: Any, example_inputs, *, backend: str, cache_bytes: in
         masked = additive_masks(step)
         if masked:
             report.notes.append(f"additive_mask: {masked} attention nodes masked by one broadcast Add (no NaN guard)")
-    chain = chain_for("onnxruntime" if backend == "auto" else backend)
-    if backend == "auto":
-        report.notes.append("auto: the step graph runs on onnxruntime (backends are not raced for it yet)")
     step_exe, _, fallbacks = compile_partitioned(step, chain)
     shared_graph = clone_model(step)
     shared_layout = share_prefix(shared_graph, layout)
@@ -172,16 +180,6 @@ def build_generator(model: Any, example_inputs, *, backend: str, cache_bytes: in
         shared_exe, _, _ = compile_partitioned(shared_graph, chain)
         shared_step = (shared_exe, shared_layout, [v.name for v in shared_graph.graph.inputs],
                        [v.name for v in shared_graph.graph.outputs])
-    in_place_step = None
-    if chain_for("onnxruntime")[0].name == chain[0].name and existing is None:
-        in_place_graph = clone_model(step)
-        in_place_layout = cache_in_place(in_place_graph, layout)
-        if isinstance(in_place_layout, str):
-            report.notes.append(f"in_place_cache: {in_place_layout}")
-        else:
-            kv_heads = [in_place_graph.graph.inputs[[v.name for v in in_place_graph.graph.inputs].index(k)].shape[1]
-                        for k, _ in in_place_layout.past]
-            in_place_step = (OrtExecutable(in_place_graph), in_place_layout, kv_heads)
     stateless_exe = None if existing is not None else compile_partitioned(stateless.graph, chain_for("onnxruntime"))[0]
     report.fallbacks += [f"{f.op} (node '{f.node}'): {f.wanted} -> {f.used}" for f in fallbacks]
     logits = step.graph.outputs[0]

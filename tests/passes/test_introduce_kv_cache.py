@@ -11,18 +11,9 @@ import leangraph
 from leangraph.backends.reference import ReferenceExecutable
 from leangraph.ir import clone_model
 from leangraph.passes.kv_reuse.introduce_kv_cache import LAYOUT_KEY, KVCacheLayout, introduce_kv_cache
-from tests.runtime.test_generation import causal_lm
+from tests.runtime.test_generation import Logits, causal_lm
 
 DYNAMIC = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}
-
-
-class Logits(torch.nn.Module):
-    def __init__(self, lm):
-        super().__init__()
-        self.lm = lm
-
-    def forward(self, input_ids, attention_mask):
-        return self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
 
 def stateless(lm) -> object:

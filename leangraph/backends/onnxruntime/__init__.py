@@ -188,7 +188,6 @@ class OrtExecutable:
             hint="compare with backend='reference' to see whether the graph or the runtime is at fault",
         ) from failure
 
-
     def run_in_place(self, feeds: dict[str, np.ndarray], shared: dict[str, str]) -> dict[str, np.ndarray]:
         """Run with the outputs named in ``shared`` (output -> input) written into their input's
         memory (numpy arrays, C-contiguous, updated in place: ONNX Runtime's shared past/present
@@ -212,8 +211,7 @@ class OrtExecutable:
         except Exception as exc:
             raise ExecutionError(f"ONNX Runtime failed running model '{self.name}' in place: {_reason(exc)}",
                                  hint="report it with the model") from exc
-        values = binding.get_outputs()
-        by_name = dict(zip([n for n in self.output_names], values))
+        by_name = dict(zip(self.output_names, binding.get_outputs()))  # bound in output order
         return {name: by_name[name].numpy() for name in returned}
 
 

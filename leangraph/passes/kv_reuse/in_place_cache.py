@@ -17,7 +17,8 @@ batch's longest past + new, left-padded as for the step graph): only the attenti
 replaced, by the lengths, which is why the rewrite applies to graphs whose masks introduce_kv_cache
 found to be causal + padding from ``attention_mask``. The past length it numbers positions from
 becomes ``attention_mask``'s width minus the new tokens'. Grouped KV heads are GQA's own case;
-multi-head attention is GQA with ``kv_heads = heads``. Exact up to round-off; ONNX Runtime only
+multi-head attention is GQA with ``kv_heads = heads``; attention reading the cache through
+repeat_kv (the step graph before fold_repeat_kv) reads the buffers' KV heads directly. Exact up to round-off; ONNX Runtime only
 (the op is a contrib op), decode steps only (one new token per sequence).
 """
 
@@ -32,6 +33,7 @@ from leangraph.ir import fill_missing_dtypes
 from leangraph.ir.registry import DOMAIN
 from leangraph.passes.cleanup.dce import dce
 from leangraph.passes.kv_reuse._constants import int64_const
+from leangraph.passes.kv_reuse.grouped_query_attention import repeat_kv_source
 from leangraph.passes.kv_reuse.introduce_kv_cache import LAYOUT_KEY, KVCacheLayout
 
 CONTRIB = "com.microsoft"
@@ -53,13 +55,10 @@ def cache_in_place(model: ir.Model, layout: KVCacheLayout) -> KVCacheLayout | st
         if any(n is None or n.op_type != "Concat" or n.inputs[0] is not inputs[name] for n, name in
                zip(grows, (past_k, past_v))):
             return f"skipped: '{present_k}' is not the Concat of '{past_k}' and the new keys"
-        readers = [c for c in outputs[present_k].consumers()]
-        if len(readers) != 1 or readers[0].domain != DOMAIN or readers[0].op_type not in (
-                "Attention", "MultiHeadAttention") or readers[0].inputs[2] is not outputs[present_v]:
-            return f"skipped: '{present_k}' is not read by one attention node with its value"
-        if len(outputs[present_v].consumers()) != 1:
-            return f"skipped: '{present_v}' has readers besides its attention"
-        node = readers[0]
+        node, reads_key = _attention_of(outputs[present_k])
+        other, reads_value = _attention_of(outputs[present_v])
+        if node is None or other is not node or node.inputs[1] is not reads_key or node.inputs[2] is not reads_value:
+            return f"skipped: '{present_k}' and '{present_v}' are not read by one attention node alone"
         if node.attributes.get_int("causal", 0):
             return f"skipped: '{node.name}' is causal by attribute"
         plan = _plan(node, grows[0].inputs[1], grows[1].inputs[1])
@@ -107,11 +106,8 @@ def cache_in_place(model: ir.Model, layout: KVCacheLayout) -> KVCacheLayout | st
             q, k, v = (op("Reshape", [op("Transpose", [x], f"{tag}_bsnh_t", perm=[0, 2, 1, 3]),
                                       int64_const(graph, f"in_place_bsnh_{h * size}", [0, 0, h * size])], f"{tag}_bsnh")
                        for x, tag, h in ((q, "q", heads), (k, "k", kv_heads), (v, "v", kv_heads)))
-        pair = []
-        for which in ("key", "value"):
-            buffer = ir.Value(name=layout.past[index][0 if which == "key" else 1], type=inputs[layout.past[index][0]].type,
-                              shape=ir.Shape([batch, kv_heads, ir.SymbolicDim(CAPACITY), size]))
-            pair.append(buffer)
+        pair = [ir.Value(name=name, type=inputs[name].type, shape=ir.Shape([batch, kv_heads, ir.SymbolicDim(CAPACITY), size]))
+                for name in layout.past[index]]
         attention = ir.Node(CONTRIB, "GroupQueryAttention", [q, k, v, pair[0], pair[1], seqlens, total],
                             attributes=[ir.AttrInt64("num_heads", heads), ir.AttrInt64("kv_num_heads", kv_heads),
                                         ir.AttrFloat32("scale", node.attributes.get_float("scale", 0.0))],
@@ -142,7 +138,7 @@ def cache_in_place(model: ir.Model, layout: KVCacheLayout) -> KVCacheLayout | st
             graph.outputs[position] = present
             graph.inputs[graph.inputs.index(old_input)] = buffer
     graph.sort()
-    dce(model)  # the Concats, the old attention, the mask it read
+    dce(model)  # the Concats, the old attention, the mask it read, repeat_kv
     model.opset_imports[CONTRIB] = 1
     fill_missing_dtypes(model)
     in_place = dataclasses.replace(layout, seq_axis=[2] * len(layout.past), past_length="in_place_past_length",
@@ -166,18 +162,25 @@ def _plan(node: ir.Node, new_key: ir.Value, new_value: ir.Value):
         if new_key.shape[-1] != width or new_value.shape[-1] != width:
             return "its keys and values are not as wide as its query"
         return heads, heads, width // heads, query, new_key, new_value, node.outputs[0], False
-    replaced = node.outputs[0]
-    rows = query.producer()
-    if rows is not None and rows.name.endswith("_grouped_rows"):  # fold_repeat_kv's: the query before it
-        query = rows.inputs[0]
-        readers = replaced.consumers()
-        if len(readers) != 1 or not readers[0].name.endswith("_heads"):
-            return "its grouped output is not merged back by fold_repeat_kv's Reshape"
-        replaced = readers[0].outputs[0]
     dims = [query.shape, new_key.shape, new_value.shape]
     if any(len(d) != 4 or not isinstance(d[1], int) or not isinstance(d[3], int) for d in dims):
         return "its query, keys and values are not [batch, heads, n, size] with static heads and size"
     heads, kv_heads, size = query.shape[1], new_key.shape[1], query.shape[3]
     if heads % kv_heads or new_value.shape[1] != kv_heads or new_key.shape[3] != size or new_value.shape[3] != size:
         return f"{heads} query heads of size {size} do not group over the keys {new_key.shape} and values {new_value.shape}"
-    return heads, kv_heads, size, query, new_key, new_value, replaced, True
+    return heads, kv_heads, size, query, new_key, new_value, node.outputs[0], True
+
+
+def _attention_of(present: ir.Value) -> tuple[ir.Node | None, ir.Value | None]:
+    """The attention node reading ``present`` (as it is, or through repeat_kv: grouped KV heads)
+    alone, and the value it reads; (None, None) otherwise."""
+    value = present
+    for _ in range(4):  # the attention, or Unsqueeze -> Expand -> Reshape -> the attention
+        readers = value.consumers()
+        if len(readers) != 1:
+            return None, None
+        if readers[0].domain == DOMAIN and readers[0].op_type in ("Attention", "MultiHeadAttention"):
+            found = repeat_kv_source(value) if value is not present else (present, 1)
+            return (readers[0], value) if found is not None and found[0] is present else (None, None)
+        value = readers[0].outputs[0]
+    return None, None

@@ -18,6 +18,7 @@ import onnx_ir as ir
 
 from leangraph.ir import fill_missing_dtypes
 from leangraph.ir.registry import DOMAIN
+from leangraph.passes.kv_reuse._constants import int64_const
 from leangraph.passes.kv_reuse.introduce_kv_cache import LAYOUT_KEY, PAST, KVCacheLayout
 
 _MAX = np.iinfo(np.int64).max
@@ -68,17 +69,13 @@ def share_prefix(model: ir.Model, layout: KVCacheLayout) -> KVCacheLayout | str:
     prefix_length.outputs[0].shape, prefix_length.outputs[0].type = ir.Shape([1]), ir.TensorType(ir.DataType.INT64)
     _count_the_prefix_in_past_shapes(graph, layout, prefix_length.outputs[0])
 
-    end = ir.Value(name="shared_prefix_end", const_value=ir.tensor(np.array([_MAX], np.int64)))
-    end.shape, end.type = ir.Shape([1]), ir.TensorType(ir.DataType.INT64)
-    graph.register_initializer(end)
+    end = int64_const(graph, "shared_prefix_end", [_MAX])
     for index, (node, axis) in enumerate(nodes):
         query, key, value = node.inputs[:3]
         mask = node.inputs[3] if len(node.inputs) > 3 else None
         inputs = [query, key, value, *prefix[index]]
         if mask is not None:  # the own keys' columns: after the prefix
-            last = ir.Value(name=f"{node.name}_own_axis", const_value=ir.tensor(np.array([-1], np.int64)))
-            last.shape, last.type = ir.Shape([1]), ir.TensorType(ir.DataType.INT64)
-            graph.register_initializer(last)
+            last = int64_const(graph, f"{node.name}_own_axis", [-1])
             own = ir.Node("", "Slice", [mask, prefix_length.outputs[0], end, last], name=f"{node.name}_own_mask")
             graph.insert_before(node, own)
             own.outputs[0].type = mask.type
@@ -116,10 +113,7 @@ def _count_the_prefix_in_past_shapes(graph: ir.Graph, layout: KVCacheLayout, pre
         start, end = (min(max(b + rank if b < 0 else b, 0), rank) for b in (start, end))
         if not start <= axis < end:
             continue
-        one_hot = ir.Value(name=f"{node.name}_prefix_axis",
-                           const_value=ir.tensor(np.eye(rank, dtype=np.int64)[axis][start:end]))
-        one_hot.shape, one_hot.type = ir.Shape([end - start]), ir.TensorType(ir.DataType.INT64)
-        graph.register_initializer(one_hot)
+        one_hot = int64_const(graph, f"{node.name}_prefix_axis", np.eye(rank, dtype=np.int64)[axis][start:end])
         uses = list(node.outputs[0].uses())
         shift = ir.Node("", "Mul", [one_hot, prefix_length], name=f"{node.name}_prefix_shift")
         total = ir.Node("", "Add", [node.outputs[0], shift.outputs[0]], name=f"{node.name}_with_prefix")
