@@ -25,7 +25,8 @@ def single_op_model(op_type: str, inputs: list[np.ndarray | None], attrs: dict) 
             values.append(None)
             continue
         values.append(ir.val(f"in{i}", ir.DataType.from_numpy(array.dtype), ir.Shape(array.shape)))
-    node = ir.node(op_type, values, attrs, domain=DOMAIN, name=f"{op_type.lower()}_0")
+    node = ir.node(op_type, values, attrs, domain=DOMAIN, name=f"{op_type.lower()}_0",
+                   num_outputs=len(lookup(op_type).outputs))
     graph = ir.Graph(
         [v for v in values if v is not None], node.outputs, nodes=[node],
         opset_imports={"": TARGET_OPSET, DOMAIN: 1}, name=op_type,
@@ -71,7 +72,7 @@ def f32(rng, *shape):
 def test_every_registered_op_is_covered_here():
     assert {op.name for op in all_ops()} == {"Attention", "Bf16Linear", "DynamicQuantLinear", "Gelu", "LayerNorm", "MatMulBiasAct", "MultiHeadAttention",
                                                  "PackTokens", "PackedMultiHeadAttention", "RMSNorm", "SharedPrefixAttention",
-                                                 "StaticQuantLinear", "UnpackTokens"}
+                                                 "StaticQuantLinear", "UnpackTokens", "MergeTokens"}
 
 
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
@@ -366,3 +367,62 @@ def test_shared_prefix_attention_equals_attention_over_prefix_then_own_keys(rng,
     if num_heads:
         expected = expected.transpose(0, 2, 1, 3).reshape(batch, new, heads * size)
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+
+
+def check_multi_output_op(op_type, inputs, attrs, rtol=1e-5, atol=1e-6):
+    """check_op for an op with several outputs: every output, reference against both decompositions."""
+    model = single_op_model(op_type, inputs, attrs)
+    fused = run_reference(model, inputs)
+    proto = lowered_proto(model)
+    names = [i.name for i in proto.graph.input]
+    for unfused in (ReferenceEvaluator(proto).run(None, dict(zip(names, inputs))),
+                    ort.InferenceSession(proto.SerializeToString()).run(None, dict(zip(names, inputs)))):
+        for want, got in zip(fused, unfused):
+            np.testing.assert_allclose(want, got, rtol=rtol, atol=atol)
+    for value, array in zip(model.graph.outputs, fused):
+        assert value.dtype == ir.DataType.from_numpy(array.dtype)
+        assert len(value.shape) == array.ndim and value.shape[0] == array.shape[0]
+    return fused
+
+
+MERGE_SIZES = np.array([[1] * 9, [1] * 6 + [0] * 3, [1, 1] + [0] * 7, [0] * 9], np.float32)
+
+
+@pytest.mark.parametrize("attrs", [{"ratio": 0.3, "protect": 1, "num_heads": 2}, {"r": 2, "protect": 0},
+                                   {"ratio": 0.5, "r": 1, "protect": 1, "num_heads": 4}, {"ratio": 0.0}])
+def test_merge_tokens(rng, attrs):
+    x, metric = f32(rng, 4, 9, 8), f32(rng, 4, 9, 8)
+    sizes = MERGE_SIZES.copy()
+    sizes[0, 3] = 2  # a token merged before stands for two
+    merged, merged_sizes = check_multi_output_op("MergeTokens", [x, metric, sizes], attrs)
+    # sizes are token counts: each sequence's total, and its size-weighted sum, are kept
+    np.testing.assert_array_equal(merged_sizes.sum(1), sizes.sum(1))
+    np.testing.assert_allclose((merged * merged_sizes[..., None]).sum(1), (x * sizes[..., None]).sum(1),
+                               rtol=1e-5, atol=1e-5)
+    protect = attrs.get("protect", 1)
+    np.testing.assert_array_equal(merged[:3, :protect], x[:3, :protect])  # CLS is never merged
+    for b in range(4):  # kept tokens left-aligned, zeros after
+        kept = int((merged_sizes[b] > 0).sum())
+        assert (merged_sizes[b, kept:] == 0).all() and (merged[b, kept:] == 0).all()
+    if not attrs.get("ratio") and not attrs.get("r"):  # nothing to merge: the real tokens as they were
+        real = sizes[:, :merged.shape[1]] > 0
+        np.testing.assert_array_equal(merged[real], x[:, :merged.shape[1]][real])
+
+
+def test_merge_tokens_padding_is_never_merged_into_real_tokens(rng):
+    """A padded position's metric and values are garbage; the merged output does not depend on them."""
+    x, metric = f32(rng, 4, 9, 8), f32(rng, 4, 9, 8)
+    attrs = {"ratio": 0.5, "num_heads": 2}
+    first = check_multi_output_op("MergeTokens", [x, metric, MERGE_SIZES], attrs)
+    padded = MERGE_SIZES == 0
+    x[padded], metric[padded] = 1e3, -7.0
+    second = check_multi_output_op("MergeTokens", [x, metric, MERGE_SIZES], attrs)
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("seq", [0, 1])
+def test_merge_tokens_of_empty_and_single_token_sequences(rng, seq):
+    x, metric = f32(rng, 2, seq, 4), f32(rng, 2, seq, 4)
+    merged, sizes = check_multi_output_op("MergeTokens", [x, metric, np.ones((2, seq), np.float32)], {"ratio": 0.5})
+    np.testing.assert_array_equal(merged, x)
