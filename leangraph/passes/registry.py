@@ -17,6 +17,7 @@ from leangraph.passes.fusion.rms_norm import FUSE_RMS_NORM
 from leangraph.passes.fusion.sibling_linears import fuse_sibling_linears
 from leangraph.passes.manager import FixedPoint, PipelineItem
 from leangraph.passes.redundancy.padding_removal import REMOVE_PADDING
+from leangraph.passes.token_merging.merge_tokens import MERGE_TOKENS
 
 PASSES: dict[str, Pass] = {}
 
@@ -32,7 +33,7 @@ def register(pass_: Pass) -> Pass:
 for _pass in (
     dce, cse, constant_folding, ALGEBRAIC,
     FUSE_LAYER_NORM, FUSE_RMS_NORM, FUSE_GELU, FUSE_ATTENTION, FUSE_MATMUL_BIAS, FUSE_MATMUL_ACTIVATION,
-    REMOVE_PADDING, fuse_sibling_linears, FROM_ONNXRUNTIME_OPS,
+    REMOVE_PADDING, fuse_sibling_linears, FROM_ONNXRUNTIME_OPS, MERGE_TOKENS,
 ):
     register(_pass)
 

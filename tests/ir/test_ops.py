@@ -426,3 +426,22 @@ def test_merge_tokens_of_empty_and_single_token_sequences(rng, seq):
     x, metric = f32(rng, 2, seq, 4), f32(rng, 2, seq, 4)
     merged, sizes = check_multi_output_op("MergeTokens", [x, metric, np.ones((2, seq), np.float32)], {"ratio": 0.5})
     np.testing.assert_array_equal(merged, x)
+
+
+def test_packed_attention_size_bias_is_proportional_attention(rng):
+    """size_bias: the mask holds token sizes; a key of size s counts as s copies of itself."""
+    sizes = np.array([[1, 3, 1, 0, 0], [2, 1, 0, 0, 0], [0, 0, 0, 0, 0], [1, 0, 1, 1, 4]], np.float32)
+    tokens = int((sizes != 0).sum())
+    q, k, v = f32(rng, tokens, 16), f32(rng, tokens, 16), f32(rng, tokens, 8)
+    y = check_op("PackedMultiHeadAttention", [q, k, v, sizes], {"num_heads": 4, "size_bias": 1}, rtol=1e-4, atol=1e-5)
+    start = 0
+    for row in sizes:  # each sequence with its keys repeated size times, plain attention
+        real = row[row != 0].astype(int)
+        stop = start + len(real)
+        if len(real):
+            split = [torch.from_numpy(x[start:stop]).reshape(len(real), 4, -1).transpose(0, 1) for x in (q, k, v)]
+            repeat = torch.from_numpy(np.repeat(np.arange(len(real)), real))
+            expected = torch.nn.functional.scaled_dot_product_attention(split[0], split[1][:, repeat], split[2][:, repeat])
+            np.testing.assert_allclose(y[start:stop], expected.transpose(0, 1).reshape(len(real), 8).numpy(),
+                                       rtol=1e-4, atol=1e-5)
+        start = stop

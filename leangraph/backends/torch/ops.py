@@ -234,7 +234,10 @@ def _packed_multi_head_attention(inputs, attrs):
     def heads_first(x):
         return x.reshape(-1, x.shape[1] // heads).index_select(0, rows).reshape(batch, heads, seq, -1)
 
-    bias = q.new_zeros(batch, 1, 1, seq).masked_fill_(~valid[:, None, None, :], float("-inf"))
+    if attrs.get("size_bias", 0):  # log(size) of each key (log 0 = -inf hides padding)
+        bias = mask.to(q.dtype).log().reshape(batch, 1, 1, seq)
+    else:
+        bias = q.new_zeros(batch, 1, 1, seq).masked_fill_(~valid[:, None, None, :], float("-inf"))
     # A valid query always sees itself; padded rows may come out NaN and are dropped.
     out = _attention(heads_first(q), heads_first(k), heads_first(v), bias, attrs["scale"], attrs["causal"],
                      empty_rows=False)

@@ -8,6 +8,10 @@ ByteTransformer's and FlashAttention's varlen kernels), with ``causal`` = 1 also
 after it in its sequence. The output is [tokens, heads * value_head_size]. It is
 leangraph::MultiHeadAttention on the padded batch with the key-padding mask, restricted to the
 valid rows.
+
+``size_bias`` = 1: the mask holds token sizes (how many original tokens a merged token stands for,
+leangraph::MergeTokens) and each key's score gets ``log(size)``: ToMe's proportional attention,
+softmax as if each merged key were its tokens repeated.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import onnx_ir as ir
 
 from leangraph.ir.ops import attention, multi_head_attention
 from leangraph.ir.ops._util import const
+from leangraph.ir.ops.packing import valid_indices
 from leangraph.ir.registry import OpDef, TensorInfo, register
 
 
@@ -32,15 +37,17 @@ def sequence_bounds(mask: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], np.cumsum((mask != 0).sum(axis=1))])
 
 
-def _reference(query, key, value, mask, num_heads=0, scale=0.0, causal=0):
+def _reference(query, key, value, mask, num_heads=0, scale=0.0, causal=0, size_bias=0):
     bounds = sequence_bounds(mask)
+    sizes = mask[mask != 0].astype(query.dtype)
     if bounds[-1] != query.shape[0]:
         raise ValueError(f"{query.shape[0]} packed tokens, but the mask has {bounds[-1]} valid positions")
     out = np.zeros((query.shape[0], value.shape[-1]), dtype=query.dtype)
     for start, stop in zip(bounds[:-1], bounds[1:]):
         if stop > start:
+            bias = np.log(sizes[None, None, None, start:stop]) if size_bias else None
             (rows,) = multi_head_attention._reference(query[None, start:stop], key[None, start:stop],
-                                                      value[None, start:stop], None, num_heads, scale, causal)
+                                                      value[None, start:stop], bias, num_heads, scale, causal)
             out[start:stop] = rows[0]
     return (out,)
 
@@ -56,7 +63,7 @@ def _decompose(tape, inputs, attrs):
     ONNX Runtime: MiniLM on STS-B dev, 33 of 290 ms of attention)."""
     query, key, value, mask = inputs
     heads = attrs["num_heads"]
-    rows, bias, out_rows = _gather_indices(tape, mask, heads, query.dtype)
+    rows, bias, out_rows = _gather_indices(tape, mask, heads, query.dtype, attrs.get("size_bias", 0))
 
     fused = _split_source(query, key, value)
     if fused is not None:  # row (token * 3 + part) * heads + head of the fused tensor, for each part
@@ -100,7 +107,7 @@ def _decompose(tape, inputs, attrs):
     return [tape.op("Reshape", [by_head, width])]
 
 
-def _gather_indices(tape, mask, heads, dtype):
+def _gather_indices(tape, mask, heads, dtype, size_bias=0):
     """From the [batch, seq] mask, with longest = the most valid tokens of a sequence: the packed row
     (token * heads + head) each [batch, heads, longest] position reads (a sequence's j-th valid token,
     or token 0 past its length), the additive key-padding bias [batch, 1, longest, longest], and for
@@ -120,8 +127,14 @@ def _gather_indices(tape, mask, heads, dtype):
     rows = tape.op("Add", [tape.op("Mul", [tape.op("Unsqueeze", [source, const(tape, [1], np.int64)]),
                                             const(tape, heads, np.int64)]),
                            const(tape, np.arange(heads).reshape(1, heads, 1), np.int64)])
+    visible = const(tape, 0.0, dtype.numpy())
+    if size_bias:  # log of each key's size: the packed sizes, read as the packed rows are
+        flat = tape.op("Reshape", [mask, const(tape, [-1], np.int64)])
+        sizes = tape.op("Cast", [tape.op("Gather", [flat, valid_indices(tape, mask)], {"axis": 0})], {"to": int(dtype)})
+        visible = tape.op("Unsqueeze", [tape.op("Log", [tape.op("Gather", [sizes, source], {"axis": 0})]),
+                                        const(tape, [1, 2], np.int64)])
     key_bias = tape.op("Where", [tape.op("Unsqueeze", [in_sequence, const(tape, [1, 2], np.int64)]),
-                                 const(tape, 0.0, dtype.numpy()), const(tape, -np.inf, dtype.numpy())])
+                                 visible, const(tape, -np.inf, dtype.numpy())])
     # Spelled out over the query rows once per batch: ONNX Runtime adds a [batch, 1, n, n] bias to the
     # scores in n * n runs, a [batch, 1, 1, n] one in runs of n (MiniLM, STS-B dev: 15 vs 35 ms).
     bias = tape.op("Expand", [key_bias, tape.op("Concat", [const(tape, [1, 1], np.int64), longest,
@@ -162,7 +175,7 @@ PACKED_MULTI_HEAD_ATTENTION = register(
         doc=__doc__,
         inputs=("query", "key", "value", "mask"),
         outputs=("output",),
-        attributes={"num_heads": 0, "scale": 0.0, "causal": 0},
+        attributes={"num_heads": 0, "scale": 0.0, "causal": 0, "size_bias": 0},
         shape_rule=_shape,
         reference=_reference,
         decompose=_decompose,
