@@ -74,3 +74,15 @@ class PeakMemory:
     def _rss() -> float:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def cpu_description() -> str:
+    """The CPU the table was measured on: its int8 speed depends on whether it has VNNI."""
+    import torch
+
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "unknown model") if Path("/proc/cpuinfo").exists() else "unknown model"
+    flags = torch.cpu.get_capabilities()
+    isa = "AVX-512" if flags.get("avx512_f") else "AVX2" if flags.get("avx2") else "no AVX2"
+    vnni = "with VNNI" if flags.get("avx512_vnni") else "without VNNI"
+    return f"{model}, {os.cpu_count()} cores, {isa} {vnni} ({torch.backends.cpu.get_cpu_capability()} kernels in torch)"

@@ -32,7 +32,7 @@ import onnx_ir as ir  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from common import PeakMemory, stsb_batches, stsb_pairs  # noqa: E402
+from common import PeakMemory, cpu_description, stsb_batches, stsb_pairs  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 import leangraph  # noqa: E402
@@ -274,16 +274,6 @@ def main() -> None:
     DOCS.mkdir(parents=True, exist_ok=True)
     (DOCS / f"{args.output}.md").write_text(text)
     plot([(name, base / seconds, spearman_x100(embeddings[name])) for name, seconds in medians.items()], args.output)
-
-
-def cpu_description() -> str:
-    """The CPU the table was measured on: its int8 speed depends on whether it has VNNI."""
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), "unknown model") if Path("/proc/cpuinfo").exists() else "unknown model"
-    flags = torch.cpu.get_capabilities()
-    isa = "AVX-512" if flags.get("avx512_f") else "AVX2" if flags.get("avx2") else "no AVX2"
-    vnni = "with VNNI" if flags.get("avx512_vnni") else "without VNNI"
-    return f"{model}, {os.cpu_count()} cores, {isa} {vnni} ({torch.backends.cpu.get_cpu_capability()} kernels in torch)"
 
 
 def read_table(path: Path) -> list[tuple[str, float, float]]:

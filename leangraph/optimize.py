@@ -340,8 +340,9 @@ def _quantize(graph, captured_graph, chain, kernels_of, kernel_seconds, input_se
     """Budgeted int8 for the linear layers (passes/quantization/mixed_precision.py), recorded in the report."""
     from tqdm import tqdm
 
-    from leangraph.cost_model.linear_kernels import BACKEND_KERNELS
+    from leangraph.cost_model.linear_kernels import BACKEND_KERNELS, KERNEL_ROWS
     from leangraph.passes import PASSES, PassRecord
+    from leangraph.passes.registry import KNOB_SPACES
     from leangraph.passes.quantization.mixed_precision import NO_ASSIGNMENT_MET, SELECTION_MARGIN, choose_precisions
 
     if kernels_of not in BACKEND_KERNELS:
@@ -353,6 +354,13 @@ def _quantize(graph, captured_graph, chain, kernels_of, kernel_seconds, input_se
 
     start = time.perf_counter()
     nodes_before = node_count(graph)
+    spaces, skipped = [], []
+    for name, declare in KNOB_SPACES.items():
+        space = declare(graph)
+        if isinstance(space, str):
+            skipped.append(f"{name}: {space}")
+        else:
+            spaces.append(space)
     baseline = None
     if evaluate is not None:  # the unoptimized model, on ONNX Runtime: the reference point of max_drop
         unoptimized = compile_partitioned(captured_graph, [get_backend("onnxruntime")])[0]
@@ -362,9 +370,10 @@ def _quantize(graph, captured_graph, chain, kernels_of, kernel_seconds, input_se
             bar.set_postfix_str(message)
             bar.update()
 
-        quantized, choices, notes = choose_precisions(
+        quantized, choices, notes, knobs = choose_precisions(
             graph, input_sets, compile_model, kernel_seconds, BACKEND_KERNELS[kernels_of], evaluate=evaluate,
-            max_drop=max_drop, baseline=baseline, tolerance=tolerance or EXACT, progress=progress)
+            max_drop=max_drop, baseline=baseline, tolerance=tolerance or EXACT, progress=progress,
+            knob_spaces=spaces, kernel_rows=KERNEL_ROWS)
     changed = quantized is not graph
     if changed:
         PASSES["dce"](quantized)  # the fp32 weights the int8 layers replaced
@@ -382,6 +391,7 @@ def _quantize(graph, captured_graph, chain, kernels_of, kernel_seconds, input_se
                                f"{SELECTION_MARGIN:.0%} as margin for data evaluate() does not hold)")
     report.records.append(record)
     report.quantization = [choice.row() for choice in choices]
+    report.knobs = [knob.row() for knob in knobs] + [f"{reason} (not searched)" for reason in skipped]
     return quantized
 
 

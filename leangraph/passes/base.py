@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import onnx_ir as ir
 import onnx_ir.passes.common
@@ -113,3 +114,20 @@ class RulePass:
     def as_pass(self, exact: bool = True) -> Pass:
         return Pass(self.name, self, self.doc, exact)
 
+
+
+@dataclasses.dataclass(frozen=True)
+class KnobSpace:
+    """The knobs a lossy pass declares for the budgeted search (passes/quantization/mixed_precision.py):
+    one knob per site (a layer), each with the settings it may take besides off. The search measures
+    each setting alone (its sensitivity and the time it saves), picks settings under the budget and
+    calls ``apply`` on a candidate model with {knob index: chosen setting}."""
+
+    pass_name: str
+    knobs: tuple[str, ...]
+    """What each knob sets, for the report (e.g. 'merge ratio of bert.encoder.layer.0')."""
+    options: tuple[tuple[Any, ...], ...]
+    """Per knob, its settings besides off."""
+    apply: Callable[[ir.Model, dict[int, Any]], None]
+    describe: Callable[[Any], str] = str
+    """A setting in words (e.g. 'ratio 0.3, hidden-state metric')."""

@@ -17,6 +17,7 @@ from leangraph.passes.fusion.rms_norm import FUSE_RMS_NORM
 from leangraph.passes.fusion.sibling_linears import fuse_sibling_linears
 from leangraph.passes.manager import FixedPoint, PipelineItem
 from leangraph.passes.redundancy.padding_removal import REMOVE_PADDING
+from leangraph.passes.token_merging import merge_tokens
 from leangraph.passes.token_merging.merge_tokens import MERGE_TOKENS
 
 PASSES: dict[str, Pass] = {}
@@ -36,6 +37,10 @@ for _pass in (
     REMOVE_PADDING, fuse_sibling_linears, FROM_ONNXRUNTIME_OPS, MERGE_TOKENS,
 ):
     register(_pass)
+
+
+KNOB_SPACES = {"merge_tokens": merge_tokens.knob_space}
+"""Lossy passes whose knobs the budgeted search sets (name -> model -> KnobSpace, or why none)."""
 
 
 def cleanup(name: str = "cleanup") -> FixedPoint:

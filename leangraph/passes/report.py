@@ -54,6 +54,9 @@ class Report:
     notes: list[str] = dataclasses.field(default_factory=list)
     quantization: list[str] = dataclasses.field(default_factory=list)
     """One line per linear layer the quantization search considered: precision, kernel, sensitivity."""
+    knobs: list[str] = dataclasses.field(default_factory=list)
+    """One line per knob other lossy passes declared (token merging's ratio per layer): each setting's
+    sensitivity and measured saving, and the one the search chose."""
 
     def __str__(self) -> str:
         lines = [
@@ -81,6 +84,9 @@ class Report:
         if self.quantization:
             lines.append("  layer precisions:")
             lines += [f"    {row}" for row in self.quantization]
+        if self.knobs:
+            lines.append("  knobs of lossy passes:")
+            lines += [f"    {row}" for row in self.knobs]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 

@@ -14,7 +14,7 @@
    (scipy.optimize.milp; sensitivities are treated as additive).
 4. Check: the assignment is compiled and really evaluated (``evaluate`` within ``max_drop`` of the
    unquantized model, or every output within ``tolerance`` on the calibration data); when it
-   misses, the budget is halved and the program solved again, down to all fp32.
+   misses, the budget is halved and the program solved again (up to MAX_ATTEMPTS), down to all fp32.
 
    The check keeps a margin: an assignment passes when its drop is at most
    ``(1 - SELECTION_MARGIN) * max_drop``. The search picks the first assignment whose measured drop
@@ -22,7 +22,14 @@
    larger (all-MiniLM-L6-v2, STS-B: picked at a 0.2 drop on a 300-pair subset, 0.26-0.36 on pairs
    it was not picked on). The margin is what is kept for that; the report says what was used.
 
-The result is a model and one :class:`LayerChoice` per candidate layer for the report.
+5. Knobs of other lossy passes (passes.base.KnobSpace; token merging's ratio per layer) join the
+   same program: each setting alone is compiled, its drop of ``evaluate`` measured (or, under a
+   tolerance, its output error, as a layer's) and the time it saves timed on the model
+   (``interleaved_saving``); settings that save time are multiple-choice items of their own, bounded
+   by the allowed drop where evaluate measured them (their own budget, halved with the other).
+
+The result is a model, one :class:`LayerChoice` per candidate layer and one :class:`KnobChoice` per
+knob for the report.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import numpy as np
 import onnx_ir as ir
 
 from leangraph.ir import clone_model
+from leangraph.passes.base import KnobSpace
 from leangraph.passes.quantization.int8_linear import (activation_ranges, bf16_layers, candidate_layers,
                                                        quantize_layers)
 from leangraph.passes.verification import Tolerance, compare_outputs
@@ -64,10 +72,37 @@ class LayerChoice:
                 f"[K={self.shape[0]}, N={self.shape[1]}, sensitivity {sensitivity}; {timings}]")
 
 
-def solve(gain: Sequence[Sequence[float]], sensitivity: Sequence[Sequence[float]], budget: float) -> list[int | None]:
+@dataclasses.dataclass
+class KnobChoice:
+    """One knob a lossy pass declared (passes.base.KnobSpace): each setting's sensitivity and the time
+    it saved alone on the timing inputs, and the setting chosen (None: off)."""
+
+    space: KnobSpace
+    index: int
+    sensitivities: dict[Any, float]
+    saved: dict[Any, float]
+    baseline_seconds: float
+    by_evaluate: bool = False
+    """Sensitivities are evaluate()'s drop (the user's metric), not the outputs' relative error."""
+    chosen: Any = None
+
+    def row(self) -> str:
+        def cost(o):
+            return f"evaluate() drop {self.sensitivities[o]:+.3f}" if self.by_evaluate else \
+                f"sensitivity {self.sensitivities[o]:.2e}"
+        tried = "; ".join(f"{self.space.describe(o)}: {cost(o)}, "
+                          f"{self.saved[o] * 1e3:+.1f} ms of {self.baseline_seconds * 1e3:.1f} ms saved"
+                          for o in self.sensitivities)
+        setting = "off" if self.chosen is None else self.space.describe(self.chosen)
+        return f"{self.space.knobs[self.index]}: {setting} [{tried}]"
+
+
+def solve(gain: Sequence[Sequence[float]], sensitivity: Sequence[Sequence[float]], budget: float | Sequence[float],
+          groups: Sequence[int] | None = None) -> list[int | None]:
     """Per layer, the index of its reduced-precision option to use (None: fp32): maximize the summed gain
     with the summed sensitivity <= budget and at most one option per layer (a multiple-choice
-    knapsack). ``gain[l][j]`` and ``sensitivity[l][j]`` are layer l's with option j."""
+    knapsack). ``gain[l][j]`` and ``sensitivity[l][j]`` are layer l's with option j. With ``groups``
+    (each row's group), sensitivities in different units: ``budget[g]`` bounds group g's sum."""
     from scipy.optimize import Bounds, LinearConstraint, milp
 
     options = [(layer, j) for layer, gains in enumerate(gain) for j, g in enumerate(gains) if g > 0]
@@ -77,10 +112,13 @@ def solve(gain: Sequence[Sequence[float]], sensitivity: Sequence[Sequence[float]
     for column, (layer, _) in enumerate(options):
         one_per_layer[layer, column] = 1.0
     cost = np.array([sensitivity[layer][j] for layer, j in options], dtype=np.float64)
+    groups = list(groups) if groups is not None else [0] * len(gain)
+    budgets = [budget] if isinstance(budget, (int, float)) else list(budget)
+    per_group = [LinearConstraint(np.where([groups[layer] == g for layer, _ in options], cost, 0.0)[None, :],
+                                  -np.inf, limit) for g, limit in enumerate(budgets)]
     result = milp(c=-np.array([gain[layer][j] for layer, j in options], dtype=np.float64),
                   integrality=np.ones(len(options)), bounds=Bounds(0, 1),
-                  constraints=[LinearConstraint(cost[None, :], -np.inf, budget),
-                               LinearConstraint(one_per_layer, -np.inf, 1.0)])
+                  constraints=[*per_group, LinearConstraint(one_per_layer, -np.inf, 1.0)])
     chosen: list[int | None] = [None] * len(gain)
     if result.success:
         for (layer, j), x in zip(options, result.x):
@@ -119,19 +157,27 @@ def choose_precisions(
     baseline: float | None = None,
     tolerance: Tolerance | None = None,
     progress: Callable[[str], None] | None = None,
-) -> tuple[ir.Model, list[LayerChoice], list[str]]:
-    """The model with the chosen layers in int8, one LayerChoice per candidate, and notes.
+    knob_spaces: Sequence[KnobSpace] = (),
+    kernel_rows: int = 512,
+    time_saved: Callable[[Any, Any, Sequence], tuple[float, float]] | None = None,
+) -> tuple[ir.Model, list[LayerChoice], list[str], list[KnobChoice]]:
+    """The model with the chosen layers in int8 (and the chosen settings of ``knob_spaces``, the
+    knobs other lossy passes declared: token merging's ratio per layer), one LayerChoice per
+    candidate layer, notes, and one KnobChoice per declared knob.
 
     ``compile_model`` gives a compiled candidate (``run_flat(arrays)`` runs it, ``evaluate`` takes
     it); ``kernel_seconds(weight)`` times every linear kernel at that weight's shape; ``kernels``
     names the backend's "fp32" kernel among them and maps its "reduced" kernels to their schemes
     (activation bits, weight bits, static activations: linear_kernels.Int8Scheme). A layer's
-    options are the reduced-precision kernels faster than the fp32 one at its shape."""
+    options are the reduced-precision kernels faster than the fp32 one at its shape. A knob setting
+    is an option where it saved time alone, measured on the model (interleaved with the model
+    without it, on the first TIMING_SETS input sets); kernel gains are scaled to the same unit (the
+    rows the linear layers see per timing pass over the kernel table's rows)."""
     layers = candidate_layers(model)
-    if not layers:
-        return model, [], ["quantization: no linear layer with constant weights"]
+    if not layers and not knob_spaces:
+        return model, [], ["quantization: no linear layer with constant weights"], []
     if not input_sets:
-        return model, [], ["quantization skipped: it needs calibration data (or example_inputs)"]
+        return model, [], ["quantization skipped: it needs calibration data (or example_inputs)"], []
     say = progress or (lambda _: None)
     reference = compile_model(model)
     expected = [reference.run_flat(inputs) for inputs in input_sets]
@@ -159,39 +205,128 @@ def choose_precisions(
         choices.append(LayerChoice(node.name, node.metadata_props.get("leangraph.module_path", ""),
                                    tuple(weight.shape), sensitivities, seconds, kernel=kernels["fp32"]))
 
-    options = [list(c.sensitivities) for c in choices]
-    gain = [[c.seconds[kernels["fp32"]] - c.seconds[k] for k in offered] for c, offered in zip(choices, options)]
-    sensitivity = [list(c.sensitivities.values()) for c in choices]
-    budget = float(sum(max(s) for s in sensitivity))
+    allowed = (1 - SELECTION_MARGIN) * max_drop
+    drop = (lambda candidate: baseline - float(evaluate(candidate))) if evaluate is not None and baseline is not None \
+        else None
+    knob_choices = _measure_knobs(model, knob_spaces, reference, input_sets, expected, compile_model, say,
+                                  time_saved or interleaved_saving, drop)
+    scale = _rows_per_timing_pass(model, input_sets[:TIMING_SETS], compile_model) / kernel_rows if layers else 0.0
+
+    options = [list(c.sensitivities) for c in choices] + [list(k.sensitivities) for k in knob_choices]
+    gain = ([[scale * (c.seconds[kernels["fp32"]] - c.seconds[k]) for k in c.sensitivities] for c in choices]
+            + [[k.saved[o] for o in k.sensitivities] for k in knob_choices])
+    # Knob settings measured by evaluate() are bounded by the allowed drop itself (a group of their
+    # own); one that measured no drop still costs a tenth of it: drops do not add up exactly.
+    sensitivity = [list(c.sensitivities.values()) for c in choices] + [
+        [max(v, 0.1 * allowed) for v in k.sensitivities.values()] if drop else list(k.sensitivities.values())
+        for k in knob_choices]
+    groups = [0] * len(choices) + [1 if drop else 0] * len(knob_choices)
+    budget = [float(sum(max(s) for s, g in zip(sensitivity, groups) if g == 0)), allowed]
     notes = []
     if not any(g > 0 for gains in gain for g in gains):
         notes.append(f"quantization: no layer shape where {' or '.join(kernels['reduced'])} is faster than "
-                     f"{kernels['fp32']} on this machine; every layer stays fp32")
-        return model, choices, notes
-    for attempt in range(8):
-        chosen = solve(gain, sensitivity, budget)
+                     f"{kernels['fp32']} on this machine; every layer stays fp32"
+                     + (" and no knob setting saved time" if knob_choices else ""))
+        return model, choices, notes, knob_choices
+    for attempt in range(MAX_ATTEMPTS):
+        chosen = solve(gain, sensitivity, budget, groups)
         picked = {c.name: offered[j] for c, offered, j in zip(choices, options, chosen) if j is not None}
-        if not picked:
+        settings = {id(k): options[len(choices) + i][j] for i, (k, j) in enumerate(zip(knob_choices, chosen[len(choices):]))
+                    if j is not None}
+        if not picked and not settings:
             break
         candidate_model = clone_model(model)
         for kernel, scheme in kernels["reduced"].items():
             lower_precision(candidate_model, {n for n, k in picked.items() if k == kernel}, scheme, ranges)
+        _apply_knobs(candidate_model, knob_choices, settings)
         candidate = compile_model(candidate_model)
         verdict = _check(candidate, input_sets, expected, evaluate, max_drop, baseline, tolerance)
         counts = Counter(picked.values())
         per_kernel = ", ".join(f"{counts[kernel]} {kernel}" for kernel in kernels["reduced"] if counts[kernel])
         precisions = _precision_words(kernels, picked.values())
-        notes.append(f"quantization attempt {attempt + 1}: {len(picked)}/{len(choices)} layers {precisions} ({per_kernel}; "
-                     f"sensitivity budget {budget:.2e}): {verdict or 'within budget'}")
+        knobs_set = "".join(f", {k.space.knobs[k.index]} {k.space.describe(settings[id(k)])}"
+                            for k in knob_choices if id(k) in settings)
+        notes.append(f"quantization attempt {attempt + 1}: {len(picked)}/{len(choices)} layers {precisions} ({per_kernel}"
+                     f"{knobs_set}; sensitivity budget {budget[0]:.2e}"
+                     + (f", evaluate() drop budget {budget[1]:.3g} for the knobs" if drop and knob_choices else "")
+                     + f"): {verdict or 'within budget'}")
         if verdict is None:
             for choice in choices:
                 choice.precision, choice.kernel = ((kernels["reduced"][picked[choice.name]].precision,
                                                     picked[choice.name]) if choice.name in picked
                                                    else ("fp32", kernels["fp32"]))
-            return candidate_model, choices, notes
-        budget /= 2
+            for knob in knob_choices:
+                knob.chosen = settings.get(id(knob))
+            return candidate_model, choices, notes, knob_choices
+        budget = [b / 2 for b in budget]
     notes.append(NO_ASSIGNMENT_MET)
-    return model, choices, notes
+    return model, choices, notes, knob_choices
+
+
+MAX_ATTEMPTS = 24
+"""Assignments the search checks before it gives up (each halves the budgets; it stops earlier
+when the program picks nothing)."""
+
+TIMING_SETS = 3
+"""Input sets a knob setting's saving is timed on (interleaved with the model without it)."""
+TIMING_ROUNDS = 3
+
+
+def interleaved_saving(reference, candidate, input_sets) -> tuple[float, float]:
+    """(seconds the candidate saves over the reference on one pass over ``input_sets``, the
+    reference's seconds): medians of TIMING_ROUNDS interleaved rounds, after one warm-up pass each
+    (fresh ONNX Runtime sessions run their first calls slow)."""
+    def seconds(compiled) -> float:
+        start = time.perf_counter()
+        for inputs in input_sets:
+            compiled.run_flat(inputs)
+        return time.perf_counter() - start
+
+    seconds(reference), seconds(candidate)
+    rounds = [(seconds(reference), seconds(candidate)) for _ in range(TIMING_ROUNDS)]
+    return float(np.median([base - cand for base, cand in rounds])), float(np.median([base for base, _ in rounds]))
+
+
+def _measure_knobs(model, knob_spaces, reference, input_sets, expected, compile_model, say,
+                   time_saved, drop) -> list[KnobChoice]:
+    """Each setting of each declared knob alone: its sensitivity (``drop(candidate)``, evaluate()'s
+    drop, where the budget is evaluate's; else the outputs' relative error on every input set) and
+    the time it saved on the timing sets (``time_saved``: interleaved_saving)."""
+    knob_choices = []
+    for space in knob_spaces:
+        for index, settings in enumerate(space.options):
+            sensitivities, saved, baseline = {}, {}, []
+            for setting in settings:
+                say(f"{space.knobs[index]}: {space.describe(setting)}")
+                single = clone_model(model)
+                space.apply(single, {index: setting})
+                candidate = compile_model(single)
+                sensitivities[setting] = drop(candidate) if drop else float(np.mean(
+                    [output_error(candidate.run_flat(inputs), want) for inputs, want in zip(input_sets, expected)]))
+                saved[setting], base = time_saved(reference, candidate, input_sets[:TIMING_SETS])
+                baseline.append(base)
+            knob_choices.append(KnobChoice(space, index, sensitivities, saved, float(np.median(baseline)),
+                                           by_evaluate=drop is not None))
+    return knob_choices
+
+
+def _apply_knobs(model: ir.Model, knob_choices: list[KnobChoice], settings: dict[int, Any]) -> None:
+    for space in dict.fromkeys(k.space for k in knob_choices):
+        chosen = {k.index: settings[id(k)] for k in knob_choices if k.space is space and id(k) in settings}
+        if chosen:
+            space.apply(model, chosen)
+
+
+def _rows_per_timing_pass(model: ir.Model, input_sets, compile_model) -> float:
+    """Rows the first linear layer multiplies over the input sets (tokens: packed ones where padding
+    was removed), which turns the kernel table's per-call gains into gains per timing pass."""
+    probe = clone_model(model)
+    first = candidate_layers(probe)[0].inputs[0]
+    if first not in probe.graph.outputs:
+        probe.graph.outputs.append(first)
+    index = list(probe.graph.outputs).index(first)
+    compiled = compile_model(probe)
+    return float(sum(np.prod(compiled.run_flat(inputs)[index].shape[:-1]) for inputs in input_sets))
 
 
 def lower_precision(model: ir.Model, names, scheme, ranges) -> None:
