@@ -71,9 +71,10 @@ def spearman_x100(embeddings: np.ndarray, gold: np.ndarray, pairs: slice = slice
 
 @contextlib.contextmanager
 def without_token_merging():
-    """The search with the merge knobs taken out: the same pipeline without merging."""
+    """The search with the token-reduction knobs (merging, pruning) taken out: the same pipeline
+    without them."""
     saved = dict(registry.KNOB_SPACES)
-    registry.KNOB_SPACES.pop("merge_tokens", None)
+    registry.KNOB_SPACES.pop("token_reduction", None)
     try:
         yield
     finally:

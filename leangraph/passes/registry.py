@@ -17,8 +17,9 @@ from leangraph.passes.fusion.rms_norm import FUSE_RMS_NORM
 from leangraph.passes.fusion.sibling_linears import fuse_sibling_linears
 from leangraph.passes.manager import FixedPoint, PipelineItem
 from leangraph.passes.redundancy.padding_removal import REMOVE_PADDING
-from leangraph.passes.token_merging import merge_tokens
+from leangraph.passes.token_merging import knobs as token_reduction
 from leangraph.passes.token_merging.merge_tokens import MERGE_TOKENS
+from leangraph.passes.token_merging.prune_tokens import PRUNE_TOKENS
 
 PASSES: dict[str, Pass] = {}
 
@@ -34,12 +35,12 @@ def register(pass_: Pass) -> Pass:
 for _pass in (
     dce, cse, constant_folding, ALGEBRAIC,
     FUSE_LAYER_NORM, FUSE_RMS_NORM, FUSE_GELU, FUSE_ATTENTION, FUSE_MATMUL_BIAS, FUSE_MATMUL_ACTIVATION,
-    REMOVE_PADDING, fuse_sibling_linears, FROM_ONNXRUNTIME_OPS, MERGE_TOKENS,
+    REMOVE_PADDING, fuse_sibling_linears, FROM_ONNXRUNTIME_OPS, MERGE_TOKENS, PRUNE_TOKENS,
 ):
     register(_pass)
 
 
-KNOB_SPACES = {"merge_tokens": merge_tokens.knob_space}
+KNOB_SPACES = {"token_reduction": token_reduction.knob_space}
 """Lossy passes whose knobs the budgeted search sets (name -> model -> KnobSpace, or why none)."""
 
 

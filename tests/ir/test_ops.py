@@ -72,7 +72,7 @@ def f32(rng, *shape):
 def test_every_registered_op_is_covered_here():
     assert {op.name for op in all_ops()} == {"Attention", "Bf16Linear", "DynamicQuantLinear", "Gelu", "LayerNorm", "MatMulBiasAct", "MultiHeadAttention",
                                                  "PackTokens", "PackedMultiHeadAttention", "RMSNorm", "SharedPrefixAttention",
-                                                 "StaticQuantLinear", "UnpackTokens", "MergeTokens"}
+                                                 "StaticQuantLinear", "UnpackTokens", "MergeTokens", "PruneTokens"}
 
 
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
@@ -445,3 +445,26 @@ def test_packed_attention_size_bias_is_proportional_attention(rng):
             np.testing.assert_allclose(y[start:stop], expected.transpose(0, 1).reshape(len(real), 8).numpy(),
                                        rtol=1e-4, atol=1e-5)
         start = stop
+
+
+@pytest.mark.parametrize("attrs", [{"keep_rate": 0.5, "num_heads": 2}, {"keep_rate": 0.7, "protect": 2},
+                                   {"keep_rate": 1.0}, {"keep_rate": 0.0, "num_heads": 4, "scale": 0.5}])
+def test_prune_tokens(rng, attrs):
+    x, q, k = f32(rng, 4, 9, 8), f32(rng, 4, 9, 8), f32(rng, 4, 9, 8)
+    sizes = MERGE_SIZES.copy()
+    sizes[0, 4] = 3
+    kept, kept_sizes = check_multi_output_op("PruneTokens", [x, q, k, sizes], attrs)
+    np.testing.assert_array_equal(kept_sizes.sum(1), sizes.sum(1))  # the fused token holds the rest
+    protect = attrs.get("protect", 1)
+    np.testing.assert_array_equal(kept[:3, :protect], x[:3, :protect])
+    if attrs["keep_rate"] == 1.0:  # nothing pruned: the real tokens as they were
+        for b in range(4):
+            real = sizes[b] > 0
+            np.testing.assert_array_equal(kept[b, :real.sum()], x[b, real])
+
+
+@pytest.mark.parametrize("seq", [0, 1])
+def test_prune_tokens_of_empty_and_single_token_sequences(rng, seq):
+    x, q, k = f32(rng, 2, seq, 4), f32(rng, 2, seq, 4), f32(rng, 2, seq, 4)
+    kept, _ = check_multi_output_op("PruneTokens", [x, q, k, np.ones((2, seq), np.float32)], {"keep_rate": 0.5})
+    np.testing.assert_array_equal(kept, x)

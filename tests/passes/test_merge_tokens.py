@@ -15,7 +15,8 @@ from leangraph.backends.reference import run_reference
 from leangraph.demo import sentence_encoder
 from leangraph.ir import clone_model
 from leangraph.passes.registry import default_pipeline
-from leangraph.passes.token_merging.merge_tokens import MergeTokens, merge_sites
+from leangraph.passes.token_merging.merge_tokens import MergeTokens
+from leangraph.passes.token_merging.reduction import checked_sites
 from tests.zoo import ZOO
 
 
@@ -97,7 +98,7 @@ def test_per_layer_schedule(bert_graph):
     graph = clone_model(bert_graph)
     result = MergeTokens({1: 0.5})(graph)
     assert result.changed and "1/2 layers" in result.notes[0]
-    assert len(merge_sites(bert_graph)) == 2
+    assert len(checked_sites(bert_graph)) == 2
 
 
 def test_per_token_output_is_skipped_with_the_reason():
@@ -168,12 +169,12 @@ def _search(graph, inputs, evaluate=None, max_drop=0.0, saving_per_merge=1.0):
     each MergeTokens node in a candidate saves ``saving_per_merge`` seconds."""
     from leangraph.cost_model.linear_kernels import BACKEND_KERNELS
     from leangraph.passes.quantization.mixed_precision import choose_precisions
-    from leangraph.passes.token_merging.merge_tokens import knob_space
+    from leangraph.passes.token_merging.knobs import knob_space
 
     kernels = BACKEND_KERNELS["onnxruntime"]
 
     def fake_saving(reference, candidate, sets):
-        return saving_per_merge * sum(n.op_type == "MergeTokens" for n in candidate.graph.graph), 10.0
+        return saving_per_merge * sum(n.op_type in ("MergeTokens", "PruneTokens") for n in candidate.graph.graph), 10.0
 
     slower = lambda weight: {kernels["fp32"]: 1e-3, **{k: 2e-3 for k in kernels["reduced"]}}  # noqa: E731
     baseline = evaluate(_compiled(graph)) if evaluate else None
@@ -189,14 +190,15 @@ def test_budgeted_search_sets_merge_ratios_that_save_time_within_the_budget(bert
         return 100 * float(np.mean([_cosine(candidate.run_flat(i)[0], e).mean() for i, e in zip(inputs, exact)]))
 
     model, _, notes, knobs = _search(bert_graph, inputs, evaluate, max_drop=50.0)
-    assert len(knobs) == 2 and all(len(k.sensitivities) == 4 for k in knobs)
+    assert len(knobs) == 2 and all(len(k.sensitivities) == 5 for k in knobs)  # 4 merges, 1 prune
     assert any(k.chosen is not None for k in knobs), notes
-    assert any(n.op_type == "MergeTokens" for n in model.graph)
+    assert any(n.op_type in ("MergeTokens", "PruneTokens") for n in model.graph)
     assert 100 - evaluate(_compiled(model)) <= 25.0  # within the budget less the search's margin
-    assert "tokens merged after" in knobs[0].row() and "ms saved" in knobs[0].row()
+    assert "tokens reduced after" in knobs[0].row() and "ms saved" in knobs[0].row()
 
     model, _, notes, knobs = _search(bert_graph, inputs, evaluate, max_drop=1e-6)  # no loss allowed
-    assert all(k.chosen is None for k in knobs) and not any(n.op_type == "MergeTokens" for n in model.graph)
+    assert all(k.chosen is None for k in knobs)
+    assert not any(n.op_type in ("MergeTokens", "PruneTokens") for n in model.graph)
 
 
 def test_budgeted_search_leaves_merging_off_where_it_is_slower(bert_graph):
