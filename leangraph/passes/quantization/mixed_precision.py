@@ -214,7 +214,8 @@ def choose_precisions(
 
     options = [list(c.sensitivities) for c in choices] + [list(k.sensitivities) for k in knob_choices]
     gain = ([[scale * (c.seconds[kernels["fp32"]] - c.seconds[k]) for k in c.sensitivities] for c in choices]
-            + [[k.saved[o] for o in k.sensitivities] for k in knob_choices])
+            + [[k.saved[o] if k.saved[o] > MIN_SAVING * k.baseline_seconds else 0.0 for o in k.sensitivities]
+               for k in knob_choices])
     # Knob settings measured by evaluate() are bounded by the allowed drop itself (a group of their
     # own); one that measured no drop still costs a tenth of it: drops do not add up exactly.
     sensitivity = [list(c.sensitivities.values()) for c in choices] + [
@@ -266,6 +267,10 @@ def choose_precisions(
 MAX_ATTEMPTS = 24
 """Assignments the search checks before it gives up (each halves the budgets; it stops earlier
 when the program picks nothing)."""
+
+MIN_SAVING = 0.02
+"""A knob setting is offered only where it saved more than this part of the model's time: a smaller
+saving is within the timing noise of this machine, and would risk a slower result."""
 
 TIMING_SETS = 3
 """Input sets a knob setting's saving is timed on (interleaved with the model without it)."""
