@@ -22,8 +22,8 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from leangraph.ir.ops._util import const
-from leangraph.ir.registry import OpDef, TensorInfo, register
+from leangraph.ir.ops._util import left_aligned, reduced_tokens_shape, token_tape
+from leangraph.ir.registry import OpDef, register
 
 
 def merge_count(real: int, protect: int, ratio: float, r: int) -> tuple[int, int]:
@@ -58,19 +58,11 @@ def _reference(x, metric, sizes, ratio=0.0, r=0, protect=1, num_heads=1):
             means[j] = sum(x[b, p] * sizes[b, p] for p in group[k]) / totals[j]
         rows.append(means)
         row_sizes.append(totals)
-    longest = max((len(s) for s in row_sizes), default=0)
-    merged = np.zeros((batch, longest, width), x.dtype)
-    merged_sizes = np.zeros((batch, longest), sizes.dtype)
-    for b in range(batch):
-        merged[b, :len(row_sizes[b])] = rows[b]
-        merged_sizes[b, :len(row_sizes[b])] = row_sizes[b]
-    return merged, merged_sizes
+    return left_aligned(rows, row_sizes, x, sizes)
 
 
 def _shape(inputs, attrs):
-    x, sizes = inputs[0], inputs[2]
-    shape = None if x.shape is None else (x.shape[0], None, x.shape[2])
-    return [TensorInfo(x.dtype, shape), TensorInfo(sizes.dtype, None if shape is None else shape[:2])]
+    return reduced_tokens_shape(inputs[0], inputs[2])
 
 
 def _decompose(tape, inputs, attrs):
@@ -85,15 +77,7 @@ def _decompose(tape, inputs, attrs):
     i64 = int(ir.DataType.INT64)
     protect, heads = attrs["protect"], attrs["num_heads"]
 
-    def c(value, dt=np.int64):
-        return const(tape, value, dt)
-
-    def op(name, *args, **kwargs):
-        return tape.op(name, list(args), kwargs or None)
-
-    valid = op("Greater", sizes, c(0, sizes.dtype.numpy()))
-    valid_i = op("Cast", valid, to=i64)
-    rank = op("Sub", op("CumSum", valid_i, c(1)), c(1))  # [b, s]: a real token's index among the real ones
+    c, op, valid, valid_i, rank = token_tape(tape, sizes)
     real = op("ReduceSum", valid_i, c([1]), keepdims=1)  # [b, 1]
     after = op("Sub", rank, c(protect))
     eligible = op("And", valid, op("GreaterOrEqual", after, c(0)))

@@ -17,8 +17,8 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from leangraph.ir.ops._util import const
-from leangraph.ir.registry import OpDef, TensorInfo, register
+from leangraph.ir.ops._util import left_aligned, reduced_tokens_shape, token_tape
+from leangraph.ir.registry import OpDef, register
 
 
 def keep_count(candidates: int, keep_rate: float) -> int:
@@ -53,19 +53,11 @@ def _reference(x, query, key, sizes, keep_rate=1.0, protect=1, num_heads=1, scal
             out_sizes.append(np.array([sizes[b, real[pruned]].sum()], sizes.dtype))
         rows.append(np.concatenate(out).astype(x.dtype))
         row_sizes.append(np.concatenate(out_sizes))
-    longest = max((len(s) for s in row_sizes), default=0)
-    kept_x = np.zeros((batch, longest, width), x.dtype)
-    kept_sizes = np.zeros((batch, longest), sizes.dtype)
-    for b in range(batch):
-        kept_x[b, :len(row_sizes[b])] = rows[b]
-        kept_sizes[b, :len(row_sizes[b])] = row_sizes[b]
-    return kept_x, kept_sizes
+    return left_aligned(rows, row_sizes, x, sizes)
 
 
 def _shape(inputs, attrs):
-    x, sizes = inputs[0], inputs[3]
-    shape = None if x.shape is None else (x.shape[0], None, x.shape[2])
-    return [TensorInfo(x.dtype, shape), TensorInfo(sizes.dtype, None if shape is None else shape[:2])]
+    return reduced_tokens_shape(inputs[0], inputs[3])
 
 
 def _decompose(tape, inputs, attrs):
@@ -78,15 +70,7 @@ def _decompose(tape, inputs, attrs):
     i64 = int(ir.DataType.INT64)
     protect, heads = attrs["protect"], attrs["num_heads"]
 
-    def c(value, dt=np.int64):
-        return const(tape, value, dt)
-
-    def op(name, *args, **kwargs):
-        return tape.op(name, list(args), kwargs or None)
-
-    valid = op("Greater", sizes, c(0, sizes.dtype.numpy()))
-    valid_i = op("Cast", valid, to=i64)
-    rank = op("Sub", op("CumSum", valid_i, c(1)), c(1))
+    c, op, valid, valid_i, rank = token_tape(tape, sizes)
     batch, seq = op("Shape", x, start=0, end=1), op("Shape", x, start=1, end=2)
     sequence = op("Unsqueeze", op("Range", c(0), op("Squeeze", batch, c([0])), c(1)), c([1]))  # [b, 1]
     # The CLS row: each sequence's first real position, read from the query rows and one zero row
