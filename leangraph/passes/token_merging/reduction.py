@@ -56,6 +56,7 @@ class _Plan:
 
 
 def plan_sites(model: ir.Model) -> _Plan | str:
+    """The sites of ``model`` in layer order with its padding mask and layout, or why it has none."""
     graph = model.graph
     attention = [n for n in graph if n.domain == DOMAIN and n.op_type in ("MultiHeadAttention", "PackedMultiHeadAttention")]
     if not attention:
@@ -68,7 +69,7 @@ def plan_sites(model: ir.Model) -> _Plan | str:
     packed = kinds == {"PackedMultiHeadAttention"}
     for node in attention:
         if node.attributes.get_int("causal", 0):
-            return f"skipped: '{node.name}' is causal attention (a decoder: merging would mix future tokens in)"
+            return f"skipped: '{node.name}' is causal attention (a decoder: a merged or fused token would mix later tokens into earlier ones)"
         q, k, v = node.inputs[:3]
         if not (q.producer() is not None and q.producer() is k.producer() is v.producer()) and not (
                 q.shape is not None and k.shape is not None and tuple(q.shape[:-1]) == tuple(k.shape[:-1])):
