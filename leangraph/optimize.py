@@ -17,6 +17,7 @@ from leangraph.backends.partition import compile_partitioned, has_subgraphs
 from leangraph.backends.reference import ReferenceExecutable
 from leangraph.artifacts import load
 from leangraph.cost_model.backend_choice import choose_backends
+from leangraph.cost_model.store import default_store
 from leangraph.compile_cache import cache_key, check_entry, fingerprint, resolve_cache_dir
 from leangraph.errors import ExecutionError, InputMismatchError, LeanGraphError, OptionError
 from leangraph.frontend import capture
@@ -210,6 +211,8 @@ def optimize(
     )
     report.notes += cache_notes
     captured_graph = clone_model(graph) if lossy else None
+    store = default_store()
+    hits, looked_up = store.hits, store.hits + store.misses
     if pipeline:
         instruments = _instruments(graph, input_sets, tolerance or EXACT, report)
         graph, report.records = PassManager(pipeline, instruments=instruments).run(graph)
@@ -234,7 +237,11 @@ def optimize(
     report.passes_seconds = time.perf_counter() - captured
     compile_start = time.perf_counter()
     if backend_name == "auto" and len(chain) > 1:
-        report.notes += choose_backends(graph, chain, input_sets[0])
+        report.notes += choose_backends(graph, chain, input_sets[0], store)
+    if store.hits + store.misses > looked_up:
+        reused = store.hits - hits
+        report.notes.append(f"measurement store: {reused} timings reused, {store.misses - (looked_up - hits)} taken "
+                            f"and stored ({store.path or 'in memory'})")
     executable, pieces, fallbacks = compile_partitioned(graph, chain)
     report.partitions = [(piece.backend, len(piece.nodes)) for piece in pieces]
     report.fallbacks = [f"{f.op} (node '{f.node}'): {f.wanted} -> {f.used}" for f in fallbacks]
@@ -321,15 +328,24 @@ def _fastest_reduced_precision(graph: ir.Model, backends: Sequence[str], kernel_
 
 
 def _kernel_timer() -> Callable[[np.ndarray], dict[str, float]]:
-    """time_kernels for a weight, measured once per weight shape within one optimize() call (the
-    backend choice and the search both ask)."""
+    """time_kernels for a weight, measured once per weight shape and machine: the measurement store
+    (cost_model.store) keeps the table across runs, and within one call the backend choice and the
+    search both ask."""
     from leangraph.cost_model import linear_kernels
+    from leangraph.cost_model.store import default_store
 
     seen: dict[tuple[int, ...], dict[str, float]] = {}
+    store = default_store()
 
     def kernel_seconds(weight: np.ndarray) -> dict[str, float]:
         if weight.shape not in seen:
-            seen[weight.shape] = linear_kernels.time_kernels(weight)
+            key = f"{weight.shape[0]}x{weight.shape[1]}@{linear_kernels.KERNEL_ROWS}"
+            stored = store.get("kernel", key)
+            if stored is None or set(stored) != set(linear_kernels.kernel_names()):
+                stored = linear_kernels.time_kernels(weight)
+                store.put("kernel", key, stored, {"k": weight.shape[0], "n": weight.shape[1],
+                                                  "rows": linear_kernels.KERNEL_ROWS})
+            seen[weight.shape] = stored
         return seen[weight.shape]
 
     return kernel_seconds
@@ -349,8 +365,12 @@ def _quantize(graph, captured_graph, chain, kernels_of, kernel_seconds, input_se
         report.notes.append(f"quantization skipped: backend '{kernels_of}' has no int8 kernels")
         return graph
 
+    graphs_of: dict[int, ir.Model] = {}
+
     def compile_model(model):
-        return CompiledModel(model, compile_partitioned(model, chain)[0], backend=kernels_of, report=None)
+        compiled = CompiledModel(model, compile_partitioned(model, chain)[0], backend=kernels_of, report=None)
+        graphs_of[id(compiled)] = model
+        return compiled
 
     start = time.perf_counter()
     nodes_before = node_count(graph)
@@ -373,7 +393,7 @@ def _quantize(graph, captured_graph, chain, kernels_of, kernel_seconds, input_se
         quantized, choices, notes, knobs = choose_precisions(
             graph, input_sets, compile_model, kernel_seconds, BACKEND_KERNELS[kernels_of], evaluate=evaluate,
             max_drop=max_drop, baseline=baseline, tolerance=tolerance or EXACT, progress=progress,
-            knob_spaces=spaces, kernel_rows=KERNEL_ROWS)
+            knob_spaces=spaces, kernel_rows=KERNEL_ROWS, time_saved=_stored_saving(graphs_of, kernels_of))
     changed = quantized is not graph
     if changed:
         PASSES["dce"](quantized)  # the fp32 weights the int8 layers replaced
@@ -393,6 +413,32 @@ def _quantize(graph, captured_graph, chain, kernels_of, kernel_seconds, input_se
     report.quantization = [choice.row() for choice in choices]
     report.knobs = [knob.row() for knob in knobs] + [f"{reason} (not searched)" for reason in skipped]
     return quantized
+
+
+def _stored_saving(graphs_of: Mapping[int, ir.Model], backend: str):
+    """mixed_precision.interleaved_saving through the measurement store: a knob setting timed on
+    this machine against the same model structure, backend and inputs is not timed again."""
+    import hashlib
+
+    from leangraph.cost_model.store import default_store, structure_key
+    from leangraph.passes.quantization.mixed_precision import interleaved_saving
+
+    store = default_store()
+
+    def time_saved(reference, candidate, input_sets):
+        inputs = hashlib.sha256()
+        for arrays in input_sets:
+            for array in arrays:
+                inputs.update(repr((array.dtype.str, array.shape)).encode() + np.ascontiguousarray(array).tobytes())
+        key = ":".join([structure_key(graphs_of[id(reference)]), structure_key(graphs_of[id(candidate)]), backend,
+                        inputs.hexdigest()[:16]])
+        stored = store.get("knob", key)
+        if stored is None:
+            stored = list(interleaved_saving(reference, candidate, input_sets))
+            store.put("knob", key, stored, {"backend": backend, "input_sets": len(input_sets)})
+        return stored[0], stored[1]
+
+    return time_saved
 
 
 def _instruments(graph, input_sets, tolerance: Tolerance, report: Report):

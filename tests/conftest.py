@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -10,6 +11,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Each test process measures into a store of its own, not the user's (cost_model.store).
+os.environ.setdefault("LEANGRAPH_CACHE", tempfile.mkdtemp(prefix="leangraph-test-store-"))
 
 
 def pytest_addoption(parser):

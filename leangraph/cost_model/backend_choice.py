@@ -6,7 +6,8 @@ piece not already on ONNX Runtime is compiled for its backend and for ONNX Runti
 those values (median of a few calls). Pieces ONNX Runtime runs faster move to it, and the graph is
 cut again (neighbouring ONNX Runtime pieces merge). The decision is written into the graph, as the
 metadata ``leangraph.backend`` of every node, so a saved artifact (and a cache hit) reuses it
-instead of measuring again.
+instead of measuring again; the race's timings go into the measurement store (cost_model.store), so
+the same piece in a later optimize() is not raced again.
 """
 
 from __future__ import annotations
@@ -18,12 +19,16 @@ import onnx_ir as ir
 
 from leangraph.backends.base import Backend
 from leangraph.backends.partition import BACKEND_CHOICE, assign, partition, piece_model
+from leangraph.cost_model.store import MeasurementStore, default_store, structure_key
 from leangraph.cost_model.timing import median_seconds
 
 
-def choose_backends(model: ir.Model, chain: Sequence[Backend], inputs: Sequence[np.ndarray]) -> list[str]:
+def choose_backends(model: ir.Model, chain: Sequence[Backend], inputs: Sequence[np.ndarray],
+                    store: MeasurementStore | None = None) -> list[str]:
     """Record the fastest backend of every piece in the nodes' metadata; returns one line per
-    measured piece (for the report). ``chain[-1]`` is the fallback every piece can run on."""
+    measured piece (for the report). ``chain[-1]`` is the fallback every piece can run on. A race
+    already in the measurement store (same piece structure, shapes and machine) is not run again."""
+    store = store if store is not None else default_store()
     assignment, _ = assign(model, chain)
     pieces = partition(model, assignment)
     by_name = {backend.name: backend for backend in chain}
@@ -36,11 +41,18 @@ def choose_backends(model: ir.Model, chain: Sequence[Backend], inputs: Sequence[
         piece_inputs = [values[name] for name in piece.inputs]
         outputs = own(piece_inputs)
         if piece.backend != fallback.name:
-            other = fallback.compile(sub_model, alone=len(pieces) == 1)
-            mine, theirs = (median_seconds(lambda run=run: run(piece_inputs)) for run in (own, other))
+            key = structure_key(sub_model, [(a.dtype.str, a.shape) for a in piece_inputs]) + ":" + \
+                f"{piece.backend}/{fallback.name}"
+            stored = store.get("piece", key)
+            source = "from the measurement store" if stored is not None else "measured"
+            if stored is None:
+                other = fallback.compile(sub_model, alone=len(pieces) == 1)
+                stored = [median_seconds(lambda run=run: run(piece_inputs)) for run in (own, other)]
+                store.put("piece", key, stored, {"nodes": len(piece.nodes), "backends": [piece.backend, fallback.name]})
+            mine, theirs = stored
             winner = piece.backend if mine <= theirs else fallback.name
             lines.append(f"auto: piece {index + 1} ({len(piece.nodes)} nodes) {piece.backend} {mine * 1e3:.2f} ms, "
-                         f"{fallback.name} {theirs * 1e3:.2f} ms -> {winner}")
+                         f"{fallback.name} {theirs * 1e3:.2f} ms ({source}) -> {winner}")
             for node in piece.nodes:
                 assignment[node] = winner
         values.update(zip(piece.outputs, outputs))

@@ -80,6 +80,12 @@ bf16 or fp16 CPU GEMM. The TVM backend runs every dynamic int8 layer it is given
 measured slower: MiniLM, 960 STS-B sentences, every layer int8: 2.35 vs 2.16 s); it has no converter
 for the static one (such layers would run on ONNX Runtime pieces)."""
 
+def kernel_names() -> list[str]:
+    """Every kernel time_kernels times (a stored table missing one is measured again)."""
+    names = [BACKEND_KERNELS[b]["fp32"] for b in BACKEND_KERNELS]
+    return list(dict.fromkeys(names + [k for b in BACKEND_KERNELS for k in BACKEND_KERNELS[b]["reduced"]]))
+
+
 _time_calls = partial(median_seconds, calls=20, rounds=3)
 
 

@@ -8,6 +8,7 @@ import pytest
 
 import leangraph
 from leangraph.cost_model.backend_choice import choose_backends
+from leangraph.cost_model.store import MeasurementStore
 from leangraph.backends.onnxruntime import OnnxRuntimeBackend
 from leangraph.backends.partition import BACKEND_CHOICE, assign, compile_partitioned
 from leangraph.backends.reference import ReferenceBackend
@@ -43,6 +44,18 @@ def test_slower_pieces_move_to_the_fallback_and_the_choice_is_recorded():
     executable, pieces, _ = compile_partitioned(model, chain)
     assert [p.backend for p in pieces] == ["onnxruntime"]
     np.testing.assert_allclose(executable([X])[0], np.tanh(np.maximum(X @ W["w"], 0) @ W["w"]), rtol=1e-5, atol=1e-6)
+
+
+def test_a_race_in_the_measurement_store_is_not_run_again(tmp_path):
+    store = MeasurementStore(tmp_path / "m.sqlite")
+    chain = [Interpreted(), OnnxRuntimeBackend()]
+    first = choose_backends(model_from_text(TEXT, W), chain, [X], store)
+    second = choose_backends(model_from_text(TEXT, W), chain, [X], store)
+    assert "(measured)" in first[0] and "(from the measurement store)" in second[0]
+    assert first[0].split("(")[0] == second[0].split("(")[0]  # the same timings, read back
+    other_batch = choose_backends(model_from_text(TEXT, W), chain, [X[:8]], store)
+    assert "(measured)" in other_batch[0]  # other shapes are another measurement
+    assert [row["kind"] for row in store.rows()] == ["piece", "piece"]
 
 
 def test_auto_without_inputs_runs_on_onnxruntime():
