@@ -5,6 +5,8 @@
     leangraph run OUT_DIR --inputs FILE.npz [--output OUT.npz] [--json]
     leangraph bench MODEL_OR_OUT_DIR [--baseline onnxruntime|torch|eager] [--inputs FILE.npz] [--rounds N]
     leangraph generate MODEL --prompts FILE [--max-new-tokens N] [--eos-token-id ID] [--backend B] [--json]
+    leangraph tune MODEL... [--budget-minutes M] [--output COST_MODEL.json] [--json]
+    leangraph cost-model evaluate --held-out MODEL,MODEL... [--cost-model COST_MODEL.json] [--json]
 
 MODEL is an ``.onnx`` file or ``package.module:attribute`` naming a factory that returns
 ``(torch_module, example_inputs)`` or ``(torch_module, example_inputs, dynamic_shapes)``.
@@ -376,6 +378,94 @@ def _generate(args) -> int:
     return 0
 
 
+def _workloads(specs: list[str], what: str):
+    """A tuning workload per MODEL: captured once, timed on its example inputs."""
+    from leangraph.cost_model.tuning import Workload
+    from leangraph.frontend import capture
+    from leangraph.ir.verify import model_name
+    from leangraph.runtime import CompiledModel
+
+    workloads = []
+    for spec in specs:
+        if spec.endswith(".onnx") or Path(spec).exists():
+            raise OptionError(f"{what} MODEL '{spec}' is a file; tuning needs example inputs",
+                              hint="pass a package.module:attribute factory returning (module, example_inputs)")
+        module, example, dynamic = _load_factory(spec)
+        graph = capture(module, example, dynamic)
+        checker = CompiledModel(graph, None, backend="", report=None)
+        workloads.append(Workload(spec.rpartition(":")[2] or model_name(graph), graph,
+                                  [checker.input_values(list(example))]))
+    return workloads
+
+
+def _progress(description: str):
+    from tqdm import tqdm
+
+    return tqdm(desc=description, unit="config", disable=None, leave=False)
+
+
+def _tune(args) -> int:
+    from leangraph.cost_model.store import cache_folder, default_store
+    from leangraph.cost_model.tuning import train_from_store, tune
+
+    if args.budget_minutes is not None and not args.budget_minutes > 0:
+        raise OptionError(f"--budget-minutes must be > 0, got {args.budget_minutes}", hint="e.g. --budget-minutes 10")
+    store = default_store()
+    workloads = _workloads(args.model, "tune")
+    with _progress("leangraph tune") as bar:
+        def progress(message):
+            bar.set_postfix_str(message[:80])
+            bar.update()
+
+        measured = tune(workloads, store, budget_seconds=60 * args.budget_minutes if args.budget_minutes else float("inf"),
+                        progress=progress)
+    model = train_from_store(store)
+    output = Path(args.output) if args.output else cache_folder() / "cost_model.json"
+    model.save(output)
+    taken = sum(1 for m in measured if not m.stored)
+    summary = {"measured": taken, "reused": len(measured) - taken, "store": str(store.path or "in memory"),
+               "trained_rows": model.rows, "cost_model": str(output)}
+    print(json.dumps(summary) if args.json else
+          f"measured {taken} configurations ({len(measured) - taken} already in {summary['store']}); cost model "
+          f"trained on {model.rows} rows -> {output}")
+    return 0
+
+
+def _cost_model_evaluate(args) -> int:
+    from leangraph.cost_model.ranker import CostModel
+    from leangraph.cost_model.store import default_store
+    from leangraph.cost_model.tuning import evaluate, train_from_store
+
+    specs = [spec for spec in args.held_out.split(",") if spec.strip()]
+    if not specs:
+        raise OptionError("--held-out names no model", hint="e.g. --held-out mypkg.models:bert,mypkg.models:vit")
+    store = default_store()
+    workloads = _workloads(specs, "cost-model evaluate")
+    held_out = [w.name for w in workloads]
+    model = CostModel.load(args.cost_model) if args.cost_model else train_from_store(store, exclude_models=held_out)
+    leaked = sorted(set(model.models) & set(held_out))
+    if leaked:
+        raise OptionError(f"the cost model was trained on {', '.join(leaked)}, which --held-out names",
+                          hint="hold out models the cost model has not seen, or leave --cost-model out "
+                               "(it is then trained on the store without them)")
+    with _progress("leangraph cost-model evaluate") as bar:
+        def progress(message):
+            bar.set_postfix_str(message[:80])
+            bar.update()
+
+        result = evaluate(workloads, model, store, progress=progress)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for entry in result["per_model"]:
+            print(f"{entry['model']}: Kendall tau {entry['kendall_tau']:.3f}, top-1 {entry['top1_score']:.3f}, "
+                  f"top-5 {entry['top5_score']:.3f}, search picked {entry['picked']} measuring "
+                  f"{entry['measured_fraction']:.0%} ({entry['search_score']:.3f} of the best: {entry['best']})")
+        print(f"mean: Kendall tau {result['kendall_tau']:.3f}, top-1 {result['top1_score']:.3f}, "
+              f"top-5 {result['top5_score']:.3f}, measured {result['measured_fraction']:.0%}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leangraph", description="graph-optimization compiler for neural networks")
     parser.add_argument("-v", "--verbose", action="store_true", help="more detail: the pass report, tracebacks on errors")
@@ -428,6 +518,23 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--backend", default="auto", help=f"auto (the default), {', '.join(AVAILABLE)}")
     generate.add_argument("--json", action="store_true", help="print the new tokens and cache statistics as JSON")
     generate.set_defaults(run=_generate, example_shapes=None)
+
+    tune = commands.add_parser("tune", help="measure MODELs' candidate configurations into the cost-model store "
+                                            "and train the cost model on the store")
+    tune.add_argument("model", nargs="+", help="package.module:attribute factories returning (module, example_inputs)")
+    tune.add_argument("--budget-minutes", type=float, default=None, help="stop measuring after this long")
+    tune.add_argument("--output", help="where to write the trained cost model (default: LEANGRAPH_CACHE/cost_model.json)")
+    tune.add_argument("--json", action="store_true", help="print a one-line JSON summary")
+    tune.set_defaults(run=_tune)
+
+    cost_model = commands.add_parser("cost-model", help="judge the learned cost model")
+    cost_commands = cost_model.add_subparsers(dest="cost_command", required=True)
+    evaluate = cost_commands.add_parser("evaluate", help="rank held-out models' configurations and measure them all")
+    evaluate.add_argument("--held-out", required=True, metavar="MODEL,MODEL...",
+                          help="comma-separated factories the cost model was not trained on")
+    evaluate.add_argument("--cost-model", help="a cost model JSON (default: trained on the store without the held-out models)")
+    evaluate.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    evaluate.set_defaults(run=_cost_model_evaluate)
     return parser
 
 

@@ -25,7 +25,7 @@ from leangraph.ir import clone_model, node_count
 from leangraph.ir.verify import model_name
 from leangraph.passes import EXACT, PassManager, Report, Tolerance, resolve
 from leangraph.passes.manager import CountsInstrument, DiffInstrument, VerifyInstrument
-from leangraph.passes.verification import is_real_number
+from leangraph.passes.verification import compare_outputs, is_real_number, valid_positions, verification_sample
 from leangraph.runtime import CompiledModel, to_numpy
 from leangraph.runtime.generation import TextGenerator
 from leangraph.text_generation import build_generator, check_task
@@ -214,8 +214,7 @@ def optimize(
     store = default_store()
     hits, looked_up = store.hits, store.hits + store.misses
     if pipeline:
-        instruments = _instruments(graph, input_sets, tolerance or EXACT, report)
-        graph, report.records = PassManager(pipeline, instruments=instruments).run(graph)
+        graph = _run_pipeline(graph, pipeline, input_sets, tolerance or EXACT, report)
         _say_if_everything_reverted(report, tolerance or EXACT)
     else:
         report.notes.append("no passes were run")
@@ -441,11 +440,58 @@ def _stored_saving(graphs_of: Mapping[int, ir.Model], backend: str):
     return time_saved
 
 
-def _instruments(graph, input_sets, tolerance: Tolerance, report: Report):
+VERIFIED_PER_PASS = 4
+"""Input sets each pass is verified on (passes.verification.verification_sample); the pipeline's
+result is then checked on every set on ONNX Runtime, and verified pass by pass on every set only
+where that check fails."""
+
+
+def _run_pipeline(graph: ir.Model, pipeline, input_sets, tolerance: Tolerance, report: Report) -> ir.Model:
+    """The pipeline run with each pass verified on a sample of the input sets, its result checked on
+    all of them; where the check fails, the pipeline runs again, every pass verified on every set."""
+    sample = verification_sample(input_sets, VERIFIED_PER_PASS)
+    captured = clone_model(graph) if len(sample) < len(input_sets) else None
+    instruments, expected = _instruments(graph, input_sets, tolerance, report, sample)
+    result, report.records = PassManager(pipeline, instruments=instruments).run(graph)
+    if captured is None or expected is None or not any(r.changed and not r.reverted for r in report.records):
+        return result
+    problem = _check_all_sets(result, input_sets, expected, tolerance)
+    if problem is None:
+        report.notes.append(f"passes verified on {len(sample)} of the {len(input_sets)} input sets each (the reference "
+                            f"interpreter); the result checked on all {len(input_sets)} on onnxruntime")
+        return result
+    report.notes.append(f"the passes' result failed on {problem}, which the per-pass sample did not hold: every pass "
+                        f"verified again on all {len(input_sets)} input sets")
+    instruments, _ = _instruments(captured, input_sets, tolerance, report, None, expected)
+    result, report.records = PassManager(pipeline, instruments=instruments).run(captured)
+    return result
+
+
+def _check_all_sets(model: ir.Model, input_sets, expected, tolerance: Tolerance) -> str | None:
+    try:
+        executable = _onnxruntime_oracle(model)
+    except LeanGraphError as exc:
+        return f"onnxruntime, which cannot compile it ({exc.message[:200]})"
+    for index, (inputs, want) in enumerate(zip(input_sets, expected)):
+        valid = valid_positions(model, dict(zip(executable.input_names, inputs)))
+        reason = compare_outputs(executable(inputs), want, executable.output_names, tolerance, valid)
+        if reason:
+            return f"input set {index}: {reason}"
+    return None
+
+
+def _instruments(graph, input_sets, tolerance: Tolerance, report: Report, sample=None, expected=None):
+    """The pass instruments, verification on the ``sample`` indices of ``input_sets`` (all where
+    None), and the expected outputs of every set (None without inputs)."""
     instruments = [CountsInstrument(), DiffInstrument()]
     if not input_sets:
         report.notes.append("passes were not verified: give example_inputs or calibration to verify them")
-        return instruments
+        return instruments, None
+    sample = list(range(len(input_sets))) if sample is None else sample
+    if expected is not None:
+        instruments.append(VerifyInstrument([input_sets[i] for i in sample], [expected[i] for i in sample], tolerance,
+                                            ReferenceExecutable))
+        return instruments, expected
     executor = ReferenceExecutable
     try:
         oracle = ReferenceExecutable(graph)
@@ -457,8 +503,9 @@ def _instruments(graph, input_sets, tolerance: Tolerance, report: Report):
         expected = [oracle(inputs) for inputs in input_sets]
         report.notes.append(f"passes verified on ONNX Runtime: the reference interpreter cannot run the model "
                             f"({exc.message[:200]})")
-    instruments.append(VerifyInstrument(input_sets, expected, tolerance, executor))
-    return instruments
+    instruments.append(VerifyInstrument([input_sets[i] for i in sample], [expected[i] for i in sample], tolerance,
+                                        executor))
+    return instruments, expected
 
 
 def _onnxruntime_oracle(model: ir.Model):

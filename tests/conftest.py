@@ -11,12 +11,18 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Each test process measures into a store of its own, not the user's (cost_model.store).
+# Tests measure into stores of their own, not the user's (cost_model.store).
 os.environ.setdefault("LEANGRAPH_CACHE", tempfile.mkdtemp(prefix="leangraph-test-store-"))
 
 
 def pytest_addoption(parser):
     parser.addoption("--fuzz-count", type=int, default=None, help="examples per fuzz test (make fuzz N=...)")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_measurement_store(monkeypatch, tmp_path_factory):
+    """A measurement store per test: a timing one test stored (or faked) is not another's."""
+    monkeypatch.setenv("LEANGRAPH_CACHE", str(tmp_path_factory.mktemp("store")))
 
 
 @pytest.fixture

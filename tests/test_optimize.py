@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 
 import numpy as np
@@ -181,3 +182,42 @@ def test_a_budget_that_reverts_every_pass_says_so_on_stderr_and_in_the_report():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a pipeline whose passes are kept says nothing
         leangraph.optimize(add_relu_model(), (x,), passes="cse,dce", backend="onnxruntime")
+
+
+def _drop_relu():
+    import onnx_ir as ir
+
+    from leangraph.passes.base import graph_pass
+
+    @graph_pass("drop_relu")
+    def drop_relu(model: ir.Model) -> bool:  # wrong only where x + w < 0
+        relu = next(node for node in model.graph if node.op_type == "Relu")
+        relu.op_type = "Identity"
+        return True
+
+    return drop_relu
+
+
+def test_passes_are_verified_on_a_sample_and_the_result_on_every_set():
+    sets = [(np.full((2, 3), 5.0 + i, np.float32),) for i in range(7)]
+    cm = leangraph.optimize(add_relu_model(), sets[0], calibration=sets, passes="cse,dce", backend="onnxruntime")
+    assert not any("verified on" in note for note in cm.report.notes)  # nothing changed: nothing to check
+    cm = leangraph.optimize(add_relu_model(), sets[0], calibration=sets, passes=[_drop_relu()], backend="onnxruntime")
+    assert "passes verified on 4 of the 7 input sets each (the reference interpreter); the result checked on all 7 " \
+           "on onnxruntime" in cm.report.notes  # right on every set here: Relu of positives
+    assert cm.report.records[0].verified and not cm.report.records[0].reverted
+
+
+def test_a_wrong_pass_the_sample_missed_is_caught_on_every_set_and_reverted(monkeypatch):
+    optimize_module = importlib.import_module("leangraph.optimize")
+    monkeypatch.setattr(optimize_module, "verification_sample", lambda sets, count: [0])
+    sets = [(np.full((2, 3), 5.0, np.float32),), (np.full((2, 3), 2.0, np.float32),),
+            (np.full((2, 3), -5.0, np.float32),)]  # only the last makes x + w negative
+    with pytest.warns(UserWarning, match="reverted"):
+        cm = leangraph.optimize(add_relu_model(), sets[0], calibration=sets, passes=[_drop_relu()],
+                                backend="onnxruntime")
+    assert any(note.startswith("the passes' result failed on input set 2") and "verified again on all 3" in note
+               for note in cm.report.notes), cm.report.notes
+    record, = cm.report.records
+    assert record.reverted and "input set 2" in record.reason
+    np.testing.assert_array_equal(cm(sets[2][0]), np.zeros((2, 3), np.float32))
