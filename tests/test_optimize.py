@@ -203,8 +203,8 @@ def test_passes_are_verified_on_a_sample_and_the_result_on_every_set():
     cm = leangraph.optimize(add_relu_model(), sets[0], calibration=sets, passes="cse,dce", backend="onnxruntime")
     assert not any("verified on" in note for note in cm.report.notes)  # nothing changed: nothing to check
     cm = leangraph.optimize(add_relu_model(), sets[0], calibration=sets, passes=[_drop_relu()], backend="onnxruntime")
-    assert "passes verified on 4 of the 7 input sets each (the reference interpreter); the result checked on all 7 " \
-           "on onnxruntime" in cm.report.notes  # right on every set here: Relu of positives
+    assert any(note.startswith("passes verified on 3 of the 7 input sets each (the reference interpreter); the result "
+                               "checked on all 7 on onnxruntime") for note in cm.report.notes), cm.report.notes
     assert cm.report.records[0].verified and not cm.report.records[0].reverted
 
 

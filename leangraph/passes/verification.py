@@ -113,22 +113,22 @@ def compare_outputs(
 
 
 def verification_sample(input_sets: Sequence[Sequence[np.ndarray]], count: int) -> list[int]:
-    """Indices of up to ``count`` input sets that every pass is verified on: the first, the largest,
-    the smallest, and the one with the most zeros in its integer inputs (the most padding), then the
-    rest in order. The reference interpreter takes ~0.5 s per MiniLM batch, and 12 changed passes
-    verified on 20 calibration batches took 118 s of a 267 s budgeted optimize(); the model the
-    passes produce is then checked on every set at once (optimize.py)."""
+    """Indices of up to ``count`` input sets that every pass is verified on: the first, the one
+    with the largest part of zeros in its integer inputs (the most padding), the smallest, then the
+    rest in order. Small sets because the reference interpreter's time grows with them: ~0.5 s per
+    MiniLM batch of 32, and 12 changed passes verified on 20 STS-B calibration batches took 118 s of
+    a 267 s budgeted optimize(); the model the passes produce is then checked on every set at once
+    (optimize.py)."""
     if len(input_sets) <= count:
         return list(range(len(input_sets)))
 
     def size(i):
         return sum(int(np.size(a)) for a in input_sets[i])
 
-    def zeros(i):
-        return sum(int(np.count_nonzero(a == 0)) for a in input_sets[i]
-                   if isinstance(a, np.ndarray) and a.dtype.kind in "iub")
+    def padding(i):
+        integers = [a for a in input_sets[i] if isinstance(a, np.ndarray) and a.dtype.kind in "iub" and a.size]
+        return sum(int(np.count_nonzero(a == 0)) / a.size for a in integers)
 
     indices = range(len(input_sets))
-    picked = list(dict.fromkeys([0, max(indices, key=size), min(indices, key=size), max(indices, key=zeros),
-                                 *indices]))
+    picked = list(dict.fromkeys([0, max(indices, key=padding), min(indices, key=size), *indices]))
     return sorted(picked[:count])
