@@ -36,12 +36,23 @@ TEXT_DYN = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 
 
 
 class LastHidden(torch.nn.Module):
+    """A decoder called as forward(input_ids, attention_mask), its last hidden state (no cache)."""
+
     def __init__(self, model):
         super().__init__()
         self.model = model
 
-    def forward(self, *args):
-        return self.model(*args).last_hidden_state
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+
+class LastHiddenImage(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values):
+        return self.model(pixel_values=pixel_values).last_hidden_state
 
 
 def _text_inputs(batch, seq, padded=True):
@@ -72,7 +83,7 @@ def build(family: str, hidden: int, layers: int, batch: int, seq: int):
         config = transformers.ViTConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                                         intermediate_size=4 * hidden, image_size=seq, patch_size=16)
         pixels = torch.randn(batch, 3, seq, seq, generator=torch.Generator().manual_seed(batch))
-        return LastHidden(transformers.ViTModel(config).eval()), (pixels,), {"pixel_values": {0: "batch"}}
+        return LastHiddenImage(transformers.ViTModel(config).eval()), (pixels,), {"pixel_values": {0: "batch"}}
     raise ValueError(family)
 
 
