@@ -80,6 +80,12 @@ def describe_node(node, model_name: str | None = None) -> str:
     return f"node '{node.name}' ({domain}::{node.op_type}){module}{where}"
 
 
+class CostModelError(LeanGraphError):
+    """A cost-model file that cannot be read, or too few measurements to train one on."""
+
+    exit_code = 2
+
+
 class ArtifactError(LeanGraphError):
     """A saved artifact is missing, incomplete, from another format version, or has been altered."""
 

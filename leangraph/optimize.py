@@ -17,7 +17,7 @@ from leangraph.backends.partition import compile_partitioned, has_subgraphs
 from leangraph.backends.reference import ReferenceExecutable
 from leangraph.artifacts import load
 from leangraph.cost_model.backend_choice import choose_backends
-from leangraph.cost_model.store import default_store
+from leangraph.cost_model.store import default_store, inputs_key, structure_key
 from leangraph.compile_cache import cache_key, check_entry, fingerprint, resolve_cache_dir
 from leangraph.errors import ExecutionError, InputMismatchError, LeanGraphError, OptionError
 from leangraph.frontend import capture
@@ -25,7 +25,7 @@ from leangraph.ir import clone_model, node_count
 from leangraph.ir.verify import model_name
 from leangraph.passes import EXACT, PassManager, Report, Tolerance, resolve
 from leangraph.passes.manager import CountsInstrument, DiffInstrument, VerifyInstrument
-from leangraph.passes.verification import compare_outputs, is_real_number, valid_positions, verification_sample
+from leangraph.passes.verification import is_real_number, verification_sample
 from leangraph.runtime import CompiledModel, to_numpy
 from leangraph.runtime.generation import TextGenerator
 from leangraph.text_generation import build_generator, check_task
@@ -212,7 +212,7 @@ def optimize(
     report.notes += cache_notes
     captured_graph = clone_model(graph) if lossy else None
     store = default_store()
-    hits, looked_up = store.hits, store.hits + store.misses
+    hits, misses = store.hits, store.misses
     if pipeline:
         graph = _run_pipeline(graph, pipeline, input_sets, tolerance or EXACT, report)
         _say_if_everything_reverted(report, tolerance or EXACT)
@@ -237,9 +237,8 @@ def optimize(
     compile_start = time.perf_counter()
     if backend_name == "auto" and len(chain) > 1:
         report.notes += choose_backends(graph, chain, input_sets[0], store)
-    if store.hits + store.misses > looked_up:
-        reused = store.hits - hits
-        report.notes.append(f"measurement store: {reused} timings reused, {store.misses - (looked_up - hits)} taken "
+    if (store.hits, store.misses) != (hits, misses):
+        report.notes.append(f"measurement store: {store.hits - hits} timings reused, {store.misses - misses} taken "
                             f"and stored ({store.path or 'in memory'})")
     executable, pieces, fallbacks = compile_partitioned(graph, chain)
     report.partitions = [(piece.backend, len(piece.nodes)) for piece in pieces]
@@ -331,7 +330,6 @@ def _kernel_timer() -> Callable[[np.ndarray], dict[str, float]]:
     (cost_model.store) keeps the table across runs, and within one call the backend choice and the
     search both ask."""
     from leangraph.cost_model import linear_kernels
-    from leangraph.cost_model.store import default_store
 
     seen: dict[tuple[int, ...], dict[str, float]] = {}
     store = default_store()
@@ -417,20 +415,13 @@ def _quantize(graph, captured_graph, chain, kernels_of, kernel_seconds, input_se
 def _stored_saving(graphs_of: Mapping[int, ir.Model], backend: str):
     """mixed_precision.interleaved_saving through the measurement store: a knob setting timed on
     this machine against the same model structure, backend and inputs is not timed again."""
-    import hashlib
-
-    from leangraph.cost_model.store import default_store, structure_key
     from leangraph.passes.quantization.mixed_precision import interleaved_saving
 
     store = default_store()
 
     def time_saved(reference, candidate, input_sets):
-        inputs = hashlib.sha256()
-        for arrays in input_sets:
-            for array in arrays:
-                inputs.update(repr((array.dtype.str, array.shape)).encode() + np.ascontiguousarray(array).tobytes())
         key = ":".join([structure_key(graphs_of[id(reference)]), structure_key(graphs_of[id(candidate)]), backend,
-                        inputs.hexdigest()[:16]])
+                        inputs_key(input_sets)])
         stored = store.get("knob", key)
         if stored is None:
             stored = list(interleaved_saving(reference, candidate, input_sets))
@@ -451,11 +442,14 @@ def _run_pipeline(graph: ir.Model, pipeline, input_sets, tolerance: Tolerance, r
     all of them; where the check fails, the pipeline runs again, every pass verified on every set."""
     sample = verification_sample(input_sets, VERIFIED_PER_PASS)
     captured = clone_model(graph) if len(sample) < len(input_sets) else None
-    instruments, expected = _instruments(graph, input_sets, tolerance, report, sample)
+    instruments, expected, executor = _instruments(graph, input_sets, tolerance, report, sample)
     result, report.records = PassManager(pipeline, instruments=instruments).run(graph)
     if captured is None or expected is None or not any(r.changed and not r.reverted for r in report.records):
         return result
-    problem = _check_all_sets(result, input_sets, expected, tolerance)
+    try:
+        problem = VerifyInstrument(input_sets, expected, tolerance, _onnxruntime_oracle).first_failure(result)
+    except LeanGraphError as exc:
+        problem = f"onnxruntime, which cannot compile it ({exc.message[:200]})"
     if problem is None:
         report.notes.append(f"passes verified on {len(sample)} of the {len(input_sets)} input sets each (the reference "
                             f"interpreter); the result checked on all {len(input_sets)} on onnxruntime (against the "
@@ -463,36 +457,18 @@ def _run_pipeline(graph: ir.Model, pipeline, input_sets, tolerance: Tolerance, r
         return result
     report.notes.append(f"the passes' result failed on {problem}, which the per-pass sample did not hold: every pass "
                         f"verified again on all {len(input_sets)} input sets")
-    instruments, _ = _instruments(captured, input_sets, tolerance, report, None, expected)
+    instruments = [CountsInstrument(), DiffInstrument(), VerifyInstrument(input_sets, expected, tolerance, executor)]
     result, report.records = PassManager(pipeline, instruments=instruments).run(captured)
     return result
 
 
-def _check_all_sets(model: ir.Model, input_sets, expected, tolerance: Tolerance) -> str | None:
-    try:
-        executable = _onnxruntime_oracle(model)
-    except LeanGraphError as exc:
-        return f"onnxruntime, which cannot compile it ({exc.message[:200]})"
-    for index, (inputs, want) in enumerate(zip(input_sets, expected)):
-        valid = valid_positions(model, dict(zip(executable.input_names, inputs)))
-        reason = compare_outputs(executable(inputs), want, executable.output_names, tolerance, valid)
-        if reason:
-            return f"input set {index}: {reason}"
-    return None
-
-
-def _instruments(graph, input_sets, tolerance: Tolerance, report: Report, sample=None, expected=None):
-    """The pass instruments, verification on the ``sample`` indices of ``input_sets`` (all where
-    None), and the expected outputs of every set (None without inputs)."""
+def _instruments(graph, input_sets, tolerance: Tolerance, report: Report, sample: Sequence[int]):
+    """The pass instruments (verification on the ``sample`` indices of ``input_sets``), the expected
+    outputs of every set, and the executor that verifies (None, None without inputs)."""
     instruments = [CountsInstrument(), DiffInstrument()]
     if not input_sets:
         report.notes.append("passes were not verified: give example_inputs or calibration to verify them")
-        return instruments, None
-    sample = list(range(len(input_sets))) if sample is None else sample
-    if expected is not None:
-        instruments.append(VerifyInstrument([input_sets[i] for i in sample], [expected[i] for i in sample], tolerance,
-                                            ReferenceExecutable))
-        return instruments, expected
+        return instruments, None, None
     executor = ReferenceExecutable
     try:
         oracle = ReferenceExecutable(graph)
@@ -505,15 +481,15 @@ def _instruments(graph, input_sets, tolerance: Tolerance, report: Report, sample
         report.notes.append(f"passes verified on ONNX Runtime: the reference interpreter cannot run the model "
                             f"({exc.message[:200]})")
     instruments.append(VerifyInstrument([input_sets[i] for i in sample], [expected[i] for i in sample], tolerance,
-                                        executor))
-    return instruments, expected
+                                        executor, indices=sample))
+    return instruments, expected, executor
 
 
 def _expected_outputs(graph: ir.Model, oracle, input_sets, sample) -> list:
     """The captured model's outputs on every input set: the reference interpreter's on the sets the
     passes are verified on, ONNX Runtime's on the others (those only check the pipeline's result,
     on ONNX Runtime too: a differential check, at a hundredth of the interpreter's time)."""
-    rest = [i for i in range(len(input_sets)) if i not in set(sample)]
+    rest = sorted(set(range(len(input_sets))) - set(sample))
     others = {}
     if rest:
         try:

@@ -221,3 +221,13 @@ def test_a_wrong_pass_the_sample_missed_is_caught_on_every_set_and_reverted(monk
     record, = cm.report.records
     assert record.reverted and "input set 2" in record.reason
     np.testing.assert_array_equal(cm(sets[2][0]), np.zeros((2, 3), np.float32))
+
+
+def test_a_per_pass_failure_names_the_users_input_set_not_its_place_in_the_sample():
+    sets = [(np.full((3, 3), 5.0, np.float32),) for _ in range(7)]
+    sets[5] = (np.full((1, 3), -5.0, np.float32),)  # the smallest: in the sample, third of [0, 1, 5]
+    with pytest.warns(UserWarning, match="reverted"):
+        cm = leangraph.optimize(add_relu_model(), sets[0], calibration=sets, passes=[_drop_relu()],
+                                backend="onnxruntime")
+    record, = cm.report.records
+    assert record.reverted and record.reason.startswith("verification failed on input set 5:"), record.reason

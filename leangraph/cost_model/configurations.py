@@ -74,9 +74,15 @@ def pipeline_for(passes: str):
     return pipeline
 
 
-def rewritten(model: ir.Model, configuration: Configuration) -> ir.Model:
-    """The captured model with the configuration's passes and precision applied (unverified)."""
-    graph, _ = PassManager(pipeline_for(configuration.passes)).run(clone_model(model))
+def after_passes(model: ir.Model, passes: str) -> ir.Model:
+    """A copy of the captured model with the pass set applied (unverified)."""
+    return PassManager(pipeline_for(passes)).run(clone_model(model))[0]
+
+
+def rewritten(model: ir.Model, configuration: Configuration, passed: ir.Model | None = None) -> ir.Model:
+    """The captured model with the configuration's passes and precision applied (unverified);
+    ``passed``: the model after the configuration's pass set already (copied, not changed)."""
+    graph = clone_model(passed) if passed is not None else after_passes(model, configuration.passes)
     scheme = _scheme(configuration.backend, configuration.precision)
     if scheme is not None:
         names = {node.name for node in candidate_layers(graph)}

@@ -17,17 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from leangraph.cost_model.features import FEATURE_NAMES
-from leangraph.errors import LeanGraphError, OptionError
+from leangraph.errors import CostModelError, OptionError
 
 FORMAT, VERSION = "leangraph-cost-model", 1
 PARAMETERS = {"objective": "regression", "learning_rate": 0.05, "num_leaves": 15, "min_data_in_leaf": 2,
               "min_data_in_bin": 1, "feature_fraction": 0.9, "bagging_fraction": 0.9, "bagging_freq": 1,
               "lambda_l2": 1.0, "verbose": -1, "deterministic": True, "num_threads": 1, "seed": 0}
 ROUNDS = 300
-
-
-class CostModelError(LeanGraphError):
-    """A cost-model file that cannot be read, or too few measurements to train on."""
 
 
 class CostModel:

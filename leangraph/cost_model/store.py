@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx_ir as ir
 
 from leangraph.cost_model.machine import machine_fingerprint
@@ -84,6 +85,15 @@ def structure_key(model: ir.Model, input_shapes: Any = ()) -> str:
         digest.update(repr((node.domain, node.op_type, attributes, [describe(v) for v in node.inputs],
                             [describe(v) for v in node.outputs])).encode())
     return digest.hexdigest()[:32]
+
+
+def inputs_key(input_sets) -> str:
+    """Digest of the arrays a timing ran on (values too: a padding mask decides what packed graphs do)."""
+    digest = hashlib.sha256()
+    for arrays in input_sets:
+        for array in arrays:
+            digest.update(repr((array.dtype.str, array.shape)).encode() + np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]
 
 
 class MeasurementStore:

@@ -7,7 +7,6 @@ pass, the features hold the ranker's input, the model's name and the configurati
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -19,7 +18,7 @@ import onnx_ir as ir
 from leangraph.cost_model import configurations
 from leangraph.cost_model.features import features
 from leangraph.cost_model.ranker import CostModel, kendall_tau, top_k_score
-from leangraph.cost_model.store import MeasurementStore, structure_key
+from leangraph.cost_model.store import MeasurementStore, inputs_key, structure_key
 from leangraph.errors import LeanGraphError
 
 SEARCH_FRACTION = 0.1
@@ -41,16 +40,8 @@ class Measured(NamedTuple):
     stored: bool
 
 
-def _inputs_digest(input_sets) -> str:
-    digest = hashlib.sha256()
-    for arrays in input_sets:
-        for array in arrays:
-            digest.update(repr((array.dtype.str, array.shape)).encode() + np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()[:16]
-
-
-def featurize(workload: Workload, configuration) -> tuple[ir.Model, dict[str, float]]:
-    graph = configurations.rewritten(workload.model, configuration)
+def featurize(workload: Workload, configuration, passed: ir.Model | None = None) -> tuple[ir.Model, dict[str, float]]:
+    graph = configurations.rewritten(workload.model, configuration, passed)
     return graph, features(graph, configuration.backend, workload.input_sets)
 
 
@@ -67,11 +58,14 @@ def distinct_candidates(workload: Workload, backends: Sequence[str] | None = Non
     rewritten graphs are the same for the same backend (a pass that did not fire here) count once."""
     say = progress or (lambda _: None)
     found, seen = [], set()
-    digest = _inputs_digest(workload.input_sets)
+    digest = inputs_key(workload.input_sets)
+    passed: dict[str, ir.Model] = {}  # the pass sets run once each; precisions and backends differ after them
     for configuration in configurations.candidates(backends):
         say(f"{workload.name}: rewriting for {configuration.describe()}")
         try:
-            graph, row = featurize(workload, configuration)
+            if configuration.passes not in passed:
+                passed[configuration.passes] = configurations.after_passes(workload.model, configuration.passes)
+            graph, row = featurize(workload, configuration, passed[configuration.passes])
         except LeanGraphError as exc:  # a configuration this model cannot take is skipped, and said
             say(f"{workload.name}: {configuration.describe()} skipped: {exc.message[:200]}")
             continue

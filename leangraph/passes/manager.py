@@ -115,25 +115,33 @@ def _node_signatures(model: ir.Model) -> dict[str, RegionNode]:
 
 class VerifyInstrument(Instrument):
     """Runs the changed model on the reference interpreter (or ``executor``: model -> an executable
-    with input_names and output_names) and compares with the original's outputs."""
+    with input_names and output_names) and compares with the original's outputs. ``indices`` name
+    the input sets in messages where ``inputs`` is a sample of the user's (default: their positions)."""
 
     def __init__(self, inputs: Sequence[Sequence[np.ndarray]], expected: Sequence[Sequence[np.ndarray]],
-                 tolerance: Tolerance = EXACT, executor: Callable[[ir.Model], Any] = ReferenceExecutable) -> None:
+                 tolerance: Tolerance = EXACT, executor: Callable[[ir.Model], Any] = ReferenceExecutable,
+                 indices: Sequence[int] | None = None) -> None:
         self.inputs, self.expected, self.tolerance, self.executor = inputs, expected, tolerance, executor
+        self.indices = list(indices) if indices is not None else list(range(len(inputs)))
+
+    def first_failure(self, model: ir.Model) -> str | None:
+        """'input set N: why' for the first input set the model's outputs miss, else None."""
+        executable = self.executor(model)
+        for index, inputs, expected in zip(self.indices, self.inputs, self.expected):
+            valid = valid_positions(model, dict(zip(executable.input_names, inputs)))
+            reason = compare_outputs(executable(inputs), expected, executable.output_names, self.tolerance, valid)
+            if reason:
+                return f"input set {index}: {reason}"
+        return None
 
     def after_pass(self, pass_, model, record, result):
         if not result.changed:
             return
         verify_model(model)
-        executable = self.executor(model)
-        for index, (inputs, expected) in enumerate(zip(self.inputs, self.expected)):
-            valid = valid_positions(model, dict(zip(executable.input_names, inputs)))
-            reason = compare_outputs(executable(inputs), expected, executable.output_names, self.tolerance, valid)
-            if reason:
-                record.verified = False
-                record.reason = f"verification failed on input set {index}: {reason}"
-                return
-        record.verified = True
+        reason = self.first_failure(model)
+        record.verified = reason is None
+        if reason is not None:
+            record.reason = f"verification failed on {reason}"
 
 
 class ExplainInstrument(Instrument):

@@ -268,7 +268,7 @@ def choose_precisions(
 
 SENSITIVITY_SETS = 4
 """Input sets a layer's or knob setting's sensitivity is measured on (verification_sample: the
-first, largest, smallest and most padded). MiniLM, 20 STS-B calibration batches: the 48
+first, the most padded, the smallest, then the next in order). MiniLM, 20 STS-B calibration batches: the 48
 layer-and-kernel sensitivities took 26 s on all 20; the ranking they give is what matters, and the
 chosen assignment is still checked on every set (or by evaluate)."""
 
